@@ -1,0 +1,56 @@
+"""Resolve a preset's `weights` (hub id, local directory or `zoo:` tiny twin) to a local directory.
+
+Real loading code stays real: hub ids go through huggingface_hub's cache, local directories are used as is,
+and `zoo:NAME` builds a seeded tiny twin once, saves it with `save_pretrained`, and hands back that directory,
+so the same `from_pretrained` path runs in tests and in `--tiny` mode.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rewardtune.errors import MissingWeightsError
+
+
+def hub_cache_dir() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def resolve_weights(weights: str, revision: str | None = None, *, what: str = "model",
+                    allow_patterns: list[str] | None = None) -> Path:
+    """Return a local directory holding `weights`.
+
+    `weights` is a `zoo:` reference, a local directory, or a hub repo id. A missing hub checkpoint raises
+    MissingWeightsError naming the id, the cache, and how to fetch it or point the preset at a local dir.
+    """
+    if weights.startswith("zoo:"):
+        from rewardtune.zoo import materialize
+
+        return materialize(weights)
+    p = Path(os.path.expanduser(weights))
+    if p.exists():
+        if not p.is_dir():
+            raise MissingWeightsError(f"{what}: weights path {p} is a file; point the preset at the directory "
+                                      "that holds the checkpoint (config.json + weights).")
+        return p
+    if weights.startswith((".", "/", "~")) or weights.count("/") != 1:
+        raise MissingWeightsError(f"{what}: local weights directory '{weights}' does not exist. Fix the path, or use "
+                                  "a hub id such as 'org/name'.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(weights, revision=revision, allow_patterns=allow_patterns))
+    except Exception as e:  # hub errors, offline mode, no network: one clear message instead of a hub traceback
+        rev = f" --revision {revision}" if revision else ""
+        raise MissingWeightsError(
+            f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are not in the local cache "
+            f"({hub_cache_dir()}) and could not be downloaded ({type(e).__name__}).\n"
+            f"    fix: on a machine with network access run `huggingface-cli download {weights}{rev}` "
+            f"(and copy the cache here, or set HF_HOME), or download the files to a directory and set the "
+            f"preset's weights to that directory, e.g. `objective[0].weights=/models/{weights.split('/')[-1]}`."
+        ) from None
