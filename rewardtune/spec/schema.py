@@ -1,0 +1,307 @@
+"""The experiment spec: strict, frozen pydantic models. Every field is documented in docs/spec.md (a test keeps
+the two in sync). Structural checks live here; checks that need the reward registry live in `validate.py`.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+class LoRA(Strict):
+    """Train LoRA adapters on the UNet (PEFT). The base weights stay frozen."""
+
+    type: Literal["lora"] = "lora"
+    rank: int = Field(4, ge=1, description="LoRA rank r.")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; null means alpha = rank (scale 1).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: tuple[str, ...] = Field(
+        ("to_q", "to_k", "to_v", "to_out.0"), min_length=1, description="UNet module names that get adapters.")
+    init: Literal["gaussian", "default"] = Field(
+        "gaussian", description="PEFT init: 'gaussian' (A random, B zero) or PEFT's default (kaiming A, B zero).")
+
+
+class FullUNet(Strict):
+    """Train every UNet weight."""
+
+    type: Literal["full"] = "full"
+
+
+class EMA(Strict):
+    decay: float = Field(0.999, gt=0, lt=1, description="EMA decay of the trainable weights.")
+    update_every: int = Field(1, ge=1, description="Update the EMA every N optimizer steps.")
+
+
+class ModelSpec(Strict):
+    pretrained: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                            description="Hub id, local directory, or `zoo:sd1` (tiny twin) of a diffusers pipeline.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    variant: str | None = Field(None, description="Weights variant to load, e.g. 'fp16'.")
+    family: Literal["sd1", "sd2", "sdxl"] = Field("sd1", description="Model family; sdxl is not supported yet.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Dtype of the frozen weights (VAE, text encoder, base UNet).")
+    trainable: Annotated[LoRA | FullUNet, Field(discriminator="type")] = Field(
+        default_factory=LoRA, description="What is trained: `{type: lora, ...}` or `{type: full}`.")
+    ema: EMA | None = Field(None, description="Keep an EMA of the trainable weights (used for eval and export).")
+
+    @field_validator("family")
+    @classmethod
+    def _no_sdxl_yet(cls, v: str) -> str:
+        if v == "sdxl":
+            raise ValueError("family 'sdxl' is not supported yet; use 'sd1' or 'sd2'")
+        return v
+
+
+# -------------------------------------------------------------------------------------------------------- prompts
+class PromptSource(Strict):
+    """Exactly one of `inline`, `file` or `builtin`."""
+
+    inline: tuple[str, ...] | None = Field(None, description="Prompts written in the spec.")
+    file: str | None = Field(None, description="A .txt file (one prompt per line) or .jsonl (key `prompt`), "
+                                               "relative to the spec file.")
+    builtin: str | None = Field(None, description="A named prompt set shipped with rewardtune "
+                                                  "(see `rewardtune.prompts.BUILTIN_SETS`).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PromptSource:
+        given = [k for k in ("inline", "file", "builtin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `inline`, `file` or `builtin`" +
+                             (f" (got {', '.join(given)})" if given else ""))
+        if self.inline is not None and (not self.inline or any(not p.strip() for p in self.inline)):
+            raise ValueError("`inline` must be a non-empty list of non-empty prompts")
+        return self
+
+
+def _coerce_source(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return {"inline": list(v)}
+    return v
+
+
+class PromptsSpec(Strict):
+    train: PromptSource = Field(default_factory=lambda: PromptSource(builtin="everyday"),
+                                description="Training prompts: a list, or {inline|file|builtin: ...}.")
+    eval: PromptSource = Field(default_factory=lambda: PromptSource(builtin="everyday-eval"),
+                               description="Held-out prompts for image grids and eval rewards.")
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _list_is_inline(cls, v: Any) -> Any:
+        return _coerce_source(v)
+
+
+# ------------------------------------------------------------------------------------------------------ objective
+class Term(Strict):
+    """One reward in the objective."""
+
+    reward: str = Field(description="Registry name (see `rewardtune rewards`) or `module:Class`.")
+    name: str | None = Field(None, description="Name of the term in logs; defaults to the reward name. Unique.")
+    preset: str | None = Field(None, description="Preset of the reward card; null means the card's default.")
+    weight: float = Field(1.0, description="Weight of the term in the objective.")
+    role: Literal["optimize", "monitor"] = Field(
+        "optimize", description="`optimize` enters the loss; `monitor` is only logged.")
+    normalize: Literal["none", "running_zscore"] = Field(
+        "none", description="`running_zscore`: (r - running mean) / running std per term, saved in checkpoints.")
+    combine: Literal["weighted_sum", "assemble_ranked"] = Field(
+        "weighted_sum", description="`weighted_sum` adds weight * reward; `assemble_ranked` enters through "
+                                    "within-prompt ranks (FineRewards), so it needs no gradient.")
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="Reward arguments, checked against the card's `params`.")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Compute dtype of the reward model; null follows train.mixed_precision.")
+    max_batch_size: int | None = Field(None, ge=1, description="Split reward batches larger than this.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.reward
+
+
+# --------------------------------------------------------------------------------------------------------- method
+class _GradMethod(Strict):
+    kl_coeff: float = Field(0.0, ge=0, description="DRaFT+ regularizer: kl_coeff * mean ||eps_theta - eps_base||^2 "
+                                                   "over the differentiable steps (0 = off).")
+
+
+class AlignProp(_GradMethod):
+    """Backprop through the last K DDIM steps (K fixed, all, or drawn at random)."""
+
+    name: Literal["alignprop"] = "alignprop"
+    k: int | Literal["all"] = Field("all", description="Fixed truncation: backprop through the last K steps, or all.")
+    k_range: tuple[int, int] | None = Field(None, description="Random truncation: draw K uniformly in [lo, hi]; "
+                                                              "overrides `k`.")
+    draw: Literal["per_step", "per_batch"] = Field(
+        "per_step", description="With k_range: a fresh K every optimizer step (TRL, AlignProp 2023) or one K per "
+                                "sampled batch (AlignProp 2024).")
+
+    @model_validator(mode="after")
+    def _range(self) -> AlignProp:
+        if isinstance(self.k, int) and self.k < 1:
+            raise ValueError("k must be >= 1 or 'all'")
+        if self.k_range is not None and not (1 <= self.k_range[0] <= self.k_range[1]):
+            raise ValueError("k_range must be [lo, hi] with 1 <= lo <= hi")
+        return self
+
+
+class DraftK(_GradMethod):
+    """DRaFT-K: the first T-K steps under no_grad, the last K with grad."""
+
+    name: Literal["draft_k"] = "draft_k"
+    k: int = Field(1, ge=1, description="Number of final steps with gradient.")
+
+
+class DraftLV(_GradMethod):
+    """DRaFT-LV: K=1 with n re-noised differentiable last steps per sample."""
+
+    name: Literal["draft_lv"] = "draft_lv"
+    n: int = Field(2, ge=1, description="Re-noise draws of the final step per sample.")
+
+
+class PretrainLoss(Strict):
+    data: str = Field(description="A JSONL of {image, caption} pairs (paths relative to the file).")
+    weight: float = Field(1.0, gt=0, description="Weight of the denoising loss.")
+    every: int = Field(2, ge=2, description="Every N-th step is a pretraining step (alternating when 2).")
+    batch_size: int = Field(2, ge=1, description="Images per pretraining step.")
+
+
+class ReFL(_GradMethod):
+    """ReFL: stop at a random step, one differentiable x0 prediction, loss on its reward."""
+
+    name: Literal["refl"] = "refl"
+    stop_range: tuple[int, int] = Field((30, 39), description="Stop step index range [lo, hi] of the schedule "
+                                                              "(0-based; default 30-39 of 40).")
+    loss: Literal["relu", "neg"] = Field("relu", description="`relu`: scale * relu(margin - r) as in ReFL; "
+                                                             "`neg`: -r.")
+    margin: float = Field(2.0, description="c in relu(c - r).")
+    scale: float = Field(1e-3, gt=0, description="ReFL's grad scale lambda on the relu loss.")
+    pretrain: PretrainLoss | None = Field(None, description="Optional denoising loss mixed in alternately.")
+
+    @model_validator(mode="after")
+    def _range(self) -> ReFL:
+        if not (0 <= self.stop_range[0] <= self.stop_range[1]):
+            raise ValueError("stop_range must be [lo, hi] with 0 <= lo <= hi")
+        return self
+
+
+class Ranked(Strict):
+    """Assemble reward-ranked learning (FineRewards): sample, rank within prompt, fine-tune on the top-m."""
+
+    name: Literal["ranked"] = "ranked"
+    samples_per_prompt: int = Field(4, ge=2, description="N images sampled per prompt.")
+    top_m: int = Field(1, ge=1, description="Images kept per prompt after ranking.")
+    prompts_per_round: int = Field(8, ge=1, description="Prompts sampled per round.")
+    steps_per_round: int = Field(50, ge=1, description="Denoising-loss optimizer steps per round.")
+
+    @model_validator(mode="after")
+    def _m(self) -> Ranked:
+        if self.top_m > self.samples_per_prompt:
+            raise ValueError(f"top_m ({self.top_m}) cannot exceed samples_per_prompt ({self.samples_per_prompt})")
+        return self
+
+
+Method = Annotated[AlignProp | DraftK | DraftLV | ReFL | Ranked, Field(discriminator="name")]
+GRADIENT_METHODS = ("alignprop", "draft_k", "draft_lv", "refl")
+
+
+# ------------------------------------------------------------------------------------------------------- sampling
+class SamplingSpec(Strict):
+    scheduler: Literal["ddim"] = Field("ddim", description="Sampler; DDIM (eta controls stochasticity).")
+    steps: int = Field(50, ge=1, le=1000, description="Denoising steps T.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance; <= 1 disables CFG.")
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM eta (0 = deterministic, 1 = DDPM-like).")
+    resolution: int = Field(512, ge=8, description="Image height and width in pixels (multiple of 8).")
+
+    @field_validator("resolution")
+    @classmethod
+    def _mult8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (got {v}); try {v - v % 8 or 8}")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+class TrainSpec(Strict):
+    steps: int = Field(500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Global samples per micro-batch (split across ranks).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="After warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit needs bitsandbytes "
+                                                                          "(extra `bnb`).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null disables.")
+    seed: int = Field(0, description="Seed of Python, numpy, torch and the per-step noise.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Autocast dtype; LoRA master "
+                                                                             "weights stay float32.")
+    gradient_checkpointing: bool = Field(True, description="Checkpoint the differentiable UNet steps and the VAE "
+                                                           "decode.")
+    max_nonfinite: int = Field(10, ge=0, description="Stop after this many skipped non-finite steps.")
+    checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+
+
+class LoggingSpec(Strict):
+    every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    images_every: int = Field(50, ge=0, description="Image grid of eval prompts on fixed noise every N steps "
+                                                    "(0 = only before and after).")
+    tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard).")
+
+
+# ------------------------------------------------------------------------------------------------------- launcher
+class LocalLauncher(Strict):
+    type: Literal["local"] = "local"
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'...")
+
+
+class SlurmLauncher(Strict):
+    type: Literal["slurm"] = "slurm"
+    partition: str | None = Field(None, description="SLURM partition.")
+    account: str | None = Field(None, description="SLURM account.")
+    qos: str | None = Field(None, description="SLURM QOS.")
+    time_min: int = Field(60, ge=1, description="Time limit in minutes.")
+    nodes: int = Field(1, ge=1, description="Nodes.")
+    gpus_per_node: int = Field(1, ge=0, description="GPUs per node; one process (task) per GPU, or 1 task on CPU.")
+    tasks_per_node: int | None = Field(None, ge=1, description="Processes per node; default gpus_per_node (or 1).")
+    cpus_per_task: int = Field(8, ge=1, description="CPUs per task.")
+    mem_gb: int | None = Field(None, ge=1, description="Memory per node in GB.")
+    constraint: str | None = Field(None, description="SLURM --constraint.")
+    exclusive: bool = Field(False, description="SLURM --exclusive.")
+    array: int | None = Field(None, ge=1, description="Submit an array of N runs (seeds seed..seed+N-1).")
+    additional: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
+    max_requeues: int = Field(3, ge=0, description="Requeues allowed after preemption or timeout.")
+    job_name: str | None = Field(None, description="Job name; defaults to the spec name.")
+
+
+# ----------------------------------------------------------------------------------------------------------- spec
+class Spec(Strict):
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Spec format version.")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name.")
+    imports: tuple[str, ...] = Field((), description="Python files or modules imported first; they may register "
+                                                     "rewards.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The diffusion model and what is trained.")
+    prompts: PromptsSpec = Field(default_factory=PromptsSpec, description="Training and evaluation prompts.")
+    objective: tuple[Term, ...] = Field(min_length=1, description="The rewards, combined into one objective.")
+    method: Method = Field(default_factory=DraftK, description="The optimization method (a `name:` picks it).")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="How images are sampled.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Optimization.")
+    logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Metrics, grids, tensorboard.")
+    output_dir: str = Field("runs/{name}", description="Where outputs go; `{name}` expands to the run name.")
+    launcher: Annotated[LocalLauncher | SlurmLauncher, Field(discriminator="type")] = Field(
+        default_factory=LocalLauncher, description="`{type: local}` or `{type: slurm, ...}`.")
+
+    @property
+    def resolved_output_dir(self) -> str:
+        return self.output_dir.replace("{name}", self.name)
+
+    def term_labels(self) -> list[str]:
+        return [t.label for t in self.objective]
