@@ -175,7 +175,7 @@ def _line_for(src: SpecSource, path: PathT) -> int | None:
     p = tuple(path)
     while p:
         if p in src.lines:
-            return src.lines[p] or None
+            return src.lines[p]  # 0 means "set on the command line"
         p = p[:-1]
     return None
 
