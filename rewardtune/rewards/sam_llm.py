@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -101,6 +102,22 @@ def _features(out) -> torch.Tensor:
     """CLIP get_*_features returns a tensor (transformers 4) or an output whose pooler_output is projected (5)."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silence transformers' load reports (e.g. the unused vision tower when loading only a CLIP text tower)."""
+    from transformers.utils import logging as hf_logging
+
+    old, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 class ClipLabeller:
     """Zero-shot CLIP classification of masked region crops over a fixed vocabulary."""
@@ -328,6 +345,10 @@ class SamLlmReward(Reward):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute, bnb_4bit_quant_type="nf4")
 
     def _load(self) -> list[torch.nn.Module]:
+        with _quiet_transformers():
+            return self._load_models()
+
+    def _load_models(self) -> list[torch.nn.Module]:
         from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, SamModel
 
         sam_dir = resolve_weights(self.weights, self.revision, what="sam-llm segmenter (SAM)")
