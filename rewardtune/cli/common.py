@@ -63,13 +63,15 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any):
+        import typer
+
         try:
             return fn(*args, **kwargs)
         except SystemExit:
             raise
         except BaseException as e:  # noqa: BLE001
-            import typer
-
+            if type(e).__module__.startswith(("typer", "click")):
+                raise  # typer.Exit, usage errors: typer reports these itself
             raise typer.Exit(report_error(e)) from None
 
     return wrapper

@@ -77,6 +77,9 @@ def parse_yaml(text: str, name: str = "<spec>", base_dir: Path | None = None) ->
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
         what = getattr(e, "problem", None) or str(e)
+        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if ctx and cmark is not None and mark is not None and cmark.line != mark.line:
+            what += f" ({ctx} that starts on line {cmark.line + 1})"
         raise SpecError([Problem("", f"malformed YAML: {what}", line,
                                  "check indentation, colons and quotes around that line")], name) from None
     src.data = {} if node is None else _construct(node, (), src)

@@ -1,0 +1,106 @@
+"""Task runner. `nox -s tests` sets everything up on a fresh machine and runs the default suite.
+
+All sessions share one environment in `.nox/env` (torch installed first, pinned, then the project), rebuilt
+only when pyproject.toml or TORCH_SPEC changes, so running several sessions does not reinstall torch each time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+ENV = ROOT / ".nox" / "env"
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+
+def _py() -> str:
+    return str(ENV / "bin" / "python")
+
+
+def _ensure_env(session: nox.Session, extras: str = "dev") -> str:
+    key = hashlib.sha256((TORCH_SPEC + extras + (ROOT / "pyproject.toml").read_text()).encode()).hexdigest()[:16]
+    stamp = ENV / ".stamp"
+    if stamp.exists() and stamp.read_text() == key:
+        return _py()
+    if ENV.exists():
+        shutil.rmtree(ENV)
+    session.log(f"creating {ENV} ({TORCH_SPEC} first, then rewardtune[{extras}])")
+    subprocess.run([sys.executable, "-m", "venv", str(ENV)], check=True)
+    pip = [_py(), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    session.run(*pip, "--upgrade", "pip", external=True)
+    session.run(*pip, TORCH_SPEC, external=True)  # first, so nothing below pulls another torch build
+    session.run(*pip, "-e", f".[{extras}]", external=True)
+    stamp.write_text(key)
+    return _py()
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    py = _ensure_env(session)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    session.run(py, "-m", "pytest", *args, *session.posargs, external=True, env=env)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default suite (CPU, tiny seeded models, parity fixtures; no slow/gpu/slurm tests)."""
+    _pytest(session, "-q", "-p", "no:cacheprovider", "--durations=15")
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """Only the parity tests against the committed reference fixtures (see docs/parity.md)."""
+    _pytest(session, "-q", "-m", "parity", "tests")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    py = _ensure_env(session)
+    session.run(py, "-m", "ruff", "check", "rewardtune", "tests", "benchmarks", "scripts", "noxfile.py",
+                external=True)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The embedded offline default: specs/demo.yaml on tiny twins; writes before/after grids under runs/demo."""
+    py = _ensure_env(session)
+    session.run(py, "-m", "rewardtune.cli.main", "run", "specs/demo.yaml", "--tiny", *session.posargs,
+                external=True, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """Start a one-node SLURM on 127.0.0.1 (root + apt needed), run the slurm tests, stop the daemons."""
+    py = _ensure_env(session)
+    start, stop = ROOT / "scripts/slurm/start-local-slurm.sh", ROOT / "scripts/slurm/stop-local-slurm.sh"
+    if not start.exists():
+        session.error("scripts/slurm/start-local-slurm.sh is missing")
+    session.run("bash", str(start), external=True)
+    try:
+        session.run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slurm", "tests/launch",
+                    *session.posargs, external=True, env={"HF_HUB_OFFLINE": "1"})
+    finally:
+        session.run("bash", str(stop), external=True, success_codes=[0, 1])
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """CPU benchmarks (results under benchmarks/results/); see benchmarks/README.md."""
+    py = _ensure_env(session)
+    for script in ("benchmarks/train_step_vs_trl.py", "benchmarks/score_throughput.py"):
+        if (ROOT / script).exists():
+            session.run(py, script, *session.posargs, external=True, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def fixtures(session: nox.Session) -> None:
+    """Regenerate the parity fixtures in separate reference venvs (see docs/parity.md). Not run in CI."""
+    session.run("bash", "scripts/parity/setup_venvs.sh", external=True)
+    session.run(sys.executable, "scripts/parity/make_fixtures.py", *session.posargs, external=True)

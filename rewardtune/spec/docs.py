@@ -1,0 +1,99 @@
+"""Render the spec reference (docs/spec.md) from the schema, so the two cannot drift.
+
+    python -m rewardtune.spec.docs > docs/spec.md
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from rewardtune.spec import schema as S
+
+HEADER = """# Spec reference
+
+An experiment spec is one YAML file. Every mapping is strict: an unknown key is an error (with a did-you-mean),
+duplicate keys are errors, and `rewardtune validate SPEC` reports every problem at once with its YAML line.
+Override any field from the command line with `key=value` (`train.lr=3e-4`, `objective[0].weight=2`); overrides
+go through the same validation. Each run writes its resolved spec to `OUTPUT_DIR/spec.yaml`.
+
+This page is generated from `rewardtune/spec/schema.py` by `python -m rewardtune.spec.docs > docs/spec.md`;
+a test fails when it is out of date.
+"""
+
+
+def _type_name(ann: Any) -> str:
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin in (tuple, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list[{_type_name(args[0])}]"
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin is dict:
+        return "mapping"
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return f"[{ann.__name__}](#{ann.__name__.lower()})"
+    if ann is type(None):
+        return "null"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _default(field: Any) -> str:
+    if field.default is PydanticUndefined:
+        if field.default_factory is not None:
+            val = field.default_factory()
+            if isinstance(val, BaseModel):
+                return "see below"
+            return f"`{val!r}`" if val not in ({}, [], ()) else "empty"
+        return "**required**"
+    d = field.default
+    if d is None:
+        return "`null`"
+    if isinstance(d, bool):
+        return f"`{str(d).lower()}`"
+    if isinstance(d, tuple):
+        return "`" + str(list(d)) + "`"
+    return f"`{d}`"
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for a in typing.get_args(ann):
+        out += _models_in(a)
+    return out
+
+
+def render_reference() -> str:
+    parts = [HEADER]
+    seen: set[type[BaseModel]] = set()
+    queue: list[type[BaseModel]] = [S.Spec]
+    while queue:
+        model = queue.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        title = "Spec (top level)" if model is S.Spec else model.__name__
+        parts.append(f"\n## {title}\n<a id=\"{model.__name__.lower()}\"></a>\n")
+        doc = (model.__doc__ or "").strip()
+        if doc and model is not S.Spec and not doc.startswith(("!!!", "Usage docs")):
+            parts.append(doc + "\n")
+        parts.append("| field | type | default | meaning |\n|---|---|---|---|")
+        for name, field in model.model_fields.items():
+            desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+            parts.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+            queue += [m for m in _models_in(field.annotation) if m not in seen]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render_reference(), end="")

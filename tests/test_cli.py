@@ -1,0 +1,54 @@
+"""CLI basics: help, rewards table, env, exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rt(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+
+def test_help_lists_verbs():
+    p = rt("--help")
+    assert p.returncode == 0
+    for verb in ("validate", "rewards", "env"):
+        assert verb in p.stdout
+
+
+def test_rewards_table_and_json():
+    p = rt("rewards")
+    assert p.returncode == 0, p.stderr
+    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm"):
+        assert name in p.stdout
+    assert "openai/clip-vit-large-patch14" in p.stdout
+    data = json.loads(rt("rewards", "--json").stdout)
+    by = {d["name"]: d for d in data}
+    assert by["clip"]["differentiable"] is True and by["sam-llm"]["differentiable"] is False
+    assert "tiny" in by["pickscore"]["presets"]
+    one = json.loads(rt("rewards", "clip", "--json").stdout)
+    assert one["params"]["raw_cosine"]["default"] is False
+
+
+def test_unknown_reward_card_exit_code():
+    p = rt("rewards", "pickscor")
+    assert p.returncode == 2
+    assert "Did you mean 'pickscore'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_env_json():
+    p = rt("env", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["packages"]["torch"] and info["packages"]["pydantic"]
+    assert "rewardtune_zoo" in info["caches"]
+
+
+def test_validate_missing_file():
+    p = rt("validate", "no/such/spec.yaml")
+    assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,131 @@
+"""The reward registry: cards, did-you-mean, collisions, entry points, decorator registration."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rewardtune.errors import RegistryConflictError, UnknownRewardError
+from rewardtune.registry import Registry, get_card, load_reward, registry
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = ["aesthetic", "blip2-caption", "clip", "hpsv2", "imagereward", "pickscore", "sam-llm"]
+
+
+def test_builtin_cards_complete():
+    names = [p.stem for p in sorted((ROOT / "rewards").glob("*.yaml"))]
+    assert names == BUILTIN
+    for n in BUILTIN:
+        c = get_card(n)
+        assert c.implementation.startswith("rewardtune.rewards.") and ":" in c.implementation
+        assert "default" in c.presets and "tiny" in c.presets, n
+        assert c.presets["default"].get("weights"), n
+        assert str(c.presets["tiny"].get("weights", "")).startswith("zoo:"), n
+        assert c.citation and c.license, n
+        assert c.direction in ("higher", "lower")
+    assert not get_card("blip2-caption").differentiable and not get_card("sam-llm").differentiable
+    assert all(get_card(n).differentiable for n in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2"))
+
+
+def test_did_you_mean():
+    with pytest.raises(UnknownRewardError, match="Did you mean 'pickscore'"):
+        get_card("pickscor")
+    with pytest.raises(UnknownRewardError, match="Did you mean 'imagereward'"):
+        load_reward("image_reward")
+
+
+def test_unknown_preset_message():
+    with pytest.raises(Exception, match="Did you mean 'vit-b-32'"):
+        load_reward("clip", preset="vit-b32")
+
+
+def _fake_dist(tmp_path: Path, name: str, eps: dict[str, str], module_src: str, modname: str) -> None:
+    (tmp_path / f"{modname}.py").write_text(textwrap.dedent(module_src))
+    dist = tmp_path / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = ["[rewardtune.rewards]"] + [f"{k} = {v}" for k, v in eps.items()]
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_entry_point_plugin_and_collision(tmp_path: Path, monkeypatch):
+    src = """
+    import torch
+    def brightness(pixels, prompts):
+        return pixels.mean(dim=(1, 2, 3))
+    class Card:
+        card = {"implementation": "rt_plugin_mod:Card", "differentiable": True, "presets": {"default": {}}}
+    """
+    _fake_dist(tmp_path, "rt-plugin", {"plugin-brightness": "rt_plugin_mod:brightness"}, src, "rt_plugin_mod")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry()
+    assert "plugin-brightness" in reg.names()
+    assert "entry point" in reg.get("plugin-brightness").origin
+    assert "clip" in reg.names()
+
+    (tmp_path / "b").mkdir()
+    _fake_dist(tmp_path / "b", "rt-clash", {"clip": "rt_clash_mod:brightness"}, src, "rt_clash_mod")
+    monkeypatch.syspath_prepend(str(tmp_path / "b"))
+    with pytest.raises(RegistryConflictError) as ei:
+        Registry().names()
+    assert "built-in card clip.yaml" in str(ei.value) and "rt-clash" in str(ei.value)
+
+
+def test_register_reward_decorator_and_collision():
+    import torch
+
+    import rewardtune
+
+    @rewardtune.register_reward("test-mean-brightness", description="mean pixel value")
+    def mean_brightness(pixels, prompts):
+        return pixels.mean(dim=(1, 2, 3))
+
+    r = rewardtune.load_reward("test-mean-brightness", max_batch_size=2)
+    x = torch.rand(5, 3, 8, 8, requires_grad=True)
+    out = r(x, ["p"] * 5)
+    assert out.shape == (5,) and out.dtype == torch.float32
+    assert torch.allclose(out, x.mean(dim=(1, 2, 3)))
+    out.sum().backward()
+    assert x.grad is not None
+    with pytest.raises(RegistryConflictError, match="registered twice"):
+        @rewardtune.register_reward("clip")
+        def other(pixels, prompts):
+            return pixels.mean(dim=(1, 2, 3))
+
+
+def test_spec_imports_register_rewards(tmp_path: Path):
+    from rewardtune.spec.load import load_spec
+
+    (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
+        import rewardtune
+
+        @rewardtune.register_reward("test-redness-from-file")
+        def redness(pixels, prompts):
+            return pixels[:, 0].mean(dim=(1, 2))
+    """))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"imports": ["my_rewards.py"], "objective": [{"reward": "test-redness-from-file"}]}))
+    loaded = load_spec(spec)
+    assert loaded.objective[0].reward == "test-redness-from-file"
+    assert "test-redness-from-file" in registry().names()
+
+
+def test_listing_and_validating_do_not_import_torch():
+    import subprocess
+
+    code = textwrap.dedent(f"""
+        import sys
+        from rewardtune.cli.main import main
+        for argv in (["--help"], ["rewards"], ["rewards", "pickscore"], ["validate", "{ROOT / 'tests/fixtures/bad_specs/unknown_keys.yaml'}"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+        heavy = [m for m in ("torch", "diffusers", "transformers", "peft") if m in sys.modules]
+        print("HEAVY", heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "HEAVY []" in out, out[-2000:]
