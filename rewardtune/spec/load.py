@@ -89,16 +89,32 @@ def parse_yaml(text: str, name: str = "<spec>", base_dir: Path | None = None) ->
     return src
 
 
-def read_spec_source(path: str | Path) -> SpecSource:
+def find_spec_file(path: str | Path) -> Path | None:
+    """`path` itself, or, when it does not exist, the shipped spec of that name (`specs/demo.yaml`, `demo`),
+    so `rewardtune run specs/demo.yaml` works from an installed wheel outside the repository."""
     p = Path(path)
-    if not p.exists():
+    if p.exists():
+        return p
+    from rewardtune.registry import bundled_dir
+
+    if p.is_absolute():
+        return None
+    rel = p.parts[1:] if p.parts[:1] == ("specs",) else p.parts
+    shipped = bundled_dir("specs").joinpath(*rel) if rel else None
+    if shipped is not None and shipped.suffix not in (".yaml", ".yml"):
+        shipped = shipped.with_suffix(".yaml")
+    return shipped if shipped is not None and shipped.is_file() else None
+
+
+def read_spec_source(path: str | Path) -> SpecSource:
+    p = find_spec_file(path)
+    if p is None:
         from rewardtune.registry import bundled_dir
 
-        shipped = bundled_dir("specs") / p.name
-        hint = f" A shipped spec with that name exists: {shipped}" if shipped.exists() else ""
-        raise SpecError([Problem("", f"spec file '{path}' not found.{hint}", None,
-                                 "check the path; `rewardtune validate specs/...`")], str(path))
-    return parse_yaml(p.read_text(), name=str(path), base_dir=p.resolve().parent)
+        names = sorted(x.stem for x in bundled_dir("specs").rglob("*.yaml"))
+        raise SpecError([Problem("", f"spec file '{path}' not found", None,
+                                 "check the path; shipped specs: " + (", ".join(names) or "none"))], str(path))
+    return parse_yaml(p.read_text(), name=str(path) if Path(path).exists() else str(p), base_dir=p.resolve().parent)
 
 
 # ------------------------------------------------------------------------------------------------ overrides

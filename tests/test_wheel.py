@@ -1,0 +1,50 @@
+"""A wheel built and installed in a fresh venv lists rewards and validates the shipped specs outside the repo."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    pytest.importorskip("hatchling")
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp / "dist"), str(ROOT)], check=True, capture_output=True)
+    wheel = next((tmp / "dist").glob("rewardtune-*.whl"))
+    venv.create(tmp / "venv", with_pip=False)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(tmp / "venv" / "bin" / "python"), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, capture_output=True)
+    return tmp
+
+
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    # Dependencies come from this environment's site-packages (PYTHONPATH: .pth files, such as an editable
+    # install of rewardtune, are not processed there); rewardtune itself comes only from the wheel.
+    env = {"PATH": f"{tmp / 'venv' / 'bin'}:/usr/bin:/bin", "PYTHONPATH": sysconfig.get_paths()["purelib"],
+           "COLUMNS": "200", "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=tmp, env=env)
+
+
+def test_wheel_ships_cards_and_specs(installed: Path):
+    p = _run(installed, "python", "-c", "import rewardtune, sys; print(rewardtune.__file__); "
+                                        "print('torch' in sys.modules)")
+    assert str(installed / "venv") in p.stdout, p.stdout + p.stderr
+    p = _run(installed, "rewardtune", "rewards", "--json")
+    assert p.returncode == 0, p.stderr
+    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm"):
+        assert f'"{name}"' in p.stdout
+    shipped = sorted(p.name for p in (ROOT / "specs").rglob("*.yaml"))
+    assert shipped, "no shipped specs"
+    for name in shipped:
+        p = _run(installed, "rewardtune", "validate", f"specs/{name}")
+        assert p.returncode == 0, f"{name}: {p.stdout}{p.stderr}"
+        assert "valid" in p.stdout
