@@ -28,12 +28,14 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rewardtune.api import run
-    from rewardtune.errors import RewardtuneError, SpecError
-    from rewardtune.registry import load_reward, register_reward
-    from rewardtune.rewards.base import Reward
-    from rewardtune.spec.load import load_spec
-    from rewardtune.spec.schema import Spec
+    from rewardtune.api import run as run
+    from rewardtune.errors import RewardtuneError as RewardtuneError
+    from rewardtune.errors import SpecError as SpecError
+    from rewardtune.registry import load_reward as load_reward
+    from rewardtune.registry import register_reward as register_reward
+    from rewardtune.rewards.base import Reward as Reward
+    from rewardtune.spec.load import load_spec as load_spec
+    from rewardtune.spec.schema import Spec as Spec
 
 
 def __getattr__(name: str) -> Any:

@@ -59,8 +59,10 @@ def test_minimal_spec_defaults_and_frozen():
     assert spec.schema_version == 1
     assert spec.method.name == "draft_k" and spec.method.k == 1
     assert spec.objective[0].label == "clip"
-    with pytest.raises(Exception):
-        spec.train.lr = 1.0  # frozen
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.train.lr = 1.0
 
 
 def test_overrides_go_through_validation():
