@@ -1,0 +1,174 @@
+"""Fast tests of `rewardtune submit/status/cancel` that need no SLURM: the generated sbatch script, flag
+overrides, parsing, and the refusal to submit without sbatch."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rewardtune.cli.main import app
+from rewardtune.launch import slurm as L
+
+DATA = Path(__file__).parent / "data"
+TINY = str(DATA / "tiny.yaml")
+
+
+def cli(*args: str, path: str | None = None):
+    env = {"COLUMNS": "250"}
+    if path is not None:
+        env["PATH"] = path
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def sbatch_lines(script: str) -> dict[str, str]:
+    out = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH --"):
+            key, _, val = line[len("#SBATCH --"):].partition("=")
+            out[key] = val
+    return out
+
+
+def test_dry_run_takes_the_spec_block(tmp_path):
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    flags = sbatch_lines(res.stdout)
+    # from tests/launch/data/tiny.yaml: gpus_per_node 0, cpus_per_task 1, time_min 60, name launch-tiny
+    assert flags["time"] == "60"
+    assert flags["cpus-per-task"] == "1"
+    assert flags["job-name"] == "launch-tiny"
+    assert flags["nodes"] == "1" and flags["ntasks-per-node"] == "1"
+    assert "gpus-per-node" not in flags and "partition" not in flags and "mem" not in flags
+    assert flags["signal"] == "USR2@90"  # submitit's preemption warning, what Checkpointable relies on
+    assert flags["output"] == f"{tmp_path}/run/slurm/%j/%j_0_log.out"
+    # the job runs this interpreter, so a CI venv is the job's venv
+    assert f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {tmp_path}/run/slurm/%j" in res.stdout
+    assert not (tmp_path / "run").exists(), "a dry run must not create the run directory"
+
+
+def test_dry_run_flags_override_the_spec(tmp_path):
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(tmp_path / "r"),
+              "--partition", "gpu", "--account", "proj1", "--qos", "high", "--time", "1-02:30:00",
+              "--nodes", "2", "--gpus-per-node", "4", "--cpus-per-task", "6", "--mem", "64G",
+              "--constraint", "a100", "--exclusive", "--sbatch", "mail-type=END", "--sbatch", "comment=x y",
+              "--job-name", "big")
+    assert res.exit_code == 0, res.output
+    f = sbatch_lines(res.stdout)
+    assert f["partition"] == "gpu" and f["account"] == "proj1" and f["qos"] == "high"
+    assert f["time"] == str(24 * 60 + 2 * 60 + 30)
+    assert f["nodes"] == "2"
+    assert f["gpus-per-node"] == "4"
+    assert f["ntasks-per-node"] == "4", "one process per GPU"
+    assert f["cpus-per-task"] == "6" and f["mem"] == "64GB"
+    assert f["constraint"] == "a100" and f["exclusive"] == ""
+    assert f["mail-type"] == "END" and f["comment"] == "'x y'"
+    assert f["job-name"] == "big"
+
+
+def test_dotted_overrides_reach_the_launcher_and_tasks_per_node_wins(tmp_path):
+    res = cli("submit", TINY, "launcher.partition=cpuq", "launcher.tasks_per_node=3", "--tiny", "--dry-run",
+              "-o", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    f = sbatch_lines(res.stdout)
+    assert f["partition"] == "cpuq" and f["ntasks-per-node"] == "3"
+
+
+def test_dry_run_array(tmp_path):
+    res = cli("submit", TINY, "--tiny", "--dry-run", "--array", "3", "-o", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    f = sbatch_lines(res.stdout)
+    assert f["array"] == "0-2%3"
+    assert f["output"].endswith("%A_%a_0_log.out")
+
+
+def test_dry_run_of_a_spec_without_slurm_block_says_so(tmp_path):
+    spec = tmp_path / "local.yaml"
+    text = (DATA / "tiny.yaml").read_text().split("launcher:")[0]
+    spec.write_text(text.replace("launch_rewards.py", str(DATA / "launch_rewards.py")))
+    res = cli("submit", str(spec), "--tiny", "--dry-run", "-o", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    assert "no `launcher: {type: slurm}` block" in res.stderr
+    assert sbatch_lines(res.stdout)["gpus-per-node"] == "1"  # SlurmLauncher's default
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--time", "soon"], "cannot read time limit"),
+    (["--mem", "lots"], "cannot read memory"),
+    (["--nodes", "0"], "nodes"),
+    (["--sbatch", "novalue"], "--sbatch takes key=value"),
+    (["--cluster", "cloud"], "--cluster must be one of"),
+])
+def test_bad_flags_exit_2_with_the_reason(tmp_path, args, needle):
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(tmp_path / "r"), *args)
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr
+
+
+def test_the_spec_is_validated_before_anything_is_submitted(tmp_path):
+    res = cli("submit", TINY, "train.stpes=3", "--tiny", "-o", str(tmp_path / "r"))
+    assert res.exit_code == 2
+    assert "Did you mean 'steps'" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_without_sbatch_on_path(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    res = cli("submit", TINY, "--tiny", "-o", str(tmp_path / "r"), path=str(empty))
+    assert res.exit_code == 2, res.output
+    assert "`sbatch` is not on PATH" in res.stderr
+    assert "--cluster local" in res.stderr and "--cluster debug" in res.stderr
+    assert not (tmp_path / "r" / "slurm").exists()
+
+
+def test_dry_run_works_without_sbatch_and_notes_it(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(tmp_path / "r"), path=str(empty))
+    assert res.exit_code == 0, res.output
+    assert "sbatch is not on PATH" in res.stderr
+    assert res.stdout.startswith("#!/bin/bash")
+
+
+def test_status_and_cancel_of_a_directory_without_a_job(tmp_path):
+    for verb in ("status", "cancel"):
+        res = cli(verb, str(tmp_path))
+        assert res.exit_code == 2
+        assert "no submitted job recorded" in res.stderr
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("01:30:00", 90), ("2-00", 2880), ("1-1:1:1", 1502),
+                                           ("10:30", 11)])
+def test_parse_time(text, minutes):
+    assert L.parse_time(text) == minutes
+
+
+@pytest.mark.parametrize("text, gb", [("64", 64), ("64G", 64), ("64gb", 64), ("1536M", 2), ("1T", 1024)])
+def test_parse_mem(text, gb):
+    assert L.parse_mem_gb(text) == gb
+
+
+def test_explain_failure_names_the_error_and_the_place():
+    tb = ('Traceback (most recent call last):\n  File "/x/submission.py", line 55, in process_job\n'
+          '    result = delayed.result()\n  File "/t/launch_rewards.py", line 12, in explode\n'
+          '    raise ValueError("boom")\nValueError: boom\n')
+    msg = L.explain_failure(f"Job (task=0) failed during processing with trace:\n{'-' * 20}\n{tb}", "42",
+                            Path("/logs/42_0_log.err"), None)
+    assert msg.splitlines()[0] == "job 42 failed on the cluster: ValueError: boom"
+    assert 'File "/t/launch_rewards.py", line 12, in explode' in msg
+    assert "/logs/42_0_log.err" in msg
+
+
+def test_cli_verbs_do_not_import_torch():
+    import subprocess
+
+    code = ("import sys; from rewardtune.cli import main; "
+            "import rewardtune.cli.submit, rewardtune.cli.status, rewardtune.cli.cancel, rewardtune.launch.slurm; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ},
+                         check=True).stdout.strip()
+    assert out == "False"
