@@ -99,7 +99,15 @@ def resolve_device(device: str) -> str:
 
 
 def needs_prompt(reward: Any) -> bool:
-    return "prompt" in tuple(getattr(reward, "inputs", ("pixels", "prompt")))
+    """Whether a reward reads the prompt: its card's `inputs` (rewards registered as plain callables carry
+    them only there), else the reward's own `inputs`."""
+    from rewardtune.registry import get_card
+
+    try:
+        inputs = get_card(reward.name).inputs
+    except Exception:  # noqa: BLE001 - a reward built outside the registry
+        inputs = getattr(reward, "inputs", ("pixels", "prompt"))
+    return "prompt" in tuple(inputs)
 
 
 # --------------------------------------------------------------------------------------------- prompts file

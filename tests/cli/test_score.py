@@ -1,0 +1,372 @@
+"""`rewardtune score` on real image files: every format and mode, bad files, ranking, JSON/CSV, prompts files,
+--min-score, captions, exit codes. Rewards with known scores are registered here; `clip --tiny` is the real one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from rewardtune.cli.main import app
+from rewardtune.registry import load_reward, register_reward
+from rewardtune.rewards.base import Reward
+from rewardtune.scoring import load_rewards, score_files
+
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = ROOT / "tests" / "fixtures" / "images"
+OCEAN = "a painting of an ocean with clouds and birds, day time, low depth field effect"
+
+
+# --------------------------------------------------------------------------------- rewards with known scores
+@register_reward("score-test-red", description="Mean of the red channel (known values for ranking tests).")
+def _red(pixels, prompts):
+    return pixels[:, 0].mean(dim=(1, 2))
+
+
+@register_reward("score-test-prompt-len")
+def _prompt_len(pixels, prompts):
+    return torch.tensor([float(len(p)) for p in prompts]) + 0 * pixels.mean(dim=(1, 2, 3))
+
+
+@register_reward("score-test-pixels-only", inputs=("pixels",))
+def _blue(pixels, prompts):
+    return pixels[:, 2].mean(dim=(1, 2))
+
+
+@register_reward("score-test-no-green")
+def _no_green(pixels, prompts):
+    """Fails on any batch that holds a pure green image, like a reward that chokes on one odd input."""
+    if bool(((pixels[:, 1] > 0.99) & (pixels[:, 0] < 0.01)).all(dim=(1, 2)).any()):
+        raise ValueError("cannot score a pure green image")
+    return pixels[:, 0].mean(dim=(1, 2))
+
+
+class _Captioner(Reward):
+    """A reward that explains itself with a caption naming the image's dominant channel."""
+
+    name = "score-test-captioner"
+
+    def _load(self):
+        return []
+
+    def _forward(self, pixels, prompts):
+        return pixels.mean(dim=(1, 2, 3))
+
+    def explain(self, pixels, prompts):
+        names = ["red", "green", "blue"]
+        return [{"caption": f"a mostly {names[int(p.mean(dim=(1, 2)).argmax())]} picture", "regions": [
+            {"label": "everything", "likelihood": 0.5}]} for p in pixels]
+
+
+register_reward("score-test-captioner")(_Captioner)
+
+
+# ------------------------------------------------------------------------------------------------ image files
+def flat(rgb, size=(24, 16), mode="RGB") -> Image.Image:
+    return Image.new(mode, size, rgb)
+
+
+def png_header_only(path: Path, w: int, h: int) -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+#: relative path -> expected red-channel mean (x255) of the decoded image; None for the real photos
+GOOD: dict[str, float | None] = {}
+BAD = {"bad/empty.png": "empty file", "bad/not-an-image.jpg": "not an image", "bad/truncated.png": "corrupt",
+       "bad/bomb.png": "too large"}
+
+
+def make_images(root: Path) -> Path:
+    """Files of every format and mode (flat colours with known red means), the real photos, and bad files."""
+    root.mkdir(parents=True, exist_ok=True)
+    specs = [  # (relative path, image, save kwargs, expected red x255)
+        ("formats/red20.png", flat((20, 0, 0)), {}, 20),
+        ("formats/red40.bmp", flat((40, 5, 5)), {}, 40),
+        ("formats/red60.gif", flat((60, 0, 0)), {}, 60),
+        ("formats/red80.webp", flat((80, 9, 9)), {"lossless": True}, 80),
+        ("formats/red100.tif", flat((100, 0, 0)), {}, 100),
+        ("formats/red180.jpg", flat((180, 0, 0)), {"quality": 95}, 180),
+        ("modes/gray120.png", flat(120, mode="L"), {}, 120),
+        ("modes/rgba-clear.png", flat((0, 0, 0, 0), mode="RGBA"), {}, 255),  # transparent -> white
+        ("modes/la-opaque.png", flat((140, 255), mode="LA"), {}, 140),
+        ("modes/cmyk-magenta.jpg", flat((0, 255, 0, 0), mode="CMYK"), {"quality": 95}, 255),
+        ("modes/deep/nested/red200.png", flat((200, 0, 0), size=(16, 24)), {}, 200),
+    ]
+    for rel, im, kw, red in specs:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        im.save(p, **kw)
+        GOOD[rel] = red
+    pal = Image.new("P", (24, 16))
+    pal.putpalette([0, 0, 0, 160, 0, 0] + [0] * 762)
+    pal.putdata([0] * (24 * 8) + [1] * (24 * 8))  # top half transparent (-> white), bottom half red 160
+    pal.save(root / "modes/palette-transparent.gif", transparency=0)
+    GOOD["modes/palette-transparent.gif"] = (255 + 160) / 2
+    Image.fromarray(np.full((16, 24), 257 * 70, np.uint16)).save(root / "modes/gray16-70.png")
+    GOOD["modes/gray16-70.png"] = 70
+    for i in (1, 2, 3, 4):
+        (root / "photos").mkdir(exist_ok=True)
+        shutil.copy(PHOTOS / f"{i}.webp", root / "photos" / f"{i}.webp")
+        GOOD[f"photos/{i}.webp"] = None
+    (root / "bad").mkdir()
+    (root / "bad/empty.png").write_bytes(b"")
+    (root / "bad/not-an-image.jpg").write_text("hello\n")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")
+    (root / "bad/truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    png_header_only(root / "bad/bomb.png", 50_000, 50_000)
+    (root / "notes.txt").write_text("not scanned: folders only yield image suffixes\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def imgs(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("score") / "imgs")
+
+
+def score(*args: str):
+    res = CliRunner().invoke(app, ["score", "--no-progress", *args], env={"COLUMNS": "250"})
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res
+
+
+def rel(root: Path, p: str) -> str:
+    return str(Path(p).relative_to(root))
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+def test_every_format_and_mode_scored_bad_files_get_rows_and_ranking_pinned(imgs):
+    res = score("--json", "-r", "score-test-red", "-p", "anything", str(imgs))
+    assert res.exit_code == 3, res.stderr  # some files failed; the rest are scored
+    doc = json.loads(res.stdout)
+    rows = {rel(imgs, r["path"]): r for r in doc["results"]}
+    assert set(rows) == set(GOOD) | set(BAD)  # recursive, notes.txt skipped
+    assert doc["scored"] == len(GOOD) and doc["failed"] == len(BAD)
+    for name, needle in BAD.items():
+        assert rows[name]["rank"] is None and needle in rows[name]["error"] and rows[name]["scores"] == {}
+    for name, red in GOOD.items():
+        assert rows[name]["error"] is None
+        if red is not None:
+            tol = 6 if name.endswith(".jpg") else 0.51
+            assert abs(rows[name]["scores"]["score-test-red"] * 255 - red) <= tol, name
+    # ranked by the reward, best first, errors last
+    ranked = [rel(imgs, r["path"]) for r in doc["results"]]
+    scores = [r["scores"].get("score-test-red", -math.inf) for r in doc["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert [r["rank"] for r in doc["results"][: len(GOOD)]] == list(range(1, len(GOOD) + 1))
+    assert set(ranked[len(GOOD):]) == set(BAD)
+    assert ranked[:3] == ["modes/cmyk-magenta.jpg", "modes/rgba-clear.png", "modes/palette-transparent.gif"] or \
+        ranked[:3] == ["modes/rgba-clear.png", "modes/cmyk-magenta.jpg", "modes/palette-transparent.gif"]
+    assert ranked[len(GOOD) - 1] == "formats/red20.png"
+
+
+def test_table_ranked_by_first_reward_with_error_rows(imgs):
+    res = score("-r", "score-test-red", "-r", "score-test-pixels-only", "-p", "x",
+                str(imgs / "formats"), str(imgs / "bad" / "empty.png"))
+    assert res.exit_code == 3
+    lines = res.stdout.splitlines()
+    header = next(line for line in lines if "rank" in line)
+    assert header.index("score-test-red") < header.index("score-test-pixels-only") < header.index("error")
+    order = [n for line in lines for n in ["red180.jpg", "red100.tif", "red80.webp", "red60.gif", "red40.bmp",
+                                           "red20.png", "empty.png"] if n in line]
+    assert order == ["red180.jpg", "red100.tif", "red80.webp", "red60.gif", "red40.bmp", "red20.png", "empty.png"]
+    row = next(line for line in lines if "red180.jpg" in line)
+    assert row.split()[1] == "1"
+    assert "empty file" in next(line for line in lines if "empty.png" in line)
+    assert "6 scored, 1 failed" in res.stderr
+
+
+def test_clip_tiny_batched_equals_each_image_alone_on_real_files(imgs):
+    files = [imgs / n for n in GOOD]
+    res = score("--tiny", "-r", "clip", "-r", "score-test-red", "--batch-size", "3", "--json", "-p", OCEAN,
+                *map(str, files))
+    assert res.exit_code == 0, res.stderr
+    got = {rel(imgs, r["path"]): r["scores"]["clip"] for r in json.loads(res.stdout)["results"]}
+    clip = load_reward("clip", "tiny")
+    alone = {n: float(clip.score(OCEAN, [imgs / n])[0]) for n in GOOD}
+    for n in GOOD:
+        assert got[n] == pytest.approx(alone[n], rel=1e-5, abs=1e-5), n
+    assert max(alone.values()) - min(alone.values()) > 1e-2  # the test can tell files apart
+    # the Python API gives the same numbers for PIL images, paths and tensors
+    photos = [imgs / "photos" / f"{i}.webp" for i in (1, 3)]
+    by_path = clip.score(OCEAN, photos)
+    by_pil = clip.score(OCEAN, [Image.open(p) for p in photos])
+    by_tensor = clip.score(OCEAN, torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))
+                                                                ).permute(2, 0, 1).float() / 255 for p in photos]))
+    assert torch.allclose(by_path, by_pil, atol=1e-6) and torch.allclose(by_path, by_tensor, atol=1e-6)
+    ranks, scores = clip.rank(OCEAN, [imgs / n for n in GOOD if "formats" in n])
+    assert sorted(ranks) == list(range(1, 7)) and ranks[int(np.argmax(scores))] == 1
+    assert scores == pytest.approx([alone[n] for n in GOOD if "formats" in n], abs=1e-5)
+
+
+def test_tiny_rewards_print_a_ranked_table_on_the_real_photos():
+    res = score("--tiny", "-r", "imagereward", "-r", "aesthetic", "-p", OCEAN, str(PHOTOS))
+    assert res.exit_code == 0, res.stderr
+    body = [line for line in res.stdout.splitlines() if ".webp" in line]
+    assert len(body) == 4 and [line.split()[1] for line in body] == ["1", "2", "3", "4"]
+    vals = [float([c for c in line.split() if c != "│"][2]) for line in body]  # imagereward, ranked best first
+    assert vals == sorted(vals, reverse=True)
+
+
+def test_csv_output_and_output_file(imgs, tmp_path):
+    res = score("--csv", "-r", "score-test-red", "-p", "x", str(imgs / "formats"), str(imgs / "bad"))
+    assert res.exit_code == 3
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0]) == ["rank", "path", "prompt", "score-test-red", "below_min", "error"]
+    assert [r["rank"] for r in rows[:6]] == ["1", "2", "3", "4", "5", "6"]
+    assert all(r["rank"] == "" and r["error"] for r in rows[6:]) and len(rows) == 6 + len(BAD)
+    assert float(rows[0]["score-test-red"]) > float(rows[5]["score-test-red"])
+    out = tmp_path / "sub" / "scores.json"
+    res = score("-r", "score-test-red", "-p", "x", "-o", str(out), str(imgs / "formats"))
+    assert res.exit_code == 0
+    assert "red20.png" in res.stdout  # table still printed
+    assert len(json.loads(out.read_text())["results"]) == 6
+
+
+def test_prompts_file_csv_and_jsonl(imgs, tmp_path):
+    (tmp_path / "a.png").write_bytes((imgs / "formats/red20.png").read_bytes())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/c.png").write_bytes((imgs / "formats/red20.png").read_bytes())
+    pf = tmp_path / "prompts.csv"
+    pf.write_text('path,prompt\na.png,"a cat, sitting"\nb/c.png,dog\n')
+    res = score("--json", "-r", "score-test-prompt-len", "--prompts-file", str(pf))
+    assert res.exit_code == 0, res.stderr
+    got = {Path(r["path"]).name: (r["prompt"], r["scores"]["score-test-prompt-len"])
+           for r in json.loads(res.stdout)["results"]}
+    assert got == {"a.png": ("a cat, sitting", 14.0), "c.png": ("dog", 3.0)}
+    jl = tmp_path / "prompts.jsonl"
+    jl.write_text(json.dumps({"path": "a.png", "prompt": "four"}) + "\n\n"
+                  + json.dumps({"path": str(tmp_path / "b/c.png"), "prompt": "a much longer prompt"}) + "\n")
+    # positional paths + prompts file: listed files get their prompt, others fall back to --prompt, else an error
+    (tmp_path / "d.png").write_bytes((imgs / "formats/red20.png").read_bytes())
+    res = score("--json", "-r", "score-test-prompt-len", "--prompts-file", str(jl), str(tmp_path))
+    assert res.exit_code == 3
+    rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
+    assert rows["a.png"]["scores"]["score-test-prompt-len"] == 4.0
+    assert rows["c.png"]["scores"]["score-test-prompt-len"] == 20.0
+    assert "no prompt" in rows["d.png"]["error"]
+    res = score("--json", "-r", "score-test-prompt-len", "--prompts-file", str(jl), "-p", "fallback", str(tmp_path))
+    assert res.exit_code == 0
+    assert {Path(r["path"]).name: r["prompt"] for r in json.loads(res.stdout)["results"]}["d.png"] == "fallback"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"path": "a.png"}\n')
+    res = score("-r", "score-test-prompt-len", "--prompts-file", str(bad))
+    assert res.exit_code == 2 and "line 1" in res.stderr
+
+
+def test_min_score_flags_and_filters(imgs):
+    args = ["-r", "score-test-red", "-p", "x", str(imgs / "formats")]
+    doc = json.loads(score("--json", "--min-score", str(70 / 255), *args).stdout)
+    below = {Path(r["path"]).name for r in doc["results"] if r["below_min"]}
+    assert below == {"red20.png", "red40.bmp", "red60.gif"}
+    res = score("--csv", "--min-score", f"score-test-red={70 / 255}", "--only", "below", *args)
+    assert res.exit_code == 0
+    assert sorted(Path(r["path"]).name for r in csv.DictReader(io.StringIO(res.stdout))) == \
+        ["red20.png", "red40.bmp", "red60.gif"]
+    res = score("--csv", "--min-score", str(70 / 255), "--only", "passed", *args)
+    assert sorted(Path(r["path"]).name for r in csv.DictReader(io.StringIO(res.stdout))) == \
+        ["red100.tif", "red180.jpg", "red80.webp"]
+    res = score("--min-score", str(70 / 255), *args)
+    assert "3 below --min-score" in res.stderr
+    res = score("--min-score", "score-test-rde=0.3", *args)
+    assert res.exit_code == 2 and "Did you mean 'score-test-red'" in res.stderr
+
+
+def test_one_file_breaking_a_reward_gets_its_own_row(tmp_path):
+    for name, colour in (("a.png", (200, 0, 0)), ("green.png", (0, 255, 0)), ("c.png", (100, 0, 0))):
+        flat(colour).save(tmp_path / name)
+    res = score("--json", "-r", "score-test-no-green", "-r", "score-test-red", "-p", "x", str(tmp_path))
+    assert res.exit_code == 3
+    rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
+    assert "cannot score a pure green image" in rows["green.png"]["error"]
+    assert rows["green.png"]["scores"] == {"score-test-red": 0.0}  # the other reward still scored it
+    assert rows["a.png"]["error"] is None and rows["a.png"]["scores"]["score-test-no-green"] == pytest.approx(200 / 255)
+    assert rows["a.png"]["rank"] == 1 and rows["c.png"]["rank"] == 2
+
+
+def test_show_captions_and_explain(imgs):
+    args = ["-r", "score-test-captioner", "-p", "x", str(imgs / "formats/red20.png"), str(imgs / "modes")]
+    res = score("--show-captions", *args)
+    assert res.exit_code == 0
+    assert "caption" in res.stdout and "a mostly red picture" in res.stdout
+    res = score("--explain", *args)
+    assert "regions" in res.stdout and "everything" in res.stdout and "likelihood: 0.5000" in res.stdout
+    doc = json.loads(score("--json", "--explain", *args).stdout)
+    assert doc["results"][0]["explain"]["score-test-captioner"]["caption"].startswith("a mostly")
+
+
+def test_blip2_caption_tiny_shows_its_captions():
+    res = score("--tiny", "-r", "blip2-caption", "--show-captions", "--json", "-p", OCEAN, str(PHOTOS / "1.webp"))
+    assert res.exit_code == 0, res.stderr
+    ex = json.loads(res.stdout)["results"][0]["explain"]["blip2-caption"]
+    assert isinstance(ex["caption"], str)
+
+
+def test_pixels_only_reward_needs_no_prompt_but_others_do(imgs):
+    res = score("--json", "-r", "score-test-pixels-only", str(imgs / "formats"))
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["results"]) == 6
+    res = score("-r", "score-test-red", str(imgs / "formats"))
+    assert res.exit_code == 2 and "--prompt is required" in res.stderr
+
+
+def test_usage_errors_exit_2(imgs, tmp_path):
+    res = score("-r", "imagerewrd", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "Did you mean 'imagereward'" in res.stderr
+    res = score("-r", "clip:tinyy", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "Did you mean 'tiny'" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = score("-r", "score-test-red", "-p", "x", str(tmp_path / "empty"))
+    assert res.exit_code == 2 and "No image files found" in res.stderr
+    res = score("--json", "--csv", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2
+    res = score("-r", "score-test-red", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "twice" in res.stderr
+
+
+def test_missing_weights_one_clear_message_exit_4(imgs):
+    res = score("-r", "clip", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 4
+    assert "openai/clip-vit-large-patch14" in res.stderr and "huggingface-cli download" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_max_pixels_option(imgs):
+    res = score("--json", "--max-pixels", "300", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 3
+    errors = [r["error"] for r in json.loads(res.stdout)["results"]]
+    assert all("above the limit" in e for e in errors)  # every file here is 24x16 = 384 px
+
+
+def test_score_files_progress_and_dtype(imgs):
+    seen = []
+    rewards = load_rewards(["clip:tiny"], dtype="bfloat16")
+    rows = score_files([imgs / "formats", imgs / "bad"], rewards, prompt="x", batch_size=2,
+                       progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (3, 6 + len(BAD)) and seen[-1] == (6 + len(BAD), 6 + len(BAD))
+    assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+    assert all(isinstance(r.scores["clip:tiny"], float) and math.isfinite(r.scores["clip:tiny"]) for r in rows if r.ok)
+
+
+def test_cli_module_import_stays_torch_free():
+    code = "import sys, rewardtune.cli.main, rewardtune.cli.score; assert 'torch' not in sys.modules, 'torch imported'"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
