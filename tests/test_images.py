@@ -10,8 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from rewardtune.images import (DEFAULT_MAX_PIXELS, ImageFileError, discover_images, inspect_image, load_pixels,
-                               open_image, pil_to_tensor, to_pixel_list)
+from rewardtune.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageFileError,
+    discover_images,
+    inspect_image,
+    load_pixels,
+    open_image,
+    pil_to_tensor,
+    to_pixel_list,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "images"
 RED, BLUE = (200, 30, 10), (10, 40, 220)
@@ -42,7 +50,7 @@ def test_formats_round_trip(tmp_path, fmt, suffix, tol):
     two_colour().save(p, fmt, **kw)
     x = load_pixels(p)
     assert x.shape == (3, 12, 16) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert close(rgb(x, 6, 2), RED, tol) and close(rgb(x, 6, 13), BLUE, tol)
     assert inspect_image(p).format == fmt
 
@@ -224,7 +232,7 @@ def test_bad_files_raise_image_file_error(tmp_path):
     with pytest.raises(ImageFileError, match="too large"):
         inspect_image(tmp_path / "bomb.png")
     assert inspect_image(tmp_path / "big.png", max_pixels=0).size == (9000, 9000)
-    assert 9000 * 9000 > DEFAULT_MAX_PIXELS
+    assert DEFAULT_MAX_PIXELS < 9000 * 9000
     with pytest.raises(ImageFileError, match="above the limit"):
         inspect_image(tmp_path / "full.png", max_pixels=64 * 63)
     with pytest.raises(ImageFileError, match="not found"):

@@ -94,8 +94,16 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
         raise UsageError(f"No image files found under {', '.join(str(p) for p in inputs)} "
                          "(looked for .png .jpg .jpeg .webp .bmp .gif .tif).")
 
-    from rewardtune.scoring import (apply_min_scores, load_rewards, needs_prompt, parse_min_scores, rank_rows,
-                                    resolve_device, rows_to_csv, rows_to_json, score_files)
+    from rewardtune.scoring import (
+        apply_min_scores,
+        load_rewards,
+        needs_prompt,
+        parse_min_scores,
+        rank_rows,
+        resolve_device,
+        rows_to_csv,
+        rows_to_json,
+    )
 
     reward_args = list(reward or []) or ["imagereward"]
     dev = resolve_device(device)

@@ -362,7 +362,7 @@ def test_score_files_progress_and_dtype(imgs):
     rows = score_files([imgs / "formats", imgs / "bad"], rewards, prompt="x", batch_size=2,
                        progress=lambda d, t: seen.append((d, t)))
     assert seen[0] == (3, 6 + len(BAD)) and seen[-1] == (6 + len(BAD), 6 + len(BAD))
-    assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+    assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
     assert all(isinstance(r.scores["clip:tiny"], float) and math.isfinite(r.scores["clip:tiny"]) for r in rows if r.ok)
 
 
