@@ -25,11 +25,11 @@ def COMMAND(  # noqa: N802
         if st.requeues:
             extra.append(f"requeued {st.requeues}x")
         out.print(f"job {st.job_id}: [{color}]{st.state}[/]" + (f" ({', '.join(extra)})" if extra else ""))
-        out.print(f"  run dir: {st.run_dir}", markup=False)
-        out.print(f"  stdout:  {st.stdout}", markup=False)
-        out.print(f"  stderr:  {st.stderr}", markup=False)
+        out.print(f"  run dir: {st.run_dir}", markup=False, soft_wrap=True)
+        out.print(f"  stdout:  {st.stdout}", markup=False, soft_wrap=True)
+        out.print(f"  stderr:  {st.stderr}", markup=False, soft_wrap=True)
         if st.error:
-            out.print("  " + st.error.replace("\n", "\n  "), markup=False)
+            out.print("  " + st.error.replace("\n", "\n  "), markup=False, soft_wrap=True)
         if st.state not in L.ACTIVE_STATES and st.state != "COMPLETED":
             worst = 1
     if rec.get("cluster") == "slurm":

@@ -319,8 +319,8 @@ class TrainingJob(Checkpointable):
         finally:
             if pg is not None:
                 _destroy_distributed()
-        if control.stop_requested():
-            reason = control.stop_reason()
+        if getattr(result, "stopped_early", False):
+            reason = getattr(result, "stop_reason", "") or control.stop_reason()
             preempted = bool(usr_seen) or env.USR_SIG in reason
             if rank == 0:
                 append_event(self.output_dir, "stopped", job_id=env.job_id, reason=reason, step=_last_step(result),
@@ -396,7 +396,7 @@ def _has_checkpoint(output_dir: str) -> bool:
 
 
 def _last_step(result: Any) -> int | None:
-    for name in ("step", "steps", "final_step", "global_step"):
+    for name in ("steps_done", "step", "final_step"):
         v = getattr(result, name, None)
         if v is None and isinstance(result, Mapping):
             v = result.get(name)
@@ -448,13 +448,14 @@ class Submission:
                 f"rewardtune status {shlex.quote(str(self.run_dir))}",
                 f"rewardtune cancel {shlex.quote(str(self.run_dir))}"]
 
-    def wait(self, poll_s: float = 2.0) -> list[Any]:
+    def wait(self, poll_s: float = 2.0, timeout_s: float | None = None) -> list[Any]:
         """Block until every job ends; return their results or raise JobFailedError in plain words."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         results = []
         for job, jid, err in zip(self.jobs or [None] * len(self.job_ids), self.job_ids, self.stderr):
             if job is None:
                 job = _job_handle(self.cluster, self.folders[0].parent, jid)
-            results.append(_result_or_raise(job, jid, err, self.run_dir, poll_s))
+            results.append(_result_or_raise(job, jid, err, self.run_dir, poll_s, deadline))
         return results
 
 
@@ -467,15 +468,18 @@ def _job_handle(cluster: str, slurm_folder_parent: Path, job_id: str):
     return submitit.SlurmJob(folder=slurm_folder_parent / base, job_id=job_id)
 
 
-def _result_or_raise(job: Any, job_id: str, stderr: Path, run_dir: Path, poll_s: float) -> Any:
+def _result_or_raise(job: Any, job_id: str, stderr: Path, run_dir: Path, poll_s: float,
+                     deadline: float | None = None) -> Any:
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     if hasattr(job, "watcher"):
         # submitit caches sacct for a while; poll it ourselves so a finished job is seen within seconds
         while not job.done(force_check=True):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.state} after the time given; see {stderr}")
             time.sleep(poll_s)
     try:
-        return job.result()
+        return job.results()[0]  # rank 0's result; one list entry per task
     except (FailedJobError, UncompletedJobError) as e:
         raise JobFailedError(explain_failure(str(e), job_id, stderr, run_dir)) from None
 
@@ -484,25 +488,28 @@ def explain_failure(text: str, job_id: str, stderr: Path | None, run_dir: Path |
     """A remote traceback (or submitit's message) -> what failed, where, and where to read the rest."""
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
     tb_start = next((i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")), None)
-    headline = None
-    where = None
+    headline = where = None
     if tb_start is not None:
         tail = lines[tb_start:]
-        exc = [ln for ln in tail if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)?:", ln)
-               or re.match(r"^[A-Za-z_][\w.]*Error$", ln)]
+        exc = [ln for ln in tail if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(:|$)", ln)]
         headline = exc[-1] if exc else tail[-1]
+        # the innermost frame outside submitit's own machinery is where the user's code failed
         frames = [ln.strip() for ln in tail if ln.strip().startswith('File "')]
-        if frames:
-            where = frames[-1]
-    else:
-        headline = next((ln for ln in reversed(lines) if "has state" in ln or "not requeued" in ln or ln), None)
+        own = [f for f in frames if f"{os.sep}submitit{os.sep}" not in f]
+        where = (own or frames or [None])[-1]
+    elif lines:
+        headline = lines[-1]
+    refused = [e for e in read_events(run_dir) if e.get("event") == "requeue_refused"] if run_dir else []
+    if refused and (headline is None or "UncompletedJobError" in headline or "not requeued" in headline):
+        stops = [e for e in read_events(run_dir) if e.get("event") == "stopped"]
+        at = f" at step {stops[-1].get('step')}" if stops and stops[-1].get("step") is not None else ""
+        headline = f"preempted{at} and not requeued: {refused[-1].get('reason')}"
+        if stops and stops[-1].get("checkpoint"):
+            headline += f" (checkpoint: {stops[-1]['checkpoint']})"
+        where = None
     msg = f"job {job_id} failed on the cluster: {headline or 'no error message was recorded'}"
     if where:
         msg += f"\n  raised at: {where}"
-    if run_dir is not None:
-        ev = [e for e in read_events(run_dir) if e.get("event") in ("requeue_refused",)]
-        if ev:
-            msg += f"\n  {ev[-1].get('reason')}"
     if stderr is not None:
         msg += f"\n  full log: {stderr}"
     return msg
@@ -520,6 +527,9 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
     lau = launcher or launcher_with(spec.launcher, **launcher_flags)
     run_dir = Path(output_dir or spec.resolved_output_dir).resolve()
     _refuse_live_job(run_dir)
+    if not resume and not lau.array and _has_checkpoint(str(run_dir)):
+        raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
+                         "another output_dir (-o).")
     ex = make_executor(lau, spec.name, run_dir, cluster)
     seeds = [spec.train.seed + i for i in range(lau.array)] if lau.array else [None]
     jobs_in = []
@@ -607,7 +617,8 @@ def job_states(rec: Mapping[str, Any]) -> dict[str, str]:
     out = _run(["squeue", "-h", "-j", base, "-o", "%i|%T"]) if shutil.which("squeue") else ""
     for line in out.splitlines():
         parts = line.split("|")
-        if len(parts) == 2:
+        # squeue is fresher for live jobs; sacct's final state wins over squeue's COMPLETING
+        if len(parts) == 2 and states.get(parts[0], "PENDING") in ACTIVE_STATES:
             states[parts[0]] = parts[1]
     return {jid: states.get(jid, states.get(base, "UNKNOWN")) for jid in rec.get("job_ids", [base])}
 
