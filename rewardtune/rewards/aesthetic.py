@@ -68,7 +68,7 @@ class LaionAesthetic(Reward):
         self.interpolation, self.crop_rounding = interpolation, crop_rounding
 
     def _load(self) -> list[torch.nn.Module]:
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import AutoConfig, CLIPVisionModelWithProjection
 
         d = resolve_weights(self.weights, self.revision, what=self.name)
         sd = convert_mlp_state_dict(load_torch_checkpoint(find_file(d, self.filename, self.name)))
@@ -78,7 +78,13 @@ class LaionAesthetic(Reward):
         # no clip_weights: the CLIP checkpoint sits in the same directory (tiny twins, local bundles)
         cd = resolve_weights(self.clip_weights, self.clip_revision, what=f"{self.name} CLIP") if self.clip_weights else d
         with quiet_transformers():
-            self.clip = CLIPVisionModelWithProjection.from_pretrained(str(cd), dtype=self.dtype).to(self.device)
+            cfg = AutoConfig.from_pretrained(str(cd))
+            if hasattr(cfg, "vision_config"):  # a full CLIP checkpoint: take its image tower and projection
+                vcfg = cfg.vision_config
+                vcfg.projection_dim = cfg.projection_dim  # older configs leave the sub-config's default (512)
+            else:
+                vcfg = cfg
+            self.clip = CLIPVisionModelWithProjection.from_pretrained(str(cd), config=vcfg, dtype=self.dtype).to(self.device)
         return [self.clip, self.mlp]
 
     def pixel_values(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -25,3 +25,21 @@ mk() {
 
 mk ir "image-reward==1.5" "transformers>=4.30,<5" safetensors pillow numpy
 mk oc open-clip-torch "transformers>=4.30,<5" safetensors pillow numpy
+
+# HPSv2's eval transform (ResizeMaxSize) lives in the hpsv2 wheel, whose own dependencies pin old tools; take
+# only its two transform files from the wheel, without installing it.
+if [ ! -f "$ROOT/hpsv2_src/hps_transform/transform.py" ]; then
+  "$ROOT/oc/bin/pip" download -q --no-deps hpsv2==1.2.0 -d "$ROOT/dl"
+  "$ROOT/oc/bin/python" - "$ROOT" <<'PY'
+import glob, os, sys, zipfile
+root = sys.argv[1]
+whl = sorted(glob.glob(os.path.join(root, "dl", "hpsv2-1.2.0-*.whl")))[0]
+dst = os.path.join(root, "hpsv2_src", "hps_transform")
+os.makedirs(dst, exist_ok=True)
+with zipfile.ZipFile(whl) as z:
+    for name in ("transform.py", "constants.py"):
+        open(os.path.join(dst, name), "wb").write(z.read(f"hpsv2/src/open_clip/{name}"))
+open(os.path.join(dst, "__init__.py"), "w").write("")
+print("hpsv2 transform files ->", dst)
+PY
+fi
