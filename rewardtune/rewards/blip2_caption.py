@@ -13,6 +13,7 @@ life of the reward object, so re-scoring an image within a run costs only a dict
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -168,8 +169,15 @@ class Blip2CaptionReward(Reward):
         pv = square_preprocess(pixels.to(self.device, torch.float32).clamp(0, 1), self.image_size, self.mean,
                                self.std, self.interp).to(self.dtype)
         ids = torch.tensor([self._start_ids] * pv.shape[0], dtype=torch.long, device=self.device)
+        # the checkpoint's generation config (e.g. no_repeat_ngram_size) reaches the inner language model;
+        # length, beams and greedy decoding are the preset's
+        gc = copy.deepcopy(self.blip.generation_config)
+        gc.max_new_tokens, gc.num_beams, gc.do_sample = self.max_new_tokens, self.num_beams, False
+        gc.max_length = gc.min_length = None
+        for k in ("temperature", "top_p", "top_k"):  # sampling-only settings would warn under greedy/beam search
+            setattr(gc, k, None)
         out = self.blip.generate(pixel_values=pv, input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False)
+                                 generation_config=gc)
         if out.shape[1] >= ids.shape[1] and torch.equal(out[:, :ids.shape[1]], ids):
             out = out[:, ids.shape[1]:]  # decoder-only generate returns the prompt ids first
         texts = self.blip_tok.batch_decode(out, skip_special_tokens=True)

@@ -25,7 +25,7 @@ def make_processor():
     except ImportError:  # older transformers: the PIL processor is the default one
         from transformers import BlipImageProcessor as ImageProcessor
 
-    tok = train_bpe_tokenizer(300, padding_side="left")
+    tok = train_bpe_tokenizer(600, padding_side="left")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ip = ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=list(OPENAI_MEAN),
@@ -50,8 +50,35 @@ def make_blip2(tok):
     return Blip2ForConditionalGeneration(cfg)
 
 
+def make_captions_wordy(model, tok, gain: float = 3.0) -> None:
+    """Make a random twin caption in words: re-draw the vision / Q-Former / projection weights at std
+    gain/sqrt(fan_in) (their std-0.02 init gives every image the same caption), and scale the tied OPT embedding
+    rows of whole corpus words up and the rest down, so greedy decoding picks words rather than control bytes."""
+    import torch
+
+    from rewardtune.zoo.tokenizers import CORPUS
+
+    words = {w for s in CORPUS for w in s.split()}
+    with torch.no_grad():
+        for part in (model.vision_model, model.qformer, model.language_projection):
+            for mod in part.modules():
+                if isinstance(mod, torch.nn.Linear | torch.nn.Conv2d):
+                    mod.weight.normal_(0.0, gain / mod.weight[0].numel() ** 0.5)
+        emb = model.language_model.get_input_embeddings().weight
+        keep = torch.zeros(emb.shape[0], dtype=torch.bool)
+        for t, i in tok.get_vocab().items():
+            if t.startswith("\u0120") and t[1:] in words:
+                keep[i] = True
+        emb[keep] *= 3.0
+        emb[~keep] *= 0.2
+
+
 def build(path: Path, seed: int) -> None:
-    """Tiny BLIP-2 captioner: 2-layer ViT (32 px, patch 8), 2-layer Q-Former with 4 queries, 2-layer OPT."""
+    """Tiny BLIP-2 captioner: 2-layer ViT (32 px, patch 8), 2-layer Q-Former with 4 queries, 2-layer OPT whose
+    greedy captions are strings of words (no repeats) that change with the image."""
     proc = make_processor()
-    make_blip2(proc.tokenizer).save_pretrained(path)
+    model = make_blip2(proc.tokenizer)
+    make_captions_wordy(model, proc.tokenizer)
+    model.generation_config.no_repeat_ngram_size = 1
+    model.save_pretrained(path)
     proc.save_pretrained(path)
