@@ -77,16 +77,18 @@ def COMMAND(  # noqa: N802
                    resume=resume)
     n = launcher.nodes * L.num_tasks_per_node(launcher)
     ids = ", ".join(sub.job_ids)
-    out.print(f"[green]submitted[/] job {ids} ({cluster}; {launcher.nodes} node{'s' * (launcher.nodes > 1)}, "
+    verb = {"slurm": "submitted", "local": "started"}.get(cluster, "running")
+    out.print(f"[green]{verb}[/] job {ids} ({cluster}; {launcher.nodes} node{'s' * (launcher.nodes > 1)}, "
               f"{n} process{'es' * (n > 1)}, {launcher.time_min} min)")
     out.print(f"  run dir: {run_dir}", markup=False, soft_wrap=True)
-    for i, jid in enumerate(sub.job_ids):
+    for i, jid in enumerate(sub.job_ids if cluster != "debug" else []):  # debug: no logs, output goes here
         tag = f" [{jid}]" if len(sub.job_ids) > 1 else ""
         out.print(f"  stdout{tag}: {sub.stdout[i]}", markup=False, soft_wrap=True)
         out.print(f"  stderr{tag}: {sub.stderr[i]}", markup=False, soft_wrap=True)
-    out.print("follow it with:")
-    for c in sub.follow_commands():
-        out.print(f"  {c}", markup=False, soft_wrap=True)
+    if cluster != "debug":
+        out.print("follow it with:")
+        for c in sub.follow_commands():
+            out.print(f"  {c}", markup=False, soft_wrap=True)
     if wait or cluster != "slurm":
         out.print("waiting for the job to end...")
         sub.wait()

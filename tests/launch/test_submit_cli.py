@@ -172,3 +172,21 @@ def test_cli_verbs_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ},
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_cluster_debug_runs_here_without_sbatch_and_says_so(tmp_path):
+    """No SLURM needed: the same job object runs in this process (submitit's debug executor)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    run = tmp_path / "r"
+    res = cli("submit", TINY, "train.steps=2", "sampling.steps=2", "--tiny", "--cluster", "debug", "-o", str(run),
+              path=str(empty))
+    assert res.exit_code == 0, res.output
+    assert "--cluster debug: no SLURM; the job runs inside this process" in res.stderr
+    assert "done: job" in res.stdout
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert [e["event"] for e in L.read_events(run)] == ["submitted", "started", "finished"]
+    st = cli("status", str(run))
+    assert st.exit_code == 0 and "COMPLETED (step 2)" in st.stdout, st.output
+    again = cli("submit", TINY, "train.steps=2", "--tiny", "--cluster", "debug", "-o", str(run), path=str(empty))
+    assert again.exit_code == 2 and "already holds checkpoints" in again.stderr and "--resume" in again.stderr
