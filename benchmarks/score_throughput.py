@@ -26,6 +26,8 @@ example photos), --repeats R, --batch-sizes 1,8,16, --threads T (torch threads o
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -58,23 +60,27 @@ def worker(args) -> None:
 
     for n in ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer"):
         setattr(mu, n, getattr(pu, n))  # moved in transformers 4.4x; image-reward imports them from the old place
-    import ImageReward
-    import torch
-    import transformers
-    from transformers import BertTokenizer
+    # ImageReward/__init__ imports its training code (ReFL: datasets, diffusers...); load only the model modules
+    spec = importlib.util.find_spec("ImageReward")
+    pkg = types.ModuleType("ImageReward")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["ImageReward"] = pkg
 
     import ImageReward.models.BLIP.blip as ir_blip
     import ImageReward.models.BLIP.blip_pretrain as ir_pre
+    import torch
+    import transformers
     from ImageReward.ImageReward import MLP
     from ImageReward.ImageReward import ImageReward as IRModel
     from ImageReward.models.BLIP.vit import VisionTransformer
+    from transformers import BertTokenizer
 
     torch.set_num_threads(args.threads)
     cfg = SIZES[args.size]
     mdir = Path(args.model_dir)
     mdir.mkdir(parents=True, exist_ok=True)
     # bert-base-uncased's vocabulary cannot be downloaded here: a small WordPiece vocabulary covering the prompt
-    words = sorted(set(PROMPT.replace(",", " ,").split()) | set("photo of a the and with in".split()))
+    words = sorted(set(PROMPT.replace(",", " ,").split()) | set(["photo", "of", "a", "the", "and", "with", "in"]))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ","] + words + list("abcdefghijklmnopqrstuvwxyz")
     (mdir / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tok = BertTokenizer(vocab_file=str(mdir / "vocab.txt"))
@@ -102,7 +108,7 @@ def worker(args) -> None:
         model.mlp = MLP(h)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # the head's own init gives near-constant scores: re-draw it at a larger scale
-        for name, p in model.mlp.named_parameters():
+        for p in model.mlp.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (1.5 / p.shape[-1] ** 0.5 if p.ndim == 2 else 0.1))
     model.eval()
     from safetensors.torch import save_file
@@ -118,7 +124,7 @@ def worker(args) -> None:
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     reply({"ready": True, "build_s": time.perf_counter() - t0, "params": params, "torch": torch.__version__,
-           "transformers": transformers.__version__, "image_reward": getattr(ImageReward, "__version__", "1.5"),
+           "transformers": transformers.__version__, "image_reward": importlib.metadata.version("image-reward"),
            "vision_heads": vheads})
     for line in sys.stdin:
         cmd = line.strip()
@@ -156,11 +162,15 @@ def make_images(d: Path, n: int) -> list[str]:
 
 
 class Reference:
-    def __init__(self, python: str, size: str, model_dir: Path, paths_file: Path, threads: int, device: str):
+    def __init__(self, python: str, size: str, model_dir: Path, paths_file: Path, threads: int, device: str,
+                 pythonpath: str | None = None):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+        if pythonpath:  # reference packages unpacked beside a shared interpreter (e.g. on a GPU machine)
+            env["PYTHONPATH"] = pythonpath
         self.proc = subprocess.Popen(
             [python, __file__, "--worker", "--size", size, "--model-dir", str(model_dir), "--paths", str(paths_file),
              "--threads", str(threads), "--device", device], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+            env=env)
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -211,6 +221,7 @@ def main() -> None:
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--paths", help=argparse.SUPPRESS)
     ap.add_argument("--ref-python", default="/work/refvenvs/ir/bin/python")
+    ap.add_argument("--ref-pythonpath", default=None, help="PYTHONPATH for the reference worker only")
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
@@ -238,7 +249,8 @@ def main() -> None:
         paths = make_images(work / "imgs", args.images)
         (work / "paths.json").write_text(json.dumps(paths))
         print(f"[bench] {len(paths)} images 512x512, building the {args.size} reference model ...", file=sys.stderr)
-        ref = Reference(args.ref_python, args.size, work / "model", work / "paths.json", args.threads, args.device)
+        ref = Reference(args.ref_python, args.size, work / "model", work / "paths.json", args.threads, args.device,
+                        args.ref_pythonpath)
         print(f"[bench] reference ready ({ref.info['params'] / 1e6:.0f}M params, {ref.info['build_s']:.0f} s)",
               file=sys.stderr)
         card = get_card("imagereward")
