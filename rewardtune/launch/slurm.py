@@ -530,6 +530,11 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
     if not resume and not lau.array and _has_checkpoint(str(run_dir)):
         raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another output_dir (-o).")
+    world = lau.nodes * num_tasks_per_node(lau)
+    if spec.train.batch_size % world:
+        raise UsageError(f"train.batch_size={spec.train.batch_size} is the global batch: it must split evenly over the "
+                         f"{world} processes ({lau.nodes} node(s) x {num_tasks_per_node(lau)}); use a multiple of "
+                         f"{world}")
     ex = make_executor(lau, spec.name, run_dir, cluster)
     seeds = [spec.train.seed + i for i in range(lau.array)] if lau.array else [None]
     jobs_in = []

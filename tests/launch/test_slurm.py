@@ -47,6 +47,7 @@ def jobs(tmp_path_factory, slurm_cluster):
             "ddp": submit("ddp", tmp, tasks_per_node=2),
             "fail": submit("fail", tmp, "objective[0].reward=launch-explode"),
             "bounded": submit("bounded", tmp, "train.steps=100000", max_requeues=0),
+            "array": submit("array", tmp, "train.steps=2", array=2),
         }
         from typer.testing import CliRunner
 
@@ -287,3 +288,18 @@ def test_dry_run_matches_the_submitted_script(jobs):
     spec = load_spec(TINY, tiny=True)
     printed = sbatch_script(launcher_with(spec.launcher), spec.name, sub.run_dir)
     assert printed == submitted.replace(f"/slurm/{sub.job_id}/", "/slurm/%j/")
+
+
+def test_array_runs_one_seed_per_task(jobs):
+    import yaml
+
+    sub = jobs["array"]
+    assert len(sub.job_ids) == 2 and all(j.startswith(sub.job_id + "_") for j in sub.job_ids)
+    results = sub.wait(timeout_s=WAIT_S)
+    assert [r["steps_done"] for r in results] == [2, 2]
+    seeds = [yaml.safe_load((sub.run_dir / f"seed-{s}" / "spec.yaml").read_text())["train"]["seed"] for s in (7, 8)]
+    assert seeds == [7, 8]
+    a, b = lora(sub.run_dir / "seed-7"), lora(sub.run_dir / "seed-8")
+    assert any(not (a[k] == b[k]).all() for k in a), "two seeds trained the same weights"
+    st = cli("status", str(sub.run_dir))
+    assert all(f"job {j}:" in st.stdout for j in sub.job_ids), st.stdout

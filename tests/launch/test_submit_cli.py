@@ -190,3 +190,11 @@ def test_cluster_debug_runs_here_without_sbatch_and_says_so(tmp_path):
     assert st.exit_code == 0 and "COMPLETED (step 2)" in st.stdout, st.output
     again = cli("submit", TINY, "train.steps=2", "--tiny", "--cluster", "debug", "-o", str(run), path=str(empty))
     assert again.exit_code == 2 and "already holds checkpoints" in again.stderr and "--resume" in again.stderr
+
+
+def test_global_batch_must_split_over_the_processes(tmp_path):
+    res = cli("submit", TINY, "train.batch_size=3", "--tiny", "--tasks-per-node", "2", "--cluster", "debug",
+              "-o", str(tmp_path / "r"))
+    assert res.exit_code == 2, res.output
+    assert "must split evenly over the 2 processes" in res.stderr
+    assert not (tmp_path / "r").exists()
