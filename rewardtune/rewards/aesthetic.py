@@ -13,8 +13,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rewardtune.rewards._util import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, find_file, l2_normalize, load_torch_checkpoint,
-                                      pooled, quiet_transformers)
+from rewardtune.rewards._util import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    find_file,
+    l2_normalize,
+    load_torch_checkpoint,
+    quiet_transformers,
+)
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess

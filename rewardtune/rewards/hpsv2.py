@@ -16,8 +16,17 @@ from pathlib import Path
 
 import torch
 
-from rewardtune.rewards._util import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, find_file, l2_normalize, load_tokenizer,
-                                      load_torch_checkpoint, pooled, quiet_transformers, token_max_length)
+from rewardtune.rewards._util import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    find_file,
+    l2_normalize,
+    load_tokenizer,
+    load_torch_checkpoint,
+    pooled,
+    quiet_transformers,
+    token_max_length,
+)
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess

@@ -11,8 +11,15 @@ from collections.abc import Sequence
 
 import torch
 
-from rewardtune.rewards._util import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, l2_normalize, load_tokenizer, pooled,
-                                      quiet_transformers, token_max_length)
+from rewardtune.rewards._util import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    l2_normalize,
+    load_tokenizer,
+    pooled,
+    quiet_transformers,
+    token_max_length,
+)
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess

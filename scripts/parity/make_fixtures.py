@@ -23,6 +23,7 @@ fixture whose scores barely vary cannot catch a wrong implementation. Tiny tower
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -139,10 +140,8 @@ def versions():
 
     out = {}
     for p in ("torch", "torchvision", "transformers", "open_clip_torch", "image-reward", "pillow"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[p] = version(p)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -325,17 +324,16 @@ def imagereward(d: Path):
 
     for n in ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer"):
         setattr(mu, n, getattr(pu, n))
-    import torch
-    from transformers import BertTokenizer
-
     import ImageReward.models.BLIP.blip as ir_blip
     import ImageReward.models.BLIP.blip_pretrain as ir_pre
+    import torch
     from ImageReward.ImageReward import MLP, ImageReward
     from ImageReward.models.BLIP.vit import VisionTransformer
+    from transformers import BertTokenizer
 
     mdir = d / "model"
     mdir.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for p in PROMPTS for w in p.split()} | set("photo of with an in the and".split()))
+    words = sorted({w for p in PROMPTS for w in p.split()} | set(["photo", "of", "with", "an", "in", "the", "and"]))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + sorted(set("abcdefghijklmnopqrstuvwxyz") - set(words))
     (mdir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(vocab_file=str(mdir / "vocab.txt"))
@@ -364,7 +362,7 @@ def imagereward(d: Path):
     with torch.no_grad():
         text = tok(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
         t_scores = m.score_gard(text.input_ids, text.attention_mask, tensor_inputs(pq)).reshape(-1)
-        p_scores = torch.tensor([m.score(c[2], im) for c, im in zip(PIL_CASES, pil_images())])
+        p_scores = torch.tensor([m.score(c[2], im) for c, im in zip(PIL_CASES, pil_images(), strict=True)])
         pv = torch.stack([m.preprocess(im) for im in pil_images()])
     save_reference(d, {"family": "imagereward", "reference": "image-reward 1.5 ImageReward.score_gard / .score",
                        "vision_heads": 4},

@@ -15,7 +15,7 @@ PROMPTS = ["a photo of a cat", "a red car parked on the street", "a bowl of soup
 
 
 def test_every_family_is_registered_and_differentiable():
-    assert MINE <= set(DIFFERENTIABLE), f"missing: {MINE - set(DIFFERENTIABLE)}"
+    assert set(DIFFERENTIABLE) >= MINE, f"missing: {MINE - set(DIFFERENTIABLE)}"
 
 
 def _pixels(b=5, h=40, w=52, seed=0):

@@ -8,8 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from rewardtune.rewards.preprocess import (center_crop, preprocess, resize, resize_longest_pad, resize_shortest_edge,
-                                           shortest_edge_size)
+from rewardtune.rewards.preprocess import (
+    center_crop,
+    preprocess,
+    resize,
+    resize_longest_pad,
+    resize_shortest_edge,
+    shortest_edge_size,
+)
 
 PHOTOS = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "images").glob("*.webp"))
 
