@@ -381,6 +381,28 @@ def _semantic_problems(spec: Spec, src: SpecSource) -> list[Problem]:
         if all(t.combine == "assemble_ranked" and not _differentiable(reg, t.reward) for t in optimized) and optimized:
             add(("objective",), f"method '{m.name}' needs at least one differentiable optimized term to give a "
                                 "gradient", "add a differentiable reward, or use `method: {name: ranked}`")
+    # engine checks
+    g = spec.sampling.images_per_prompt
+    if spec.train.batch_size % g:
+        add(("train", "batch_size"), f"train.batch_size={spec.train.batch_size} is not a multiple of "
+                                     f"sampling.images_per_prompt={g}",
+            f"use a batch_size that is a multiple of {g}")
+    for i, t in enumerate(spec.objective):
+        if t.combine == "assemble_ranked" and t.role == "optimize" and t.weight <= 0:
+            add(("objective", i, "weight"), f"assemble_ranked term '{t.label}' needs a positive weight "
+                                            f"(got {t.weight}); ranks already say which way is better",
+                "use a weight > 0, or `role: monitor`")
+    if m.name in GRADIENT_METHODS and optimized and not all(
+            t.combine == "assemble_ranked" and not _differentiable(reg, t.reward) for t in optimized) and not any(
+            t.combine == "weighted_sum" and _differentiable(reg, t.reward) for t in optimized):
+        add(("objective",), f"method '{m.name}' takes its gradient from differentiable `combine: weighted_sum` "
+                            "terms, and there is none (assemble_ranked terms only weight the samples)",
+            "set `combine: weighted_sum` on a differentiable term, or use `method: {name: ranked}`")
+    if m.name in GRADIENT_METHODS and g == 1 and any(
+            t.combine == "assemble_ranked" and t.role == "optimize" for t in spec.objective):
+        add(("sampling", "images_per_prompt"), "assemble_ranked terms under a gradient method rank the images of "
+                                               "each prompt, but sampling.images_per_prompt is 1 (nothing to rank)",
+            "set sampling.images_per_prompt to 2 or more")
     if spec.train.warmup_steps > spec.train.steps:
         add(("train", "warmup_steps"), f"warmup_steps={spec.train.warmup_steps} exceeds train.steps="
                                        f"{spec.train.steps}", "lower warmup_steps")

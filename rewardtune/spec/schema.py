@@ -218,6 +218,8 @@ class SamplingSpec(Strict):
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance; <= 1 disables CFG.")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM eta (0 = deterministic, 1 = DDPM-like).")
     resolution: int = Field(512, ge=8, description="Image height and width in pixels (multiple of 8).")
+    images_per_prompt: int = Field(1, ge=1, description="Images sampled per prompt in a training batch (they form "
+                                                        "the groups that assemble_ranked terms rank within).")
 
     @field_validator("resolution")
     @classmethod
@@ -255,6 +257,8 @@ class LoggingSpec(Strict):
     images_every: int = Field(50, ge=0, description="Image grid of eval prompts on fixed noise every N steps "
                                                     "(0 = only before and after).")
     tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard).")
+    eval_prompts: int = Field(4, ge=1, description="Evaluation prompts in each image grid (the first N).")
+    progress: bool = Field(True, description="Show the live progress bar (rank 0 only).")
 
 
 # ------------------------------------------------------------------------------------------------------- launcher

@@ -1,0 +1,69 @@
+"""`rewardtune run SPEC [key=value ...] [--tiny] [--resume] [--output-dir DIR]`: train."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from rewardtune.cli.common import console, guarded
+
+HELP = ("Fine-tune the spec's model against its objective. SPEC is a YAML file or the name of a shipped spec "
+        "(e.g. `demo`); key=value overrides are validated like the spec.")
+
+
+def find_spec(spec: str) -> Path:
+    """A path, or the name of a spec shipped with rewardtune (`demo`, `draft_k`, `specs/demo.yaml`)."""
+    from rewardtune.errors import UsageError
+    from rewardtune.registry import bundled_dir
+
+    p = Path(spec)
+    if p.exists():
+        return p
+    shipped = bundled_dir("specs")
+    for cand in (shipped / p.name, shipped / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    names = sorted(x.stem for x in shipped.rglob("*.yaml")) if shipped.is_dir() else []
+    raise UsageError(f"spec '{spec}' not found (no such file, and no shipped spec of that name). "
+                     f"Shipped specs: {', '.join(names) or '(none)'}.")
+
+
+@guarded
+def COMMAND(  # noqa: N802
+    spec: str = typer.Argument(..., help="Spec file, or a shipped spec's name (see specs/)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.steps=50 train.lr=3e-4."),
+    tiny: bool = typer.Option(False, "--tiny", help="Run offline on tiny twins of every model (seconds on a CPU)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output dir."),
+    output_dir: str = typer.Option(None, "--output-dir", "-o", help="Where outputs go (default: the spec's "
+                                                                   "output_dir)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar."),
+) -> None:
+    from rewardtune.errors import UsageError
+
+    bad = [o for o in overrides or [] if "=" not in o]
+    if bad:
+        raise UsageError(f"overrides must look like key=value (got {bad[0]!r})")
+    path = find_spec(spec)
+    out = console()
+    from rewardtune.api import run
+    from rewardtune.engine import control
+
+    previous = control.install_signal_handlers()
+    try:
+        result = run(path, overrides=list(overrides or []), tiny=tiny, resume=resume, output_dir=output_dir,
+                     progress=False if no_progress else None)
+    finally:
+        control.restore_signal_handlers(previous)
+    if result.stopped_early:
+        out.print(f"[yellow]stopped[/] after step {result.steps_done} ({result.stop_reason}); checkpoint written. "
+                  f"Continue with: rewardtune run {spec} --resume" + (f" --output-dir {output_dir}" if output_dir
+                                                                     else ""))
+        raise typer.Exit(3)
+    if result.resumed_from is not None:
+        out.print(f"resumed from step {result.resumed_from}")
+    for k, v in result.eval_after.items():
+        b = result.eval_before.get(k)
+        out.print(f"eval {k}: " + (f"{b:.4g} -> " if b is not None else "") + f"{v:.4g}")
+    out.print(f"[green]done[/] {result.steps_done} steps; outputs in {result.output_dir}")
+    if result.weights_path:
+        out.print(f"weights: {result.weights_path}")

@@ -1,0 +1,103 @@
+"""Builders: map the validated spec onto typed components (the spec object goes no further than this file)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardtune.engine.distributed import DistInfo, dist_info
+from rewardtune.engine.methods import build_method
+from rewardtune.engine.objective import Objective, ObjectiveTerm
+from rewardtune.engine.pipeline import Diffusion, LoraSettings, load_diffusion
+from rewardtune.engine.trainer import Trainer, TrainSettings, seed_everything
+from rewardtune.engine.types import SamplingSettings
+
+AMP = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(launcher: Any, info: DistInfo) -> torch.device:
+    want = getattr(launcher, "device", "auto")
+    if want == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", info.rank % max(1, torch.cuda.device_count()))))
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    return torch.device(want)
+
+
+def build_diffusion(spec: Any, device: torch.device) -> Diffusion:
+    m = spec.model
+    lora = None
+    if m.trainable.type == "lora":
+        t = m.trainable
+        lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout, target_modules=tuple(t.target_modules),
+                            init=t.init)
+    kl = getattr(spec.method, "kl_coeff", 0.0) > 0
+    diff = load_diffusion(m.pretrained, revision=m.revision, variant=m.variant, dtype=m.dtype, device=device,
+                          lora=lora, keep_base_copy=kl and lora is None)
+    amp = AMP[spec.train.mixed_precision]
+    diff.amp_dtype = amp if device.type == "cuda" else (amp if amp is torch.bfloat16 else None)
+    return diff
+
+
+def build_objective(spec: Any, device: torch.device, info: DistInfo) -> Objective:
+    from rewardtune.registry import get_card, load_reward
+
+    amp = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[spec.train.mixed_precision]
+    terms = []
+    for t in spec.objective:
+        card = get_card(t.reward)
+        dtype = t.dtype or (amp if device.type == "cuda" else "float32")
+        kw: dict[str, Any] = dict(t.kwargs)
+        reward = load_reward(t.reward, t.preset, device=str(device), dtype=dtype, max_batch_size=t.max_batch_size,
+                             **kw)
+        terms.append(ObjectiveTerm(label=t.label, reward=reward, weight=t.weight, role=t.role, normalize=t.normalize,
+                                   combine=t.combine, sign=-1.0 if card.direction == "lower" else 1.0))
+    return Objective(terms, info)
+
+
+def sampling_settings(spec: Any) -> SamplingSettings:
+    sp = spec.sampling
+    return SamplingSettings(steps=sp.steps, guidance=sp.guidance_scale, eta=sp.eta, resolution=sp.resolution,
+                            use_checkpoint=spec.train.gradient_checkpointing)
+
+
+def train_settings(spec: Any, eval_prompts: list[str]) -> TrainSettings:
+    t, lg = spec.train, spec.logging
+    ema = spec.model.ema
+    return TrainSettings(
+        steps=t.steps, batch_size=t.batch_size, grad_accum=t.grad_accum,
+        images_per_prompt=spec.sampling.images_per_prompt, lr=t.lr, lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps, optimizer=t.optimizer, weight_decay=t.weight_decay, betas=tuple(t.betas),
+        grad_clip=t.grad_clip, seed=t.seed, mixed_precision=t.mixed_precision, max_nonfinite=t.max_nonfinite,
+        checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, log_every=lg.every,
+        images_every=lg.images_every, eval_prompts=tuple(eval_prompts[:lg.eval_prompts]),
+        tensorboard=lg.tensorboard, progress=lg.progress, ema_decay=ema.decay if ema else None,
+        ema_every=ema.update_every if ema else 1)
+
+
+def build_trainer(spec: Any, *, output_dir: str | Path | None = None, callbacks: Any = (),
+                  progress: bool | None = None) -> Trainer:
+    """Everything a run needs, built from a validated spec."""
+    from rewardtune.prompts import resolve_prompts
+    from rewardtune.spec.load import spec_base_dir
+
+    info = dist_info()
+    seed_everything(spec.train.seed)
+    device = resolve_device(spec.launcher, info)
+    base = spec_base_dir(spec)
+    train_prompts = resolve_prompts(spec.prompts.train, base)
+    eval_prompts = resolve_prompts(spec.prompts.eval, base)
+    diff = build_diffusion(spec, device)
+    objective = build_objective(spec, device, info)
+    method = build_method(spec.method, base)
+    settings = train_settings(spec, eval_prompts)
+    if progress is not None:
+        settings = TrainSettings(**{**settings.__dict__, "progress": progress})
+    out = Path(output_dir) if output_dir is not None else Path(spec.resolved_output_dir)
+    if not out.is_absolute() and output_dir is None:
+        out = Path.cwd() / out
+    return Trainer(diff, objective, method, sampling_settings(spec), settings, train_prompts, out, spec=spec,
+                   callbacks=callbacks, info=info)

@@ -1,0 +1,414 @@
+"""The training loop: micro-batches with gradient accumulation, all-reduced gradients, clipping, AdamW (or 8-bit
+Adam), warmup + constant/cosine LR, non-finite step skipping, EMA, logging, grids, checkpoints and resume.
+
+Randomness is a function of (seed, step, micro-batch, purpose) only, so a resumed run replays exactly what an
+uninterrupted run would have done (bitwise on CPU).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rewardtune.engine import control
+from rewardtune.engine.callbacks import CallbackList, EvalEvent, StepEvent
+from rewardtune.engine.distributed import DistInfo, any_flag, average_gradients, barrier
+from rewardtune.engine.objective import Objective
+from rewardtune.engine.outputs import (MetricsWriter, captioned_grid, list_checkpoints, load_latest_checkpoint,
+                                       save_checkpoint, write_run_info)
+from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
+from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
+from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
+from rewardtune.errors import RewardtuneError
+
+
+class NonFiniteError(RewardtuneError):
+    """Too many steps had a non-finite reward, loss or gradient."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 100
+    batch_size: int = 4  # global, per micro-batch
+    grad_accum: int = 1
+    images_per_prompt: int = 1
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"
+    max_nonfinite: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    images_every: int = 50
+    eval_prompts: tuple[str, ...] = ()
+    tensorboard: bool = False
+    progress: bool = True
+    ema_decay: float | None = None
+    ema_every: int = 1
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps_done: int
+    weights_path: Path | None
+    stopped_early: bool = False
+    stop_reason: str = ""
+    skipped_steps: int = 0
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    if s.warmup_steps and step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    if s.lr_schedule == "cosine":
+        span = max(1, s.steps - s.warmup_steps)
+        return s.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - s.warmup_steps) / span)))
+    return s.lr
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            from rewardtune.errors import MissingDependencyError
+
+            raise MissingDependencyError("bitsandbytes", "bnb", "train.optimizer=adamw8bit") from None
+        return bnb.optim.AdamW8bit(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    def __init__(self, diff: Diffusion, objective: Objective, method: Any, sampling: SamplingSettings,
+                 settings: TrainSettings, train_prompts: list[str], output_dir: Path, *, spec: Any = None,
+                 callbacks: Any = (), info: DistInfo | None = None):
+        self.diff, self.objective, self.method = diff, objective, method
+        self.sampling, self.s = sampling, settings
+        self.train_prompts = list(train_prompts)
+        self.out = Path(output_dir)
+        self.spec = spec
+        self.callbacks = CallbackList(callbacks)
+        self.info = info or DistInfo()
+        s = settings
+        g = s.images_per_prompt
+        if s.batch_size % g:
+            raise RewardtuneError(f"train.batch_size={s.batch_size} must be a multiple of "
+                                  f"sampling.images_per_prompt={g}")
+        if s.batch_size % (self.info.world * g):
+            raise RewardtuneError(f"train.batch_size={s.batch_size} must split into {self.info.world} ranks of whole "
+                                  f"prompt groups ({g} images per prompt)")
+        self.local_batch = s.batch_size // self.info.world
+        self.params = diff.trainable_parameters()
+        if not self.params:
+            raise RewardtuneError("nothing to train: the UNet has no trainable parameters")
+        self.opt = make_optimizer(self.params, s)
+        fp16 = s.mixed_precision == "fp16" and diff.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(diff.device.type, enabled=fp16)
+        self.ema = [p.detach().clone() for p in self.params] if s.ema_decay else None
+        self.ctx = RunContext(diff, objective, sampling, self.train_prompts, self.info, s.seed, self.local_batch)
+        self.step = 0
+        self.skipped = 0
+        self.resumed_from: int | None = None
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def make_batch(self, step: int, micro: int) -> Batch:
+        s, info = self.s, self.info
+        g = s.images_per_prompt
+        gen = generator(s.seed, "batch", step, micro)
+        n_prompts = s.batch_size // g
+        pick = torch.randint(len(self.train_prompts), (n_prompts,), generator=gen).tolist()
+        prompts = [self.train_prompts[p] for p in pick for _ in range(g)]
+        groups = torch.arange(n_prompts).repeat_interleave(g)
+        rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
+        return Batch(prompts[rows], groups[rows].to(self.diff.device), step, micro, gen, rows, s.batch_size,
+                     self.diff.device)
+
+    # ------------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "trainable": {k: v.cpu() for k, v in self.diff.trainable_state_dict().items()},
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "objective": self.objective.state_dict(), "method": self.method.state_dict(),
+                "skipped": self.skipped, "ema": [e.cpu() for e in self.ema] if self.ema else None,
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()}}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.diff.load_trainable_state_dict({k: v.to(self.diff.device) for k, v in sd["trainable"].items()})
+        self.opt.load_state_dict(sd["optimizer"])
+        self.scaler.load_state_dict(sd["scaler"])
+        self.objective.load_state_dict(sd["objective"])
+        self.method.load_state_dict(sd["method"])
+        self.skipped = int(sd["skipped"])
+        if self.ema is not None and sd.get("ema"):
+            for e, v in zip(self.ema, sd["ema"], strict=True):
+                e.copy_(v.to(e.device))
+        random.setstate(sd["rng"]["python"])
+        np.random.set_state(sd["rng"]["numpy"])
+        torch.set_rng_state(sd["rng"]["torch"])
+        self.step = int(sd["step"])
+
+    def checkpoint(self) -> Path | None:
+        path = None
+        if self.info.main:
+            path = save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(), self.s.keep_checkpoints)
+        barrier(self.info)
+        return path
+
+    def try_resume(self) -> bool:
+        found = load_latest_checkpoint(self.out / "checkpoints")
+        if found is None:
+            return False
+        self.load_state_dict(found[1])
+        self.resumed_from = self.step
+        return True
+
+    # -------------------------------------------------------------------------------------------------- eval
+    def _swap_ema(self) -> None:
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema, strict=True):
+                tmp = p.detach().clone()
+                p.copy_(e)
+                e.copy_(tmp)
+
+    @torch.no_grad()
+    def evaluate(self, tag: str, writer: MetricsWriter | None) -> dict[str, float]:
+        """Eval prompts on fixed noise (the same every time): rewards per term, grid written by rank 0."""
+        prompts = list(self.s.eval_prompts)
+        if not prompts or not self.info.main:
+            return {}
+        self._swap_ema()
+        try:
+            sp, diff = self.sampling, self.diff
+            x_t = initial_latents(diff, len(prompts), sp.resolution, generator(self.s.seed, "eval-noise"))
+            eta_g = generator(self.s.seed, "eval-eta")
+            emb = encode_prompts(diff, prompts, sp.guidance)
+            z = sample(diff, x_t, emb, steps=sp.steps, guidance=sp.guidance, eta=sp.eta,
+                       step_noise=lambda i: torch.randn(x_t.shape, generator=eta_g).to(diff.device)).latents
+            pixels = decode(diff, z)
+            groups = torch.arange(len(prompts), device=pixels.device)
+            value = self.objective.evaluate(pixels, prompts, groups, update_stats=False, need_grad=False)
+        finally:
+            self._swap_ema()
+        rewards = {k: [float(x) for x in v.cpu()] for k, v in value.raw.items()}
+        out = {f"eval/{k}": float(np.mean(v)) for k, v in rewards.items()}
+        out["eval/objective"] = float(sum(t.weight * t.sign * np.mean(rewards[t.label])
+                                          for t in self.objective.terms if t.role == "optimize"))
+        img_dir = self.out / "images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        path = img_dir / f"{tag}.png"
+        captioned_grid(pixels.cpu(), prompts, rewards, title=f"{tag} (step {self.step})").save(path)
+        if writer is not None:
+            writer.add_image(f"eval/{'grid'}", path, self.step)
+        self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
+        return out
+
+    # ------------------------------------------------------------------------------------------------- train
+    def _finite_grads(self) -> bool:
+        return all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+
+    def train_step(self) -> tuple[dict[str, float], MethodOutput | None, bool]:
+        """One optimizer step (grad_accum micro-batches). Returns (metrics, last output, skipped)."""
+        s = self.s
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        lr = lr_at(self.step, s)
+        for grp in self.opt.param_groups:
+            grp["lr"] = lr
+        losses, outs, bad = [], [], False
+        extra: dict[str, list[float]] = {}
+        for micro in range(s.grad_accum):
+            out = self.method.loss(self.ctx, self.make_batch(self.step, micro))
+            loss = out.loss
+            if not bool(torch.isfinite(loss.detach())) or (out.value is not None and not out.value.finite()):
+                bad = True
+                losses.append(float("nan"))
+                outs.append(out)
+                break
+            self.scaler.scale(loss / s.grad_accum).backward()
+            losses.append(float(loss.detach()))
+            outs.append(out)
+            for k, v in out.metrics.items():
+                extra.setdefault(k, []).append(v)
+        average_gradients(self.params, self.info)
+        grad_norm = float("nan")
+        if not bad:
+            self.scaler.unscale_(self.opt)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip or float("inf")))
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                bad = True
+        bad = any_flag(bad, self.info, self.diff.device)
+        if bad:
+            self.opt.zero_grad(set_to_none=True)
+            self.skipped += 1
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if self.ema is not None and (self.step + 1) % s.ema_every == 0:
+                with torch.no_grad():
+                    for e, p in zip(self.ema, self.params, strict=True):
+                        e.mul_(s.ema_decay).add_(p.detach(), alpha=1 - s.ema_decay)
+        metrics: dict[str, float] = {"loss": float(np.mean(losses)), "grad_norm": grad_norm, "lr": lr,
+                                     "skipped": float(bad), "skipped_total": float(self.skipped)}
+        for k, v in extra.items():
+            metrics[k] = float(np.mean(v))
+        scored = [o for o in outs if o.value is not None]
+        if scored:
+            for t in self.objective.terms:
+                metrics[f"reward/{t.label}"] = float(torch.cat([o.value.raw[t.label] for o in scored]).mean())
+                metrics[f"reward_norm/{t.label}"] = float(torch.cat([o.value.normalized[t.label]
+                                                                     for o in scored]).mean())
+            metrics["objective"] = float(torch.cat([o.value.per_sample.detach() for o in scored]).mean())
+        metrics["time/step_s"] = time.perf_counter() - t0
+        metrics["memory/peak_mb"] = memory_mb(self.diff.device)
+        last = outs[-1] if outs else None
+        return metrics, last, bad
+
+    def run(self, resume: bool = False) -> TrainResult:
+        s, info = self.s, self.info
+        if resume:
+            self.try_resume()
+        elif info.main and list_checkpoints(self.out / "checkpoints"):
+            raise RewardtuneError(f"{self.out} already holds checkpoints of a run. Pass --resume to continue it, "
+                                  "or choose another output_dir.")
+        writer = None
+        if info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.spec is not None:
+                write_run_info(self.out, self.spec)
+            writer = MetricsWriter(self.out, s.tensorboard, resume_from_step=self.resumed_from)
+        self.callbacks.train_start({"output_dir": str(self.out), "start_step": self.step, "steps": s.steps,
+                                    "rank": info.rank, "world": info.world})
+        before = self.evaluate("before", writer) if self.resumed_from is None else {}
+        if before and writer is not None:
+            writer.write(0, before)
+        progress = _Progress(s.progress and info.main, s.steps, self.step)
+        last_metrics: dict[str, float] = {}
+        stopped, reason = False, ""
+        try:
+            with progress:
+                while self.step < s.steps:
+                    if any_flag(control.stop_requested(), info, self.diff.device):
+                        stopped, reason = True, control.stop_reason() or "stop requested on another rank"
+                        break
+                    metrics, out, bad = self.train_step()
+                    self.step += 1
+                    last_metrics = metrics
+                    if bad and self.skipped > s.max_nonfinite:
+                        self.checkpoint()
+                        raise NonFiniteError(
+                            f"{self.skipped} steps had a non-finite reward, loss or gradient (limit "
+                            f"train.max_nonfinite={s.max_nonfinite}); the weights were not updated on those steps. "
+                            "Lower train.lr, enable train.grad_clip, or check the rewards.")
+                    if s.images_every and self.step % s.images_every == 0 and self.step < s.steps:
+                        metrics.update(self.evaluate(f"step_{self.step:06d}", writer))
+                    if writer is not None and (self.step % s.log_every == 0 or bad or self.step == s.steps):
+                        writer.write(self.step, metrics)
+                    if info.main:
+                        ev = StepEvent(self.step, dict(metrics))
+                        if out is not None and out.pixels is not None and out.value is not None:
+                            ev.images = out.pixels.cpu()
+                            ev.prompts = list(out.prompts)
+                            ev.rewards = {k: [float(x) for x in v.cpu()] for k, v in out.value.raw.items()}
+                        self.callbacks.step(ev)
+                    progress.update(self.step, metrics, self.objective.labels)
+                    if self.step % s.checkpoint_every == 0 and self.step < s.steps:
+                        self.checkpoint()
+            self.checkpoint()
+            after: dict[str, float] = {}
+            weights = None
+            if not stopped:
+                after = self.evaluate("after", writer)
+                if after and writer is not None:
+                    writer.write(self.step, after)
+                weights = self.export()
+        finally:
+            if writer is not None:
+                writer.close()
+        result = TrainResult(self.out, self.step, weights, stopped, reason, self.skipped,
+                             {k.removeprefix("eval/"): v for k, v in before.items()},
+                             {k.removeprefix("eval/"): v for k, v in after.items()}, last_metrics, self.resumed_from)
+        self.callbacks.train_end(result)
+        return result
+
+    def export(self) -> Path | None:
+        """Final weights: LoRA safetensors loadable by `load_lora_weights(dir)`, or the full UNet."""
+        path = None
+        if self.info.main:
+            self._swap_ema()
+            try:
+                if self.diff.lora is not None:
+                    path = Path(lora_save(self.diff, str(self.out / "lora")))
+                else:
+                    path = Path(full_unet_save(self.diff, str(self.out)))
+            finally:
+                self._swap_ema()
+        barrier(self.info)
+        return path
+
+
+class _Progress:
+    """A rich progress bar with live reward, loss, step time and memory (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total, self.start = enabled, total, start
+        self.p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                              TextColumn("{task.fields[info]}"), transient=False)
+            self.p.__enter__()
+            self.task = self.p.add_task("train", total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, step: int, m: dict[str, float], labels: list[str]) -> None:
+        if self.p is None:
+            return
+        parts = []
+        if "objective" in m:
+            parts.append(f"reward {m['objective']:.4g}")
+        parts.append(f"loss {m['loss']:.4g}")
+        parts.append(f"{m['time/step_s']:.2f}s/step")
+        parts.append(f"{m['memory/peak_mb']:.0f}MB")
+        if m.get("skipped_total"):
+            parts.append(f"[yellow]skipped {int(m['skipped_total'])}[/]")
+        self.p.update(self.task, completed=step, info="  ".join(parts))
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.__exit__(*exc)
+        return False
