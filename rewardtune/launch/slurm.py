@@ -434,6 +434,13 @@ class Submission:
     stderr: list[Path]
     jobs: list[Any] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Submission:
+        """The submission recorded in a run directory (to wait on it from another process)."""
+        rec = read_job_record(run_dir)
+        return cls(Path(run_dir), rec["cluster"], list(rec["job_ids"]), [Path(f) for f in rec["folders"]],
+                   [Path(p) for p in rec["stdout"]], [Path(p) for p in rec["stderr"]])
+
     @property
     def job_id(self) -> str:
         return self.job_ids[0].split("_")[0]
@@ -452,20 +459,20 @@ class Submission:
         """Block until every job ends; return their results or raise JobFailedError in plain words."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         results = []
-        for job, jid, err in zip(self.jobs or [None] * len(self.job_ids), self.job_ids, self.stderr):
+        jobs = self.jobs or [None] * len(self.job_ids)
+        for job, jid, folder, err in zip(jobs, self.job_ids, self.folders, self.stderr, strict=True):
             if job is None:
-                job = _job_handle(self.cluster, self.folders[0].parent, jid)
+                job = _job_handle(self.cluster, folder, jid)
             results.append(_result_or_raise(job, jid, err, self.run_dir, poll_s, deadline))
         return results
 
 
-def _job_handle(cluster: str, slurm_folder_parent: Path, job_id: str):
+def _job_handle(cluster: str, folder: Path, job_id: str):
     import submitit
 
     if cluster != "slurm":
         raise UsageError(f"jobs of --cluster {cluster} can only be followed from the process that started them")
-    base = job_id.split("_")[0]
-    return submitit.SlurmJob(folder=slurm_folder_parent / base, job_id=job_id)
+    return submitit.SlurmJob(folder=folder, job_id=job_id)
 
 
 def _result_or_raise(job: Any, job_id: str, stderr: Path, run_dir: Path, poll_s: float,
