@@ -230,3 +230,14 @@ def test_a_wrong_mapping_is_caught():
     finally:
         hps.open_clip_to_hf = orig
     assert (tensor_scores("hpsv2", r, ref) - ref["tensor_scores"]).abs().max().item() > 100 * TENSOR_TOL
+
+
+@pytest.mark.parametrize("family,wrong", [("clip", "round"), ("imagereward", "floor")])
+def test_a_wrong_crop_convention_is_caught(family, wrong):
+    """The portrait crop has an odd margin, so transformers' floor and torchvision's round-half-even crops differ
+    by a pixel; the preprocessing check must see that."""
+    d, ref, meta = load_fixture(family)
+    r = build(family, d / "model", crop_rounding=wrong)
+    px = pil_pixels(meta)[-1]
+    ours = r.pixel_values(px[None])[..., ::7, ::7].float()
+    assert (ours - ref["pil_pixel_values_sub7"][-1:].float()).abs().max().item() > 10 * PIXEL_TOL[family]
