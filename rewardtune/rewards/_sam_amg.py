@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,16 +94,13 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.T
     order = torch.argsort(scores, descending=True, stable=True)
     iou = box_iou(boxes[order], boxes[order]).cpu()
     over = (iou > iou_thresh).numpy()
-    suppressed = [False] * n
+    suppressed = np.zeros(n, dtype=bool)
     keep = []
     for i in range(n):
         if suppressed[i]:
             continue
         keep.append(i)
-        row = over[i]
-        for j in range(i + 1, n):
-            if row[j]:
-                suppressed[j] = True
+        suppressed |= over[i]  # entries before i were decided already
     return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 

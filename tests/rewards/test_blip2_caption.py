@@ -190,5 +190,12 @@ def test_contract_on_tiny_preset(tiny):
 
 
 @needs_minilm
-def test_contract_on_tiny_minilm_preset(tiny_minilm):
-    _check_contract(tiny_minilm)
+def test_tiny_minilm_preset_scores(tiny_minilm):
+    x = _pixels(3, seed=8)
+    out = tiny_minilm(x, PROMPTS[:3])
+    assert out.shape == (3,) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.equal(out, tiny_minilm(x.clone(), PROMPTS[:3])) and tiny_minilm.load_count == 1
+    ex = tiny_minilm.explain(x, PROMPTS[:3])
+    torch.testing.assert_close(out, tiny_minilm.similarity([e["caption"] for e in ex], PROMPTS[:3]), atol=1e-6,
+                               rtol=0)
+    assert all(not m.training for m in tiny_minilm.modules())

@@ -6,8 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rewardtune.rewards._sam_amg import (SamMaskGenerator, box_iou, generate_masks, masks_to_boxes, nms, point_grid,
-                                         read_sam_preprocessing, stability_score)
+from rewardtune.rewards._sam_amg import (
+    SamMaskGenerator,
+    box_iou,
+    generate_masks,
+    masks_to_boxes,
+    nms,
+    point_grid,
+    read_sam_preprocessing,
+    stability_score,
+)
 
 
 def test_point_grid_is_cell_centres_row_major():
@@ -74,17 +82,16 @@ def region_predictor(img):
     (pred IoU 0.5). Only the filters decide which survive."""
 
     def predict(pts):
-        logits, iou = [], []
-        for x, y in pts.tolist():
-            r, c = min(int(y * H), H - 1), min(int(x * W), W - 1)
-            region = (img == img[:, r:r + 1, c:c + 1]).all(0).float()
-            sharp = region * 12 - 6
-            d = F.avg_pool2d(region[None, None], 9, stride=1, padding=4, count_include_pad=False)[0, 0]
-            blurred = 8 * (d - 0.25)
-            whole = torch.full_like(region, 6.0)
-            logits.append(torch.stack([sharp, blurred, whole]))
-            iou.append(torch.tensor([0.95, 0.97, 0.5]))
-        return torch.stack(logits), torch.stack(iou)
+        p = pts.shape[0]
+        rows = (pts[:, 1] * H).long().clamp(max=H - 1)
+        cols = (pts[:, 0] * W).long().clamp(max=W - 1)
+        colours = img[:, rows, cols]  # [3, P]
+        region = (img[:, None] == colours[:, :, None, None]).all(0).float()  # [P, H, W]
+        sharp = region * 12 - 6
+        d = F.avg_pool2d(region[:, None], 9, stride=1, padding=4, count_include_pad=False)[:, 0]
+        blurred = 8 * (d - 0.25)
+        whole = torch.full_like(region, 6.0)
+        return torch.stack([sharp, blurred, whole], dim=1), torch.tensor([0.95, 0.97, 0.5]).expand(p, 3).clone()
 
     return predict
 
