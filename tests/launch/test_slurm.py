@@ -182,7 +182,8 @@ def test_submit_cli_prints_and_finishes(jobs):
     for name in ("spec.yaml", "versions.json", "images/before.png", "images/after.png"):
         assert (run / name).exists(), name
     assert lora(run)
-    assert sacct_state(jid) == "COMPLETED"
+    # the result is readable before the process has exited; SLURM's state follows within seconds
+    wait_for(lambda: sacct_state(jid) == "COMPLETED", "sacct to report COMPLETED", timeout=60, poll=0.5)
     st = cli("status", str(run))
     assert st.exit_code == 0, st.output
     assert f"job {jid}: COMPLETED" in st.stdout
@@ -200,6 +201,7 @@ def test_failed_job_error_reaches_the_caller(jobs):
     assert first == f"job {sub.job_id} failed on the cluster: ValueError: the launch-explode reward failed on purpose"
     assert re.search(r'raised at: File ".*launch_rewards\.py", line \d+, in explode', msg), msg
     assert str(sub.stderr[0]) in msg
+    wait_for(lambda: sacct_state(sub.job_id) == "FAILED", "sacct to report FAILED", timeout=60, poll=0.5)
     st = cli("status", str(sub.run_dir))
     assert st.exit_code == 1
     assert f"job {sub.job_id}: FAILED" in st.stdout
