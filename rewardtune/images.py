@@ -85,7 +85,11 @@ class ImageInfo:
     n_frames: int = 1
 
 
-def _orientation(im) -> int:
+def _orientation(im, header_only: bool = False) -> int:
+    """EXIF orientation tag (1 = as stored). With `header_only`, never decode pixels to find it: PIL's PNG
+    getexif() loads the whole image when the eXIf chunk was not seen before the image data."""
+    if header_only and im.format == "PNG" and "exif" not in im.info:
+        return 1
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # a broken EXIF block must not make the image unusable
@@ -137,12 +141,15 @@ def _open_checked(path: Path, max_pixels: int):
 
 
 def inspect_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True) -> ImageInfo:
-    """Read only the header: format, mode and displayed size. Raises ImageFileError for unusable files."""
+    """Read only the header: format, mode and displayed size. Raises ImageFileError for unusable files.
+
+    The size accounts for EXIF orientation when the tag is in the header (JPEG, WebP, TIFF, PNG with eXIf before
+    the image data); a PNG whose eXIf chunk comes after the data is only known to be rotated once decoded."""
     p = Path(path)
     im = _open_checked(p, max_pixels)
     try:
         w, h = im.size
-        if exif_transpose and _orientation(im) in (5, 6, 7, 8):  # rotated by 90 degrees: width and height swap
+        if exif_transpose and _orientation(im, header_only=True) in (5, 6, 7, 8):  # rotated by 90 degrees: width and height swap
             w, h = h, w
         return ImageInfo(path=p, format=str(im.format or "?"), mode=str(im.mode), size=(w, h),
                          n_frames=int(getattr(im, "n_frames", 1) or 1))

@@ -303,19 +303,22 @@ def score_files(paths: Iterable[str | Path], rewards: Mapping[str, Any], *, prom
         for ci, chunk in enumerate(chunks):
             results = [f.result() for f in pending]
             pending = [pool.submit(decode, r) for r in chunks[ci + 1]] if ci + 1 < len(chunks) else []
-            ok, pix = [], []
+            ok, pix, odd = [], [], []
             for row, x in zip(chunk, results, strict=True):
                 if isinstance(x, ImageFileError):
                     row.error = str(x)
-                elif tuple(x.shape[-2:]) != (row.size[1], row.size[0]):  # the header lied about the size
-                    row.error = f"decoded size {x.shape[-1]}x{x.shape[-2]} differs from the header's"
+                elif tuple(x.shape[-2:]) != (row.size[1], row.size[0]):
+                    # orientation only known after decoding (PNG with a late eXIf chunk): score it on its own
+                    row.size = (int(x.shape[-1]), int(x.shape[-2]))
+                    odd.append((row, x))
                 else:
                     ok.append(row)
                     pix.append(x)
+            # uint8 -> float on the reward's device: identical values to load_pixels, a quarter of the copy
             if ok:
-                # uint8 -> float on the reward's device: identical values to load_pixels, a quarter of the copy
-                batch = torch.stack(pix).to(device, non_blocking=True).float().div_(255.0)
-                _run_rewards(ok, batch, rewards, explain)
+                _run_rewards(ok, torch.stack(pix).to(device, non_blocking=True).float().div_(255.0), rewards, explain)
+            for row, x in odd:
+                _run_rewards([row], x[None].to(device).float().div_(255.0), rewards, explain)
             done += len(chunk)
             if progress:
                 progress(done, total)

@@ -1,6 +1,7 @@
 """Image files -> pixels: every format and mode the `score` command accepts, EXIF orientation, bad files."""
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -172,6 +173,27 @@ def test_exif_orientation_applied_by_default(tmp_path):
     assert close(rgb(x, 2, 6), RED, 12) and close(rgb(x, 13, 6), BLUE, 12)  # left -> top after a CW turn
     y = load_pixels(p, exif_transpose=False)
     assert y.shape == (3, 12, 16) and inspect_image(p, exif_transpose=False).size == (16, 12)
+
+
+def png_with_late_exif(path: Path, img: Image.Image, orientation: int) -> None:
+    """A PNG whose eXIf chunk comes after the image data (legal; PIL writes it before)."""
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    data = buf.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    payload = payload[6:] if payload.startswith(b"Exif\x00\x00") else payload
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    path.write_bytes(data[:-12] + chunk + data[-12:])  # before IEND
+
+
+def test_png_with_late_exif_is_rotated_once_decoded(tmp_path):
+    p = tmp_path / "late.png"
+    png_with_late_exif(p, two_colour(16, 12), 6)
+    assert inspect_image(p).size == (16, 12)  # the header pass does not decode to find the tag
+    x = load_pixels(p)
+    assert x.shape == (3, 16, 12) and rgb(x, 2, 6) == RED and rgb(x, 13, 6) == BLUE
 
 
 def test_real_photos():

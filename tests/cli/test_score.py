@@ -349,6 +349,28 @@ def test_missing_weights_one_clear_message_exit_4(imgs):
     assert "Traceback" not in res.stderr and res.stdout == ""
 
 
+def test_rotated_png_found_only_when_decoded_is_still_scored(tmp_path):
+    """A PNG whose EXIF orientation sits after the image data looks 24x16 in its header and is 16x24 once
+    decoded: it leaves its same-size batch and is scored on its own, with the right pixels."""
+    for name in ("a.png", "b.png"):
+        flat((100, 0, 0)).save(tmp_path / name)
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate([np.full((16, 12, 3), (250, 0, 0), np.uint8),
+                                    np.full((16, 12, 3), (0, 0, 0), np.uint8)], axis=1)).save(buf, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes()[6:]  # without the "Exif\0\0" prefix, as PNG stores it
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    data = buf.getvalue()
+    (tmp_path / "c.png").write_bytes(data[:-12] + chunk + data[-12:])
+    res = score("--json", "-r", "score-test-red", "-b", "8", "-p", "x", str(tmp_path))
+    assert res.exit_code == 0, res.stdout
+    rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
+    assert (rows["c.png"]["width"], rows["c.png"]["height"]) == (16, 24)
+    assert rows["c.png"]["scores"]["score-test-red"] == pytest.approx(125 / 255)
+    assert rows["a.png"]["scores"]["score-test-red"] == pytest.approx(100 / 255)
+
+
 def test_max_pixels_option(imgs):
     res = score("--json", "--max-pixels", "300", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
     assert res.exit_code == 3
