@@ -222,8 +222,12 @@ def test_neutral_for_blank_image_and_for_no_labelled_region(reward):
     ex = reward.explain(x, PROMPTS[:3])
     assert ex[1]["reason"] == "blank image" and ex[1]["neutral"] and ex[1]["regions"] == []
     assert not ex[0]["neutral"] and ex[0]["labels"]
-    strict = SamLlmReward(**{**get_card("sam-llm").presets["tiny"], "label_threshold": 1.0})
-    ex2 = strict.explain(x[:1], PROMPTS[:1])
+    old = reward.label_threshold
+    try:
+        reward.label_threshold = 1.0  # no CLIP label is that confident
+        ex2 = reward.explain(x[:1], PROMPTS[:1])
+    finally:
+        reward.label_threshold = old
     assert ex2[0]["score"] == NEUTRAL and ex2[0]["reason"] == "no labelled region" and ex2[0]["regions"]
     assert not any(r["labelled"] for r in ex2[0]["regions"])
 
