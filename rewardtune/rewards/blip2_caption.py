@@ -18,8 +18,8 @@ import hashlib
 import importlib.util
 import json
 from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 

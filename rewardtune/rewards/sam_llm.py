@@ -26,8 +26,8 @@ import importlib.util
 import json
 import math
 from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,8 @@ class ClipLabeller:
         """Top-1 label and its softmax confidence over the vocabulary for each crop."""
         dtype = next(self.model.parameters()).dtype
         img = F.normalize(_features(self.model.get_image_features(pixel_values=crops.to(dtype))).float(), dim=-1)
+        if self.text_features.device != img.device:  # the reward was moved with .to()
+            self.text_features = self.text_features.to(img.device)
         probs = (self.scale * img @ self.text_features.T).softmax(dim=-1)
         conf, idx = probs.max(dim=-1)
         return [self.vocabulary[i] for i in idx.tolist()], conf
