@@ -125,7 +125,7 @@ def worker(args) -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     reply({"ready": True, "build_s": time.perf_counter() - t0, "params": params, "torch": torch.__version__,
            "transformers": transformers.__version__, "image_reward": importlib.metadata.version("image-reward"),
-           "vision_heads": vheads})
+           "vision_heads": vheads, "timm": importlib.metadata.version("timm")})
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "quit":
@@ -307,14 +307,20 @@ def main() -> None:
     import transformers
 
     m = machine()
+    kind = "cpu" if args.device == "cpu" else "cuda"
+    hw = m["cpu"] if kind == "cpu" else torch.cuda.get_device_name()
+    ref_env = (f"a shared interpreter with image-reward {ref.info['image_reward']}, transformers "
+               f"{ref.info['transformers']}, timm {ref.info['timm']} and fairscale on PYTHONPATH (copied from the "
+               "reference venv)" if args.ref_pythonpath else f"its own venv ({args.ref_python})")
+    cmd = (f"python benchmarks/score_throughput.py --device {args.device} --size {args.size} --images {n} "
+           f"--repeats {args.repeats} --batch-sizes {args.batch_sizes} --threads {args.threads}")
     lines = [
-        "# `rewardtune score` throughput vs image-reward's `inference_rank`",
+        f"<!-- run:{kind} -->",
+        f"## {kind.upper()}: {hw}",
         "",
-        f"Produced by `benchmarks/score_throughput.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"{n} images (512x512 PNG) scored against one prompt by the same random-weight ImageReward model "
-        f"({args.size}: {ref.info['params'] / 1e6:.0f}M parameters), float32, {args.device}, {args.threads} torch "
-        f"threads on both sides, {args.repeats} interleaved repeats. Images per second (higher is better); each side reads, "
-        "decodes and preprocesses the files itself inside the timed region, model loading excluded.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {n} images (512x512 PNG) scored against one prompt "
+        f"by the same random-weight ImageReward model ({args.size}: {ref.info['params'] / 1e6:.0f}M parameters), "
+        f"float32 on {args.device}, {args.threads} torch threads on both sides, {args.repeats} interleaved repeats.",
         "",
         "| implementation | batch | images/s min | median | max | median speed-up |",
         "|---|---|---|---|---|---|",
@@ -327,37 +333,55 @@ def main() -> None:
                      f"{med / ref_med:.2f}x |")
     lines += [
         "",
-        f"Same model on both sides: the largest score difference over the {n} images was {diff:.2e}, with scores "
-        f"spanning {score_range:.3f} (the remaining difference is preprocessing: the reference resizes 8-bit PIL "
-        "images, rewardtune resizes float pixels in torch).",
-        "",
-        "Raw seconds per run: " + "; ".join(f"{k}: " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items())
-        + ".",
-        f"rewardtune's model load from the saved directory took {ours_load:.1f} s.",
-        "",
-        "## Machine and versions",
-        f"- CPU: {m['cpu']}, {m['cores']} cores visible, {m['memory']} RAM; {m['os']}",
-        f"- load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
-        f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} (other work shared the machine; "
-        "interleaving the repeats spreads its effect over both sides)",
+        f"- Same model on both sides: the largest score difference over the {n} images was {diff:.2e}, with scores "
+        f"spanning {score_range:.3f} (what remains is preprocessing: the reference resizes 8-bit PIL images, "
+        "rewardtune resizes float pixels in torch).",
+        "- Raw seconds per run: " + "; ".join(f"{k}: " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items())
+        + f". rewardtune's model load (not timed above) took {ours_load:.1f} s.",
+        f"- Machine: {m['cpu']}, {m['cores']} cores visible, {m['memory']} RAM"
+        + ("" if kind == "cpu" else f", {hw}") + f"; {m['os']}. Load average (1/5/15 min) "
+        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at start, "
+        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at end.",
         f"- rewardtune side: Python {platform.python_version()}, torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, Pillow {PIL.__version__}",
-        f"- reference side: image-reward {ref.info['image_reward']}, torch {ref.info['torch']}, transformers "
-        f"{ref.info['transformers']} (its own venv; image-reward needs transformers<5 and torchvision)",
-        "",
-        "Reproduce: `bash scripts/parity/setup_venvs.sh` (reference venv), then "
-        f"`python benchmarks/score_throughput.py --size {args.size} --images {n} --repeats {args.repeats} "
-        f"--batch-sizes {args.batch_sizes}`.",
+        f"{transformers.__version__}, Pillow {PIL.__version__}.",
+        f"- Reference side: torch {ref.info['torch']}, {ref_env}.",
+        f"- Command: `{cmd}`" + (" (with `--ref-python`/`--ref-pythonpath`)" if args.ref_pythonpath else ""),
+        f"<!-- /run:{kind} -->",
         "",
     ]
-    text = "\n".join(lines)
+    section = "\n".join(lines)
     if args.out == "-":
-        print(text)
+        print(section)
+        return
+    out = Path(args.out)
+    text = out.read_text() if out.exists() else HEADER
+    start, end = f"<!-- run:{kind} -->", f"<!-- /run:{kind} -->\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + section + text[text.index(end) + len(end):].lstrip("\n")
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        print(text)
-        print(f"[bench] wrote {args.out}", file=sys.stderr)
+        text = text.rstrip("\n") + "\n\n" + section
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(section)
+    print(f"[bench] wrote {out} (section {kind})", file=sys.stderr)
+
+
+HEADER = """# `rewardtune score` throughput vs image-reward's `inference_rank`
+
+Produced by `benchmarks/score_throughput.py` (its docstring says exactly what is timed). Both sides score the same
+512x512 PNG files against one prompt with the same random-weight, full-size ImageReward model (BLIP ViT-L/16 +
+BERT-base with cross-attention + the MLP head; weights built by image-reward itself, saved, and loaded by rewardtune
+through its own key mapping). Timed on both sides: reading and decoding the files, preprocessing, the forward
+passes and the head; model loading excluded; one warm-up run each first. The repeats alternate between the two
+sides so that noise from other work on the machine hits both. Images per second, higher is better; the speed-up
+is the ratio of medians.
+
+- image-reward's `inference_rank` opens, preprocesses and encodes one image at a time (run in `torch.no_grad()`,
+  as its README does).
+- rewardtune's `score` (`rewardtune.scoring.score_files`, what the CLI runs) reads headers first, decodes files
+  to uint8 in threads one batch ahead of the model, groups same-size images and scores them in batches.
+- Each section is rewritten by a run of the script on that kind of machine.
+"""
 
 
 if __name__ == "__main__":
