@@ -283,4 +283,5 @@ def load_reward(name: str, preset: str | None = None, *, device: str = "cpu", dt
         return CallableReward(obj, name=name, differentiable=card.differentiable, device=device, dtype=dtype,
                               **extra, **kwargs)
     cls = resolve_class(card.implementation)
-    return cls(**card.presets[preset_name], **kwargs, device=device, dtype=dtype, **extra)
+    # explicit arguments win over the preset (e.g. `weights=/models/local-copy`)
+    return cls(**{**card.presets[preset_name], **kwargs}, device=device, dtype=dtype, **extra)

@@ -511,7 +511,7 @@ def to_tiny(spec: Spec) -> Spec:
     for t in spec.objective:
         card = reg.get(t.reward)
         preset = "tiny" if "tiny" in card.presets else t.preset
-        terms.append(t.model_copy(update={"preset": preset, "dtype": None}))
+        terms.append(t.model_copy(update={"preset": preset, "dtype": None, "weights": None}))
     model = spec.model.model_copy(update={"pretrained": TINY_PIPELINE, "revision": None, "variant": None,
                                           "family": "sd1", "dtype": "float32"})
     sampling = spec.sampling.model_copy(update={"resolution": TINY_RESOLUTION})

@@ -106,6 +106,8 @@ class Term(Strict):
     reward: str = Field(description="Registry name (see `rewardtune rewards`) or `module:Class`.")
     name: str | None = Field(None, description="Name of the term in logs; defaults to the reward name. Unique.")
     preset: str | None = Field(None, description="Preset of the reward card; null means the card's default.")
+    weights: str | None = Field(None, description="Override the preset's weights: a hub id or a local directory "
+                                                  "(e.g. a downloaded copy). Ignored by --tiny.")
     weight: float = Field(1.0, description="Weight of the term in the objective.")
     role: Literal["optimize", "monitor"] = Field(
         "optimize", description="`optimize` enters the loss; `monitor` is only logged.")
