@@ -51,6 +51,8 @@ def build_objective(spec: Any, device: torch.device, info: DistInfo) -> Objectiv
         card = get_card(t.reward)
         dtype = t.dtype or (amp if device.type == "cuda" else "float32")
         kw: dict[str, Any] = dict(t.kwargs)
+        if t.weights:
+            kw["weights"] = t.weights
         reward = load_reward(t.reward, t.preset, device=str(device), dtype=dtype, max_batch_size=t.max_batch_size,
                              **kw)
         terms.append(ObjectiveTerm(label=t.label, reward=reward, weight=t.weight, role=t.role, normalize=t.normalize,
