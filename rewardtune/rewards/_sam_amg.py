@@ -109,7 +109,7 @@ class MaskSet:
     """Masks found in one image, best predicted IoU first. Masks, boxes and areas are in the mask frame
     (`frame_hw`); `resized(H, W)` maps them to the image."""
 
-    logits: torch.Tensor  # [N, h, w] float
+    logits: torch.Tensor  # [N, h, w] float16
     masks: torch.Tensor  # [N, h, w] bool (logits > mask_threshold)
     boxes: torch.Tensor  # [N, 4] xyxy, exclusive x2/y2, mask-frame pixels
     pred_iou: torch.Tensor  # [N]
@@ -167,7 +167,7 @@ def generate_masks(predict: PredictFn, *, points_per_side: int = 16, points_per_
         h, w = logits.shape[-2:]
         keep &= (area > 0) & (area >= min_area_frac * h * w)
         if keep.any():
-            kept_logits.append(logits[keep])
+            kept_logits.append(logits[keep].half())  # half the memory of the candidates awaiting NMS
             kept_iou.append(iou[keep])
             kept_stab.append(stab[keep])
             kept_pts.append(pts[keep])

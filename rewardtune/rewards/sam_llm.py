@@ -15,7 +15,7 @@ The segment reward of FineRewards (Liu et al., arXiv 2305.19599), not differenti
 Score. A label's likelihood is `P(certain) + 0.5 P(may)` (yes-no: `P(yes)`), in [0, 1]. The image's reward is the
 mean over its distinct labels of `likelihood - 0.5`, in [-0.5, 0.5]: the notebook's `(sum(s) - 2n) / 2n` with the
 expected score `E[s] = 1 + 2 likelihood` of s in {1, 2, 3} in place of a sampled digit. `NEUTRAL` (0.0, what a label
-judged "may appear" gives) is returned for an image with no labelled region and for a blank image.
+judged "may appear" gives) is returned for an image with no labelled region, a blank image, or non-finite pixels.
 
 Bad input never crashes a training step: an empty vocabulary is an error at construction; a prompt longer than
 the LLM's context keeps its first tokens, ends with " ...", and `explain()` reports `prompt_truncated`.
@@ -278,7 +278,8 @@ class SamLlmReward(Reward):
     """FineRewards' SAM + LLM segment reward (see the module docstring). Higher is better, range [-0.5, 0.5].
 
     `explain()` returns one dict per image:
-      - `score` (float), `neutral` (bool), `reason` (why neutral: "blank image", "no labelled region", or null);
+      - `score` (float), `neutral` (bool), `reason` (why neutral: "blank image", "non-finite pixels",
+        "no labelled region", or null);
       - `prompt_used` (the prompt as the LLM saw it), `prompt_truncated` (bool);
       - `regions`: list of {`bbox` [x1, y1, x2, y2] pixels (x2/y2 exclusive), `area` (pixels), `area_frac`,
         `pred_iou`, `stability`, `label` (top-1 class), `label_confidence`, `labelled` (confidence passed)};
@@ -416,11 +417,14 @@ class SamLlmReward(Reward):
     @torch.no_grad()
     def _analyze(self, pixels: torch.Tensor, prompts: list[str]) -> list[dict[str, Any]]:
         b, _, h, w = pixels.shape
-        flat = (pixels.flatten(1).amax(1) - pixels.flatten(1).amin(1)) < (2.0 / 255.0)
+        finite = torch.isfinite(pixels).flatten(1).all(1).tolist()
+        flat = ((pixels.flatten(1).amax(1) - pixels.flatten(1).amin(1)) < (2.0 / 255.0)).tolist()
+        reasons = ["non-finite pixels" if not finite[i] else "blank image" if flat[i] else "no labelled region"
+                   for i in range(b)]
         records: list[dict[str, Any]] = [
-            {"score": NEUTRAL, "neutral": True, "reason": "blank image" if flat[i] else "no labelled region",
-             "prompt_used": prompts[i], "prompt_truncated": False, "regions": [], "labels": []} for i in range(b)]
-        live = [i for i in range(b) if not flat[i]]
+            {"score": NEUTRAL, "neutral": True, "reason": reasons[i], "prompt_used": prompts[i],
+             "prompt_truncated": False, "regions": [], "labels": []} for i in range(b)]
+        live = [i for i in range(b) if reasons[i] == "no labelled region"]
         if not live:
             return records
         masksets = self.masker(pixels[live])

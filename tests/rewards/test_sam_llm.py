@@ -214,13 +214,15 @@ def test_batch_splitting_matches_one_batch(reward):
 
 
 def test_neutral_for_blank_image_and_for_no_labelled_region(reward):
-    x = _pixels(3)
+    x = _pixels(4)
     x[1] = 0.0
     x[2] = 0.7
-    out = reward(x, PROMPTS[:3])
-    assert out[1].item() == NEUTRAL and out[2].item() == NEUTRAL
-    ex = reward.explain(x, PROMPTS[:3])
+    x[3, 0, 5, 5] = float("nan")
+    out = reward(x, PROMPTS)
+    assert out[1].item() == NEUTRAL and out[2].item() == NEUTRAL and out[3].item() == NEUTRAL
+    ex = reward.explain(x, PROMPTS)
     assert ex[1]["reason"] == "blank image" and ex[1]["neutral"] and ex[1]["regions"] == []
+    assert ex[3]["reason"] == "non-finite pixels"
     assert not ex[0]["neutral"] and ex[0]["labels"]
     old = reward.label_threshold
     try:
