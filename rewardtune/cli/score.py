@@ -20,6 +20,7 @@ HELP = "Score image files (or folders, recursively) against a prompt with one or
 
 EXIT_OK, EXIT_FILES_FAILED, EXIT_REWARD_UNAVAILABLE = 0, 3, 4
 PROGRESS_MIN_FILES = 8  # fewer files than this: no progress bar
+DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 
 
 @guarded
@@ -97,7 +98,6 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     from rewardtune.scoring import (
         apply_min_scores,
         load_rewards,
-        needs_prompt,
         parse_min_scores,
         rank_rows,
         resolve_device,
@@ -106,6 +106,17 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     )
 
     reward_args = list(reward or []) or ["imagereward"]
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}.")
+    # check what can be checked before loading any weights: reward names, presets' existence, prompts
+    from rewardtune.registry import get_card
+    from rewardtune.scoring import parse_reward_arg
+
+    cards = {c.label: get_card(c.name) for c in (parse_reward_arg(a, tiny=tiny) for a in reward_args)}
+    wanting = [k for k, c in cards.items() if "prompt" in c.inputs]
+    if prompt is None and prompt_map is None and wanting:
+        raise UsageError(f"--prompt is required: {', '.join(wanting)} score images against a prompt "
+                         "(or give --prompts-file).")
     dev = resolve_device(device)
     try:
         with _status(err, "Loading rewards", enabled=not no_progress):
@@ -119,9 +130,6 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
                       "lists them); --tiny scores with the offline tiny twins.[/]", soft_wrap=True)
         raise SystemExit(EXIT_REWARD_UNAVAILABLE) from None
     labels = list(rewards)
-    if prompt is None and prompt_map is None and any(needs_prompt(r) for r in rewards.values()):
-        raise UsageError(f"--prompt is required: {', '.join(k for k, r in rewards.items() if needs_prompt(r))} "
-                         "score images against a prompt (or give --prompts-file).")
     thresholds = parse_min_scores(list(min_score or []), labels)
 
     rows = _score_with_progress(files, rewards, prompt, prompt_map, batch_size, explain or show_captions,

@@ -326,6 +326,8 @@ def test_pixels_only_reward_needs_no_prompt_but_others_do(imgs):
     assert res.exit_code == 0 and len(json.loads(res.stdout)["results"]) == 6
     res = score("-r", "score-test-red", str(imgs / "formats"))
     assert res.exit_code == 2 and "--prompt is required" in res.stderr
+    res = score("-r", "clip", str(imgs / "formats"))  # caught before looking for the (missing) weights
+    assert res.exit_code == 2 and "--prompt is required" in res.stderr
 
 
 def test_usage_errors_exit_2(imgs, tmp_path):
@@ -340,6 +342,11 @@ def test_usage_errors_exit_2(imgs, tmp_path):
     assert res.exit_code == 2
     res = score("-r", "score-test-red", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
     assert res.exit_code == 2 and "twice" in res.stderr
+    res = score("--dtype", "float8", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "--dtype" in res.stderr
+    res = score("--device", "cuda:7", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
+    if not torch.cuda.is_available():
+        assert res.exit_code == 2 and "CUDA is not available" in res.stderr
 
 
 def test_missing_weights_one_clear_message_exit_4(imgs):
