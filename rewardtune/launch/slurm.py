@@ -332,8 +332,8 @@ class TrainingJob(Checkpointable):
             if rank == 0 and callable(submitit_handler):
                 # submitit: timeout bookkeeping, checkpoint() below, dump the resubmission, scontrol requeue, exit
                 submitit_handler(usr_sig, None)
-            # other ranks: rank 0's requeue ends the whole job, this process included
-            time.sleep(float(os.environ.get("REWARDTUNE_REQUEUE_WAIT_S", "300")))
+            if rank != 0:
+                _wait_for_requeue(self.output_dir, rank)
             raise RewardtuneError(f"rank {rank}: stopped for preemption but the job was not requeued")
         if rank == 0:
             append_event(self.output_dir, "finished", job_id=env.job_id, step=_last_step(result))
@@ -354,6 +354,18 @@ class TrainingJob(Checkpointable):
         append_event(self.output_dir, "requeued", requeues=nxt.requeues, max_requeues=self.max_requeues,
                      checkpoint_written=self._stopped)
         return DelayedSubmission(nxt)
+
+
+def _wait_for_requeue(output_dir: str, rank: int, timeout_s: float = 300.0) -> None:
+    """Ranks > 0 after a preemption stop: rank 0's `scontrol requeue` ends this process. Return early (to fail
+    at once) when rank 0 records that it will not requeue, or when nothing happens for `timeout_s`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        kinds = [e.get("event") for e in read_events(output_dir)]
+        this_attempt = kinds[len(kinds) - 1 - kinds[::-1].index("started"):] if "started" in kinds else kinds
+        if "requeue_refused" in this_attempt:
+            return
+        time.sleep(1.0)
 
 
 def _init_distributed(env: Any):
@@ -506,6 +518,10 @@ def explain_failure(text: str, job_id: str, stderr: Path | None, run_dir: Path |
         where = (own or frames or [None])[-1]
     elif lines:
         headline = lines[-1]
+    if headline:
+        # submitit's own exceptions, without their module path
+        headline = re.sub(r"^submitit\.core\.utils\.UncompletedJobError: Job not requeued because: ",
+                          "the job was not requeued: ", headline)
     refused = [e for e in read_events(run_dir) if e.get("event") == "requeue_refused"] if run_dir else []
     if refused and (headline is None or "UncompletedJobError" in headline or "not requeued" in headline):
         stops = [e for e in read_events(run_dir) if e.get("event") == "stopped"]

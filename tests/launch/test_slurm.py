@@ -59,6 +59,7 @@ def jobs(tmp_path_factory, slurm_cluster):
         # signal the preemption as soon as a job has trained a few steps, whatever test pytest runs meanwhile
         out["preempt_sent"] = interrupt_when_trained(out["preempt"], 2)
         out["bounded_sent"] = interrupt_when_trained(out["bounded"], 1)
+        out["ddp_sent"] = interrupt_when_trained(out["ddp"], 3)
         out["ref"] = L.Submission.load(tmp / "ref")  # no submitit job objects: followed from the record alone
         yield out
     finally:
@@ -256,12 +257,16 @@ def test_requeues_are_bounded(jobs):
     assert Path(stopped["checkpoint"]).exists(), "the checkpoint written on the signal is kept for --resume"
 
 
-def test_two_task_gloo_data_parallel_matches_one_process(jobs):
-    sub = jobs["ddp"]
+def test_two_task_gloo_data_parallel_preempted_matches_one_process(jobs):
+    sub, sent = jobs["ddp"], jobs["ddp_sent"]
     [result] = sub.wait(timeout_s=WAIT_S)
+    assert "error" not in sent, sent["error"]
     assert result["steps_done"] == STEPS
-    started = [e for e in events(sub.run_dir) if e["event"] == "started"]
-    assert len(started) == 1 and started[0]["world_size"] == 2, "rank 0 alone writes the run's records"
+    # preempted too: both ranks stop at the same step, rank 0 checkpoints, the 2-task job requeues and resumes
+    ev = events(sub.run_dir)
+    assert [e["event"] for e in ev] == ["submitted", "started", "stopped", "requeued", "started", "finished"], ev
+    assert [e["world_size"] for e in ev if e["event"] == "started"] == [2, 2], "rank 0 alone writes the records"
+    assert 3 <= ev[2]["step"] < STEPS and result["resumed_from"] == ev[2]["step"]
     assert steps_logged(sub.run_dir) == list(range(1, STEPS + 1)), "metrics written once per step (rank 0)"
     # rank 1 ran too, and wrote nothing of its own into the run directory
     rank1 = [Path(str(p).replace("_0_log.", "_1_log.")) for p in (sub.stdout[0], sub.stderr[0])]
