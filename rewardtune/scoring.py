@@ -64,7 +64,7 @@ def parse_reward_arg(arg: str, *, tiny: bool = False) -> RewardChoice:
 
 
 def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, device: str = "cpu",
-                 dtype: str = "float32", batch_size: int | None = None) -> dict[str, Any]:
+                 dtype: str = "float32", batch_size: int | None = None) -> RewardSet:
     """Build the rewards of `args` (names or `name:preset`) and load their weights now, so that missing weights
     fail before any image is read. Returns {label: Reward} in argument order."""
     from rewardtune.registry import load_reward
@@ -74,12 +74,21 @@ def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, devi
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UsageError(f"--reward {dup[0]} is given twice.")
-    out: dict[str, Any] = {}
+    out = RewardSet()
     for c in choices:
         r = load_reward(c.name, c.preset, device=device, dtype=dtype, max_batch_size=batch_size)
         r.load()
         out[c.label] = r
+        out.choices[c.label] = c
     return out
+
+
+class RewardSet(dict):
+    """{label: Reward} in argument order, remembering which name and preset each label stands for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.choices: dict[str, RewardChoice] = {}
 
 
 def resolve_device(device: str) -> str:
@@ -386,7 +395,10 @@ def apply_min_scores(rows: Sequence[Row], thresholds: Mapping[str, float]) -> No
 # ---------------------------------------------------------------------------------------------------- output
 def rows_to_json(rows: Sequence[Row], rewards: Mapping[str, Any], *, prompt: str | None = None,
                  thresholds: Mapping[str, float] | None = None) -> str:
-    meta = [{"label": k, "name": getattr(r, "name", k), "direction": _direction(r)} for k, r in rewards.items()]
+    choices = getattr(rewards, "choices", {})
+    meta = [{"label": k, "name": choices[k].name if k in choices else getattr(r, "name", k),
+             "preset": choices[k].preset if k in choices else None, "direction": _direction(r)}
+            for k, r in rewards.items()]
     doc = {"rewards": meta, "prompt": prompt, "min_score": dict(thresholds or {}),
            "scored": sum(1 for r in rows if r.ok), "failed": sum(1 for r in rows if not r.ok),
            "results": [r.to_dict() for r in rows]}

@@ -200,7 +200,9 @@ def test_clip_tiny_batched_equals_each_image_alone_on_real_files(imgs):
     res = score("--tiny", "-r", "clip", "-r", "score-test-red", "--batch-size", "3", "--json", "-p", OCEAN,
                 *map(str, files))
     assert res.exit_code == 0, res.stderr
-    got = {rel(imgs, r["path"]): r["scores"]["clip"] for r in json.loads(res.stdout)["results"]}
+    doc = json.loads(res.stdout)
+    assert doc["rewards"][0] == {"label": "clip", "name": "clip", "preset": "tiny", "direction": "higher"}
+    got = {rel(imgs, r["path"]): r["scores"]["clip"] for r in doc["results"]}
     clip = load_reward("clip", "tiny")
     alone = {n: float(clip.score(OCEAN, [imgs / n])[0]) for n in GOOD}
     for n in GOOD:
