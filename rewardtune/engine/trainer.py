@@ -321,6 +321,7 @@ class Trainer:
                 while self.step < s.steps:
                     if any_flag(control.stop_requested(), info, self.diff.device):
                         stopped, reason = True, control.stop_reason() or "stop requested on another rank"
+                        control.clear_stop()
                         break
                     metrics, out, bad = self.train_step()
                     self.step += 1

@@ -1,0 +1,41 @@
+"""Small rewards for engine tests, registered as plain callables. A spec can load them with
+`imports: [tests/engine/rewards_for_tests.py]` (used by subprocess tests)."""
+from __future__ import annotations
+
+import torch
+
+from rewardtune.registry import register_reward
+
+
+@register_reward("test-brightness", differentiable=True)
+def brightness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Mean pixel value: a smooth, easily learnable differentiable reward."""
+    return pixels.mean(dim=(1, 2, 3))
+
+
+class ConvScorer(torch.nn.Module):
+    """A fixed random conv net scoring pixels (seeded, so every test sees the same reward)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1234)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, pixels, prompts):
+        h = torch.tanh(self.conv(pixels * 2 - 1)).mean(dim=(2, 3))
+        return self.head(h).squeeze(-1)
+
+
+_CONV = ConvScorer()
+register_reward("test-convnet", differentiable=True)(_CONV)
+
+
+@register_reward("test-redness", differentiable=False)
+def redness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Non-differentiable: red minus the other channels, computed in numpy (no graph at all)."""
+    x = pixels.detach().cpu().numpy()
+    return torch.from_numpy(x[:, 0].mean(axis=(1, 2)) - x[:, 1:].mean(axis=(1, 2, 3))).float()

@@ -1,0 +1,204 @@
+"""Checkpoints, resume equivalence, non-finite steps, callbacks and the exported LoRA."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rewardtune.api as api
+from rewardtune.engine import control
+from rewardtune.engine.build import build_trainer
+from rewardtune.engine.outputs import list_checkpoints, load_latest_checkpoint
+from rewardtune.engine.trainer import NonFiniteError
+from rewardtune.registry import register_reward
+from rewardtune.spec.load import load_spec
+
+
+def _resume_spec(spec_factory):
+    # randomness everywhere it can hide: random K per batch, DDIM eta noise, grad accumulation, z-score stats,
+    # warmup + cosine LR, a monitor term
+    return spec_factory({"name": "alignprop", "k_range": [1, 3], "draw": "per_batch"},
+                        objective=[{"reward": "test-convnet", "normalize": "running_zscore"},
+                                   {"reward": "test-brightness", "role": "monitor"}],
+                        sampling={"steps": 3, "eta": 1.0, "guidance_scale": 2.0},
+                        train={"steps": 6, "grad_accum": 2, "lr_schedule": "cosine", "warmup_steps": 2,
+                               "checkpoint_every": 2})
+
+
+def _lora(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+
+
+def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[0]}"
+
+
+def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory):
+    spec = _resume_spec(spec_factory)
+    full = api.run(spec, output_dir=tmp_path / "full", progress=False)
+
+    def stop_at_3(ev):
+        if ev.step == 3:
+            control.request_stop("test interrupt")
+
+    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at_3])
+    assert part.stopped_early and part.steps_done == 3 and part.weights_path is None
+    assert [p.name for p in list_checkpoints(tmp_path / "part" / "checkpoints")][-1] == "step_00000003.pt"
+    resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
+    assert resumed.resumed_from == 3 and resumed.steps_done == 6
+    _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "part"))
+    # metrics of the resumed run continue the interrupted one without duplicated steps
+    steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [s for s in steps if s > 0]
+    assert sorted(set(train_steps)) == [1, 2, 3, 4, 5, 6]
+    full_ck = load_latest_checkpoint(tmp_path / "full" / "checkpoints")[1]
+    part_ck = load_latest_checkpoint(tmp_path / "part" / "checkpoints")[1]
+    assert full_ck["objective"] == part_ck["objective"]  # running z-score stats saved and restored
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory):
+    spec = _resume_spec(spec_factory)
+    full = api.run(spec, output_dir=tmp_path / "full", progress=False)
+    ck = tmp_path / "full" / "checkpoints"
+    names = [p.name for p in list_checkpoints(ck)]
+    assert names == ["step_00000004.pt", "step_00000006.pt"]  # keep_checkpoints=2 pruned step 2
+    # what a kill -9 can leave: a half-written temp file, and (were rename not atomic) a truncated newest file
+    (ck / "step_00000008.pt.tmp").write_bytes(b"partial")
+    newest = ck / "step_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    path, state = load_latest_checkpoint(ck)
+    assert path.name == "step_00000004.pt" and state["step"] == 4
+    resumed = api.run(spec, output_dir=tmp_path / "full", progress=False, resume=True)
+    assert resumed.resumed_from == 4
+    assert full.weights_path is not None
+
+
+def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, spec_factory):
+    spec = spec_factory(train={"steps": 1})
+    api.run(spec, output_dir=tmp_path, progress=False)
+    with pytest.raises(Exception, match="--resume"):
+        api.run(spec, output_dir=tmp_path, progress=False)
+
+
+_NAN_CALLS = {"n": 0, "bad": set()}
+
+
+@register_reward("test-sometimes-nan", differentiable=True)
+def sometimes_nan(pixels, prompts):
+    _NAN_CALLS["n"] += 1
+    r = pixels.mean(dim=(1, 2, 3))
+    return r * float("nan") if _NAN_CALLS["n"] in _NAN_CALLS["bad"] else r
+
+
+def test_non_finite_steps_are_skipped_and_bounded(tmp_path, spec_factory):
+    spec = load_spec(spec_factory(objective=[{"reward": "test-sometimes-nan"}],
+                                  train={"steps": 4, "max_nonfinite": 1}, logging={"eval_prompts": 1}))
+    tr = build_trainer(spec, output_dir=tmp_path, progress=False)
+    _NAN_CALLS.update(n=0, bad={2})
+    before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
+    m1, _, bad1 = tr.train_step()
+    tr.step += 1
+    after1 = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
+    m2, _, bad2 = tr.train_step()  # reward call 2 is NaN
+    after2 = tr.diff.trainable_state_dict()
+    assert not bad1 and bad2 and m2["skipped"] == 1.0 and tr.skipped == 1
+    assert any(not torch.equal(before[k], after1[k]) for k in before)
+    assert all(torch.equal(after1[k], after2[k]) for k in after1)  # the NaN step changed nothing
+    assert all(torch.isfinite(v).all() for v in after2.values())
+    # a run with more non-finite steps than allowed stops with a clear error, its weights finite
+    spec2 = spec.model_copy(update={"train": spec.train.model_copy(update={"max_nonfinite": 1})})
+    _NAN_CALLS.update(n=0, bad={3, 4, 5, 6})  # call 1 is the 'before' eval
+    tr2 = build_trainer(spec2, output_dir=tmp_path / "b", progress=False)
+    with pytest.raises(NonFiniteError, match="max_nonfinite=1"):
+        tr2.run()
+    assert all(torch.isfinite(v).all() for v in tr2.diff.trainable_state_dict().values())
+    _NAN_CALLS.update(n=0, bad=set())
+
+
+def test_callbacks_receive_metrics_images_prompts_and_rewards(tmp_path, spec_factory):
+    steps, evals, ends = [], [], []
+
+    class Recorder:
+        def on_eval(self, ev):
+            evals.append(ev)
+
+        def on_train_end(self, result):
+            ends.append(result)
+
+    r = api.run(spec_factory(objective=[{"reward": "test-brightness"}, {"reward": "test-convnet", "role": "monitor"}],
+                             train={"steps": 2}),
+                output_dir=tmp_path, progress=False, callbacks=[steps.append, Recorder()])
+    assert [e.step for e in steps] == [1, 2]
+    ev = steps[0]
+    assert ev.images.shape == (2, 3, 16, 16) and 0 <= float(ev.images.min()) and float(ev.images.max()) <= 1
+    assert len(ev.prompts) == 2 and set(ev.rewards) == {"test-brightness", "test-convnet"}
+    torch.testing.assert_close(torch.tensor(ev.rewards["test-brightness"]), ev.images.mean(dim=(1, 2, 3)))
+    for k in ("loss", "grad_norm", "lr", "time/step_s", "reward/test-brightness", "reward_norm/test-convnet"):
+        assert k in ev.metrics
+    assert [Path(e.grid_path).name for e in evals] == ["before.png", "after.png"]
+    assert ends and ends[0] is r
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/test-convnet" in x and "reward_norm/test-convnet" in x for x in lines)
+    assert (tmp_path / "spec.yaml").exists() and "torch" in json.loads((tmp_path / "versions.json").read_text())
+
+
+def test_exported_lora_loads_into_diffusers_and_matches_the_trained_model(tmp_path, spec_factory):
+    from diffusers import StableDiffusionPipeline
+
+    from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
+    from rewardtune.engine.types import generator
+    from rewardtune.rewards._weights import resolve_weights
+
+    spec = load_spec(spec_factory(sampling={"steps": 3, "guidance_scale": 2.0}, train={"steps": 3, "lr": 5e-2}))
+    tr = build_trainer(spec, output_dir=tmp_path, progress=False)
+    result = tr.run()
+    assert (result.weights_path / "pytorch_lora_weights.safetensors").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(str(resolve_weights("zoo:sd1")), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    x_t = initial_latents(tr.diff, 2, 16, generator(7))
+    kw = dict(prompt=["a cat", "a dog"], num_inference_steps=3, guidance_scale=2.0, height=16, width=16,
+              output_type="pt", latents=x_t.clone())
+    base = pipe(**kw).images
+    pipe.load_lora_weights(str(result.weights_path))
+    tuned = pipe(**kw).images
+    assert (tuned - base).abs().max() > 1e-3  # the LoRA changes the images
+    with torch.no_grad():
+        emb = encode_prompts(tr.diff, ["a cat", "a dog"], 2.0)
+        ours = decode(tr.diff, sample(tr.diff, x_t, emb, steps=3, guidance=2.0).latents)
+    torch.testing.assert_close(tuned, ours, rtol=1e-4, atol=1e-4)  # same weights, same sampler
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_is_bitwise_equal(tmp_path, spec_factory):
+    """A real SIGKILL of the CLI process (possibly mid-save), then `--resume`, equals an uninterrupted run."""
+    import yaml
+
+    spec = _resume_spec(spec_factory)
+    spec["train"].update(steps=12, checkpoint_every=1)
+    spec["imports"] = [str(Path(__file__).with_name("rewards_for_tests.py"))]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "rewardtune.cli.main", "run", str(path), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + ["-o", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd + ["-o", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ck = tmp_path / "killed" / "checkpoints"
+    while proc.poll() is None and len(list_checkpoints(ck)) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "lora").exists(), "the run finished before it could be killed"
+    subprocess.run(cmd + ["-o", str(tmp_path / "killed"), "--resume"], check=True, env=env, capture_output=True)
+    _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "killed"))
