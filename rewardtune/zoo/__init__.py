@@ -7,8 +7,8 @@
 - `zoo:X.Y` -> `rewardtune.zoo.X.build_Y(path, seed)` (helpers that are not builders must not be named `build*`)
 
 Each builder writes a directory that the matching reward / engine loader reads with `from_pretrained`.
-Directories are cached under `$REWARDTUNE_CACHE/zoo` (default `~/.cache/rewardtune/zoo`), keyed by name, seed and
-`ZOO_VERSION`, and written atomically (temp dir + rename) so concurrent processes never see half a model.
+Directories are cached under `$REWARDTUNE_CACHE/zoo` (default `~/.cache/rewardtune/zoo`), keyed by name, seed,
+`ZOO_VERSION` and a hash of the builder's source, and written atomically (temp dir + rename) so concurrent processes never see half a model.
 """
 from __future__ import annotations
 
@@ -59,11 +59,22 @@ def available() -> list[str]:
     return out
 
 
+def _source_hash(build) -> str:
+    """Hash of the builder's module and the shared tokenizer code: editing a twin rebuilds its cache entry."""
+    import hashlib
+    import inspect
+
+    h = hashlib.sha256()
+    for mod in (inspect.getmodule(build), importlib.import_module("rewardtune.zoo.tokenizers")):
+        h.update(Path(inspect.getfile(mod)).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def materialize(ref: str, seed: int = DEFAULT_SEED) -> Path:
     """Build the tiny twin `ref` once and return its directory (cached, atomic)."""
     build = builder(ref)
     name = ref[4:] if ref.startswith("zoo:") else ref
-    target = cache_root() / f"{name}-s{seed}-v{ZOO_VERSION}"
+    target = cache_root() / f"{name}-s{seed}-v{ZOO_VERSION}-{_source_hash(build)}"
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
