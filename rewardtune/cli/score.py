@@ -16,7 +16,9 @@ import typer
 
 from rewardtune.cli.common import guarded
 
-HELP = "Score image files (or folders, recursively) against a prompt with one or more rewards."
+HELP = ("Score image files (or folders, recursively) against a prompt with one or more rewards.\n\n"
+        "Exit codes: 0 every file scored; 2 usage error; 3 some files could not be scored (they have error rows, "
+        "the rest were scored); 4 a reward could not be loaded (missing weights or dependency); 1 internal error.")
 
 EXIT_OK, EXIT_FILES_FAILED, EXIT_REWARD_UNAVAILABLE = 0, 3, 4
 PROGRESS_MIN_FILES = 8  # fewer files than this: no progress bar
