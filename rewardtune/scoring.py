@@ -128,7 +128,8 @@ def _key(p: str | Path) -> str:
 
 
 def read_prompts_file(path: str | Path) -> dict[Path, str]:
-    """Read a CSV (`path,prompt`, header optional) or JSONL (`{"path": ..., "prompt": ...}` per line) file.
+    """Read a CSV (`path,prompt`, header optional), a JSONL (`{"path": ..., "prompt": ...}` per line) or a JSON
+    array of such objects.
 
     Relative image paths are taken relative to the prompts file's folder. Returns {path: prompt} in file order.
     """
@@ -136,23 +137,31 @@ def read_prompts_file(path: str | Path) -> dict[Path, str]:
     if not src.is_file():
         raise UsageError(f"--prompts-file {src}: file not found.")
     base = src.parent
-    entries: list[tuple[str, str, int]] = []  # (path, prompt, line)
+    entries: list[tuple[str, str, str]] = []  # (path, prompt, where: "line 3" / "entry 3")
     text = src.read_text(encoding="utf-8-sig")
-    is_jsonl = src.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{")
-    if is_jsonl:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+    is_json = src.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith(("{", "["))
+    if is_json:
+        if text.lstrip().startswith("["):  # a JSON array of objects
             try:
-                obj = json.loads(line)
+                items = [(f"entry {i + 1}", o) for i, o in enumerate(json.loads(text))]
             except json.JSONDecodeError as e:
-                raise UsageError(f"--prompts-file {src}, line {n}: not valid JSON ({e.msg}).") from None
+                raise UsageError(f"--prompts-file {src}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+        else:
+            items = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    items.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"--prompts-file {src}, line {n}: not valid JSON ({e.msg}).") from None
+        for n, obj in items:
             if not isinstance(obj, dict):
-                raise UsageError(f"--prompts-file {src}, line {n}: expected an object with 'path' and 'prompt'.")
+                raise UsageError(f"--prompts-file {src}, {n}: expected an object with 'path' and 'prompt'.")
             p = obj.get("path", obj.get("image", obj.get("file")))
             t = obj.get("prompt", obj.get("text"))
             if not isinstance(p, str) or not isinstance(t, str):
-                raise UsageError(f"--prompts-file {src}, line {n}: needs string fields 'path' and 'prompt', "
+                raise UsageError(f"--prompts-file {src}, {n}: needs string fields 'path' and 'prompt', "
                                  f"got keys {sorted(obj)}.")
             entries.append((p, t, n))
     else:
@@ -168,18 +177,18 @@ def read_prompts_file(path: str | Path) -> dict[Path, str]:
                 continue
             if len(row) <= max(pi, ti):
                 raise UsageError(f"--prompts-file {src}, line {n}: expected 'path,prompt', got {row!r}.")
-            entries.append((row[pi].strip(), row[ti], n))
+            entries.append((row[pi].strip(), row[ti], f"line {n}"))
     out: dict[Path, str] = {}
-    keys: dict[str, tuple[str, int]] = {}
+    keys: dict[str, tuple[str, str]] = {}
     for p, t, n in entries:
         if not p:
-            raise UsageError(f"--prompts-file {src}, line {n}: empty path.")
+            raise UsageError(f"--prompts-file {src}, {n}: empty path.")
         full = Path(os.path.expanduser(p))
         if not full.is_absolute():
             full = base / full
         k = _key(full)
         if k in keys and keys[k][0] != t:
-            raise UsageError(f"--prompts-file {src}, line {n}: '{p}' already has a different prompt (line {keys[k][1]}).")
+            raise UsageError(f"--prompts-file {src}, {n}: '{p}' already has a different prompt ({keys[k][1]}).")
         keys[k] = (t, n)
         out.setdefault(full, t)
     if not out:

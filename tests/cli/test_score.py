@@ -269,6 +269,14 @@ def test_prompts_file_csv_and_jsonl(imgs, tmp_path):
     res = score("--json", "-r", "score-test-prompt-len", "--prompts-file", str(jl), "-p", "fallback", str(tmp_path))
     assert res.exit_code == 0
     assert {Path(r["path"]).name: r["prompt"] for r in json.loads(res.stdout)["results"]}["d.png"] == "fallback"
+    arr = tmp_path / "prompts.json"
+    arr.write_text(json.dumps([{"path": "a.png", "prompt": "seven!!"}, {"path": "b/c.png", "prompt": "x"}]))
+    res = score("--json", "-r", "score-test-prompt-len", "--prompts-file", str(arr))
+    assert sorted(r["scores"]["score-test-prompt-len"] for r in json.loads(res.stdout)["results"]) == [1.0, 7.0]
+    dup = tmp_path / "dup.csv"
+    dup.write_text("a.png,one\nb/c.png,two\n./a.png,three\n")
+    res = score("-r", "score-test-prompt-len", "--prompts-file", str(dup))
+    assert res.exit_code == 2 and "line 3" in res.stderr and "different prompt (line 1)" in res.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"path": "a.png"}\n')
     res = score("-r", "score-test-prompt-len", "--prompts-file", str(bad))
