@@ -275,6 +275,7 @@ class TrainingJob(Checkpointable):
     max_requeues: int = 3
     requeues: int = 0
     label: str = ""
+    spec_sha256: str = ""
     _stopped: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -296,6 +297,11 @@ class TrainingJob(Checkpointable):
         if rank == 0:
             append_event(self.output_dir, "started", job_id=env.job_id, attempt=self.requeues + 1,
                          host=socket.gethostname(), world_size=world, resume=resume, slurm_restart_count=restarted)
+            if self.spec_sha256 and _sha256(self.spec_path) != self.spec_sha256:
+                msg = (f"warning: {self.spec_path} changed since it was submitted; this attempt runs the file as "
+                       "it is now")
+                print(msg, file=sys.stderr, flush=True)
+                append_event(self.output_dir, "spec_changed", message=msg)
         control.clear_stop()
         usr_sig = env._usr_sig()
         submitit_handler = signal.getsignal(usr_sig)
@@ -350,7 +356,8 @@ class TrainingJob(Checkpointable):
                                 f"`rewardtune submit ... --resume`")
             return None
         nxt = TrainingJob(self.spec_path, self.overrides, self.tiny, self.output_dir, resume=True,
-                          max_requeues=self.max_requeues, requeues=self.requeues + 1, label=self.label)
+                          max_requeues=self.max_requeues, requeues=self.requeues + 1, label=self.label,
+                          spec_sha256=self.spec_sha256)
         append_event(self.output_dir, "requeued", requeues=nxt.requeues, max_requeues=self.max_requeues,
                      checkpoint_written=self._stopped)
         return DelayedSubmission(nxt)
@@ -395,6 +402,15 @@ def _destroy_distributed() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _latest_checkpoint(output_dir: str) -> str | None:
@@ -565,7 +581,8 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
         ov = tuple(overrides) + ((f"train.seed={seed}",) if seed is not None else ())
         out = run_dir if seed is None else run_dir / f"seed-{seed}"
         jobs_in.append(TrainingJob(str(Path(spec_path).resolve()), ov, tiny, str(out), resume=resume,
-                                   max_requeues=lau.max_requeues, label=f"seed {seed}" if seed is not None else ""))
+                                   max_requeues=lau.max_requeues, label=f"seed {seed}" if seed is not None else "",
+                                   spec_sha256=_sha256(spec_path)))
     if len(jobs_in) == 1:
         jobs = [ex.submit(jobs_in[0])]
     else:
@@ -675,16 +692,38 @@ def status(run_dir: str | Path) -> list[JobStatus]:
     out = []
     for i, jid in enumerate(rec["job_ids"]):
         rd = rec["run_dirs"][i] if i < len(rec.get("run_dirs", [])) else str(run_dir)
-        events = read_events(rd) + ([] if Path(rd) == Path(run_dir) else [])
+        events = read_events(rd)
         requeues = sum(1 for e in events if e.get("event") == "requeued")
         steps = [e.get("step") for e in events if e.get("step") is not None]
+        logged = _last_logged_step(rd)
+        if logged is not None:
+            steps.append(logged)
         state = states.get(jid, "UNKNOWN")
         err = None
         if state not in ACTIVE_STATES and state != "COMPLETED":
             err = _remote_error(rec, i, jid, rd)
         out.append(JobStatus(jid, state, rd, rec["stdout"][i], rec["stderr"][i], requeues,
-                             steps[-1] if steps else None, err))
+                             max(steps) if steps else None, err))
     return out
+
+
+def _last_logged_step(run_dir: str | Path) -> int | None:
+    """The newest step in the engine's metrics.jsonl (read from its end: the file grows with the run)."""
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return None
+    with open(p, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 16384))
+        tail = f.read().decode("utf-8", errors="replace").splitlines()
+    for line in reversed(tail):
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
 
 
 def _local_state(run_dir: str | Path) -> str:

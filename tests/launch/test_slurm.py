@@ -151,7 +151,11 @@ def cli(*args: str):
 # ------------------------------------------------------------------------------------------------------- tests
 def test_cancel(jobs):
     sub = jobs["cancel"]
-    wait_for(lambda: steps_logged(sub.run_dir), "the long job to train its first step")
+    wait_for(lambda: len(steps_logged(sub.run_dir)) >= 2, "the long job to train 2 steps")
+    st = cli("status", str(sub.run_dir))
+    assert st.exit_code == 0, st.output
+    m = re.search(rf"job {sub.job_id}: RUNNING \(step (\d+)\)", st.stdout)
+    assert m and int(m.group(1)) >= 2, st.stdout
     res = cli("cancel", str(sub.run_dir))
     assert res.exit_code == 0, res.output
     assert sub.job_id in res.stdout
