@@ -245,14 +245,6 @@ def read_job_record(run_dir: Path | str) -> dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def log_paths(folder: Path | str, job_id: str, task: int = 0) -> tuple[Path, Path]:
-    """stdout and stderr of one task of one job (submitit's naming)."""
-    from submitit.core.utils import JobPaths
-
-    jp = JobPaths(folder, job_id=job_id, task_id=task)
-    return jp.stdout, jp.stderr
-
-
 # ---------------------------------------------------------------------------------------------------- the job
 def _engine_run(spec_path: str, overrides: Sequence[str], tiny: bool, resume: bool, output_dir: str) -> Any:
     from rewardtune.api import run
@@ -274,7 +266,6 @@ class TrainingJob(Checkpointable):
     resume: bool = False
     max_requeues: int = 3
     requeues: int = 0
-    label: str = ""
     spec_sha256: str = ""
     _stopped: bool = field(default=False, repr=False)
 
@@ -356,7 +347,7 @@ class TrainingJob(Checkpointable):
                                 f"`rewardtune submit ... --resume`")
             return None
         nxt = TrainingJob(self.spec_path, self.overrides, self.tiny, self.output_dir, resume=True,
-                          max_requeues=self.max_requeues, requeues=self.requeues + 1, label=self.label,
+                          max_requeues=self.max_requeues, requeues=self.requeues + 1,
                           spec_sha256=self.spec_sha256)
         append_event(self.output_dir, "requeued", requeues=nxt.requeues, max_requeues=self.max_requeues,
                      checkpoint_written=self._stopped)
@@ -581,8 +572,7 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
         ov = tuple(overrides) + ((f"train.seed={seed}",) if seed is not None else ())
         out = run_dir if seed is None else run_dir / f"seed-{seed}"
         jobs_in.append(TrainingJob(str(Path(spec_path).resolve()), ov, tiny, str(out), resume=resume,
-                                   max_requeues=lau.max_requeues, label=f"seed {seed}" if seed is not None else "",
-                                   spec_sha256=_sha256(spec_path)))
+                                   max_requeues=lau.max_requeues, spec_sha256=_sha256(spec_path)))
     if len(jobs_in) == 1:
         jobs = [ex.submit(jobs_in[0])]
     else:
