@@ -137,7 +137,7 @@ def rewardtune_step(a: argparse.Namespace, reward):
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
-        return float(out.loss.detach())
+        return out.metrics.get("k", float("nan"))
 
     n_lora = sum(p.numel() for p in params)
     return step, {"trainable_params": n_lora, "method": method.name}, diff
@@ -247,14 +247,16 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.reset_peak_memory_stats()
         result["rss_before_mb"] = rss_mb()
         result["hwm_reset"] = reset_peak_rss()
-        times = []
+        times, ks = [], []
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
-            step()
+            k = step()
             sync()
             if i >= a.warmup:
                 times.append(time.perf_counter() - t0)
+                ks.append(k)
         result["step_s"] = times
+        result["step_k"] = ks  # rewardtune: the K each timed step used (randomized truncation); TRL: NaN
         result["rss_peak_mb"] = peak_rss_mb()
         if cuda:
             result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
