@@ -7,13 +7,15 @@ from typing import Any
 
 
 def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[Any] = (), tiny: bool = False,
-        resume: bool = False, output_dir: str | Path | None = None, *, progress: bool | None = None):
+        resume: bool = False, output_dir: str | Path | None = None, *, progress: bool | None = None,
+        overwrite: bool = False):
     """Fine-tune the spec's model against its objective; returns a `TrainResult`.
 
     `spec_or_path`: a YAML path, a dict or a `Spec`. `overrides`: `key=value` strings, validated like the spec.
     `callbacks`: callables receiving a `StepEvent` after each step, or objects with `on_step` / `on_eval` /
     `on_train_start` / `on_train_end`. `tiny`: swap every model for its offline tiny twin. `resume`: continue from
-    the newest checkpoint in the output directory (a fresh start when there is none).
+    the newest checkpoint in the output directory (a fresh start when there is none). `overwrite`: start over in
+    an output directory that holds a previous run (otherwise that is an error).
 
         result = rewardtune.run("specs/demo.yaml", ["train.steps=20"], tiny=True)
         print(result.eval_before, result.eval_after, result.weights_path)
@@ -23,4 +25,4 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
 
     spec = load_spec(spec_or_path, overrides=list(overrides), tiny=tiny)
     trainer = build_trainer(spec, output_dir=output_dir, callbacks=callbacks, progress=progress)
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, overwrite=overwrite)

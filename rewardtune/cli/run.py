@@ -36,6 +36,7 @@ def COMMAND(  # noqa: N802
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output dir."),
     output_dir: str = typer.Option(None, "--output-dir", "-o", help="Where outputs go (default: the spec's "
                                                                    "output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an output dir that holds a run."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar."),
 ) -> None:
     from rewardtune.errors import UsageError
@@ -50,8 +51,10 @@ def COMMAND(  # noqa: N802
 
     previous = control.install_signal_handlers()
     try:
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pick one")
         result = run(path, overrides=list(overrides or []), tiny=tiny, resume=resume, output_dir=output_dir,
-                     progress=False if no_progress else None)
+                     progress=False if no_progress else None, overwrite=overwrite)
     finally:
         control.restore_signal_handlers(previous)
     if result.stopped_early:

@@ -295,13 +295,20 @@ class Trainer:
         last = outs[-1] if outs else None
         return metrics, last, bad
 
-    def run(self, resume: bool = False) -> TrainResult:
+    def run(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         s, info = self.s, self.info
         if resume:
             self.try_resume()
-        elif info.main and list_checkpoints(self.out / "checkpoints"):
-            raise RewardtuneError(f"{self.out} already holds checkpoints of a run. Pass --resume to continue it, "
-                                  "or choose another output_dir.")
+        elif any_flag(info.main and bool(list_checkpoints(self.out / "checkpoints")), info, self.diff.device):
+            if not overwrite:  # every rank raises, so none waits for the others
+                raise RewardtuneError(f"{self.out} already holds checkpoints of a run. Pass --resume to continue "
+                                      "it, --overwrite to start over in it, or choose another output_dir.")
+            import shutil
+
+            if info.main:
+                for sub in ("checkpoints", "lora", "unet", "images", "tensorboard"):
+                    shutil.rmtree(self.out / sub, ignore_errors=True)
+        barrier(info)
         writer = None
         if info.main:
             self.out.mkdir(parents=True, exist_ok=True)

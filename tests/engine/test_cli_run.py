@@ -1,0 +1,89 @@
+"""`rewardtune run` from the command line: overrides, shipped spec names, preemption signal, full UNet export."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import rewardtune.api as api
+from rewardtune.engine import control
+
+
+def _cli(args: list[str]) -> int:
+    from rewardtune.cli.main import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _write(tmp_path: Path, spec: dict) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_bad_override_is_a_usage_error(tmp_path, spec_factory, capsys):
+    p = _write(tmp_path, spec_factory())
+    assert _cli(["run", str(p), "train.stpes=3", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "train.stpes" in err and "steps" in err
+    assert _cli(["run", str(p), "train.steps=0", "-o", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_spec_lists_shipped_ones(capsys):
+    assert _cli(["run", "no-such-spec"]) == 2
+    assert "demo" in capsys.readouterr().err
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, spec_factory, capsys):
+    p = _write(tmp_path, spec_factory(train={"steps": 1}))
+    out = str(tmp_path / "o")
+    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 0
+    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert _cli(["run", str(p), "-o", out, "--no-progress", "--overwrite"]) == 0
+    assert _cli(["run", str(p), "-o", out, "--no-progress", "--resume"]) == 0  # already done: re-exports
+
+
+def test_sigusr2_checkpoints_and_stops_then_resume_finishes(tmp_path, spec_factory):
+    previous = control.install_signal_handlers()
+    try:
+        def preempt(ev):
+            if ev.step == 2:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+        r = api.run(spec_factory(train={"steps": 4}), output_dir=tmp_path, progress=False, callbacks=[preempt])
+    finally:
+        control.restore_signal_handlers(previous)
+    assert r.stopped_early and r.steps_done == 2 and "SIGUSR2" in r.stop_reason
+    assert (tmp_path / "checkpoints" / "step_00000002.pt").exists()
+    r2 = api.run(spec_factory(train={"steps": 4}), output_dir=tmp_path, progress=False, resume=True)
+    assert r2.resumed_from == 2 and r2.steps_done == 4 and not r2.stopped_early
+
+
+def test_full_unet_training_exports_the_unet(tmp_path, spec_factory):
+    from diffusers import UNet2DConditionModel
+
+    spec = spec_factory({"name": "draft_k", "k": 1, "kl_coeff": 0.01},
+                        model={"pretrained": "zoo:sd1", "trainable": {"type": "full"}}, train={"steps": 2, "lr": 1e-4})
+    r = api.run(spec, output_dir=tmp_path, progress=False)
+    unet = UNet2DConditionModel.from_pretrained(r.weights_path)
+    from rewardtune.rewards._weights import resolve_weights
+
+    base = UNet2DConditionModel.from_pretrained(Path(resolve_weights("zoo:sd1")) / "unet")
+    changed = [n for n, p in unet.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard not installed")
+def test_tensorboard_events_written(tmp_path, spec_factory):
+    api.run(spec_factory(train={"steps": 1}, logging={"tensorboard": True}), output_dir=tmp_path, progress=False)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
