@@ -21,8 +21,9 @@ def resolve_device(launcher: Any, info: DistInfo) -> torch.device:
     want = getattr(launcher, "device", "auto")
     if want == "auto":
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", info.rank % max(1, torch.cuda.device_count()))))
-            return torch.device("cuda", local)
+            local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", info.rank)))
+            # a task may see all GPUs of its node or only its own (CUDA_VISIBLE_DEVICES per task)
+            return torch.device("cuda", local % max(1, torch.cuda.device_count()))
         return torch.device("cpu")
     return torch.device(want)
 
