@@ -50,7 +50,7 @@ def fmt(s: dict, digits: int = 3) -> str:
 
 def ratio_spread(num: list[float], den: list[float]) -> dict:
     """Ratios of paired measurements (same repeat, interleaved), e.g. TRL time / rewardtune time."""
-    return spread([a / b for a, b in zip(num, den) if b > 0])
+    return spread([a / b for a, b in zip(num, den, strict=False) if b > 0])
 
 
 # ----------------------------------------------------------------------------------------- process memory
@@ -117,7 +117,7 @@ class ForkServer:
     """
 
     def __init__(self, python: str | Path, impl: str, log: Path | None = None):
-        self.log = open(log, "a") if log else subprocess.DEVNULL
+        self.log = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115  (lives as long as the server)
         self.p = subprocess.Popen([str(python), str(BENCH / "_step_worker.py"), "--serve", impl],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                   env=worker_env(), cwd=str(ROOT), bufsize=1)

@@ -49,6 +49,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--count-flops", type=int, default=0, help="also count FLOPs of one step (no checkpointing)")
+    ap.add_argument("--tensor-mem", type=int, default=0,
+                    help="also run one profiled step and report its peak of live tensor bytes (CPU)")
     return ap.parse_args(argv)
 
 
@@ -159,7 +161,6 @@ def make_method(a: argparse.Namespace):
 # ------------------------------------------------------------------------------------------------------- TRL
 def trl_step(a: argparse.Namespace, reward):
     """TRL 0.23.1's AlignPropTrainer.step on the same pipeline directory and reward."""
-    import torch
     from accelerate import PartialState
 
     warnings.filterwarnings("ignore")
@@ -212,6 +213,33 @@ def trl_step(a: argparse.Namespace, reward):
     return step, {"trainable_params": sum(p.numel() for p in trainable), "method": "AlignPropTrainer"}, pipe
 
 
+# ---------------------------------------------------------------------------------------------------- memory
+def step_tensor_peak_mb(step) -> float:
+    """Peak of live tensor bytes allocated during one step, above what was live when it started.
+
+    The CPU analogue of `max_memory_allocated`: the profiler's memory events carry the running total of bytes the
+    CPU allocator handed out since profiling began, so the maximum is the step's activation/gradient/temporary
+    peak, independent of glibc's heap retention and of one-time lazy initialisation (which blur peak RSS).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    finally:
+        os.unlink(path)
+    totals = [e["args"].get("Total Allocated", 0) for e in events
+              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
+    del torch
+    return max(totals, default=0) / 2**20
+
+
 # ---------------------------------------------------------------------------------------------------- FLOPs
 def count_flops(step) -> float:
     from torch.utils.flop_counter import FlopCounterMode
@@ -261,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         if cuda:
             result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             result["cuda_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        if a.tensor_mem:
+            result["tensor_peak_mb"] = step_tensor_peak_mb(step)
         if a.count_flops:
             result["flops_per_step"] = count_flops(step)
         result["ok"] = True
@@ -276,9 +306,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def preload(impl: str) -> None:
     """Import the heavy modules once, in the fork server, so each forked measurement skips ~5 CPU-seconds."""
-    import torch  # noqa: F401
     import diffusers  # noqa: F401
     import peft  # noqa: F401
+    import torch  # noqa: F401
     import transformers  # noqa: F401
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
     from transformers import CLIPModel, CLIPTextModel  # noqa: F401

@@ -25,15 +25,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (RESULTS, ROOT, ForkServer, ensure_trl_venv, fmt, machine_block, run_worker,  # noqa: E402
-                      spread, versions_block, write_text)
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root (rewardtune, uninstalled)
+from _harness import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    ForkServer,
+    ensure_trl_venv,
+    fmt,
+    machine_block,
+    run_worker,
+    spread,
+    versions_block,
+    write_text,
+)
 
 # ---- SD-1.5's public configs (unet/config.json, vae/config.json, text_encoder/config.json, scheduler) --------
 SD15_UNET = dict(
@@ -254,7 +264,7 @@ def main() -> None:
     expected_k = {"1": 1.0, "rand": (1 + conf["T"]) / 2}
     trl_rand_k = sum((i + 1) / (conf["T"] + 1) for i in range(conf["T"]))  # E[#grad steps], per-step draws
     rows = []
-    for label, impl, method, k in CELLS:
+    for label, impl, _method, k in CELLS:
         runs = [r for r in results["cells"][label] if r.get("ok")]
         times = [t for r in runs for t in r["step_s"]]
         sps = [batch / t for t in times]

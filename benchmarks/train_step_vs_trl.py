@@ -27,8 +27,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (RESULTS, ROOT, ForkServer, ensure_trl_venv, fmt, machine_block, ratio_spread,  # noqa: E402
-                      run_worker, spread, versions_block, write_text)
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root (rewardtune, uninstalled)
+from _harness import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    ForkServer,
+    ensure_trl_venv,
+    fmt,
+    machine_block,
+    ratio_spread,
+    run_worker,
+    spread,
+    versions_block,
+    write_text,
+)
 
 WORKER = ROOT / "benchmarks" / "_step_worker.py"
 SETTINGS = dict(batch=2, cfg=5.0, eta=0.0, rank=4, lr=1e-3)
@@ -61,7 +73,7 @@ def worker_args(impl: str, cell: dict, pipes: dict, clip_dir: str, a) -> list[st
             "--resolution", str(cell["latent"] * 2), "--steps-T", str(cell["T"]), "--k", cell["k"],
             "--ckpt", str(cell["ckpt"]), "--batch", str(s["batch"]), "--cfg", str(s["cfg"]), "--eta", str(s["eta"]),
             "--rank", str(s["rank"]), "--lr", str(s["lr"]), "--warmup", str(a.warmup), "--steps", str(a.steps),
-            "--threads", str(a.threads)]
+            "--threads", str(a.threads), "--tensor-mem", "1"]
 
 
 def key(cell: dict) -> str:
@@ -94,7 +106,8 @@ def measure(a) -> dict:
                 raw[key(cell)][impl].append(res)
                 med = sorted(res["step_s"])[len(res["step_s"]) // 2]
                 print(f"[{time.time() - t_start:6.0f}s] rep {r + 1}/{a.repeats} {key(cell):32s} {impl:10s} "
-                      f"step {med:.3f}s  peak RSS {res['rss_peak_mb']:.0f} MB", flush=True)
+                      f"step {med:.3f}s  tensor peak {res['tensor_peak_mb']:.1f} MB  peak RSS "
+                      f"{res['rss_peak_mb']:.0f} MB", flush=True)
     for srv in servers.values():
         srv.close()
     return {"raw": raw, "trl_python": str(trl_py), "elapsed_s": time.time() - t_start, "settings": SETTINGS,
@@ -117,7 +130,10 @@ def summarize(data: dict) -> list[dict]:
         tr_m = [x["rss_peak_mb"] for x in tr[:n]]
         rt_d = [x["rss_peak_mb"] - x["rss_before_mb"] for x in rt[:n]]
         tr_d = [x["rss_peak_mb"] - x["rss_before_mb"] for x in tr[:n]]
+        rt_tm = [x["tensor_peak_mb"] for x in rt[:n]]
+        tr_tm = [x["tensor_peak_mb"] for x in tr[:n]]
         rows.append(dict(key=k, cell=d["cell"], rt_time=spread(rt_t), trl_time=spread(tr_t),
+                         rt_tmem=spread(rt_tm), trl_tmem=spread(tr_tm), tmem_ratio=ratio_spread(rt_tm, tr_tm),
                          speedup=ratio_spread(tr_t, rt_t), rt_mem=spread(rt_m), trl_mem=spread(tr_m),
                          mem_ratio=ratio_spread(rt_m, tr_m), rt_dmem=spread(rt_d), trl_dmem=spread(tr_d)))
     return rows
@@ -153,34 +169,41 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
         machine_block(),
         versions_block({"rewardtune venv": sys.executable, "TRL venv": data["trl_python"]}),
         "",
-        "Peak RSS is the process's VmHWM, reset (clear_refs) right before the first step, so it is the peak during "
-        "the steps, model weights and imports included; Δ is that peak minus the RSS just before the first step "
-        "(what the steps themselves add).",
+        "Two memory measures. **Step tensor peak**: one extra profiled step per process "
+        "(`torch.profiler`, `profile_memory=True`) gives the peak of live tensor bytes the step allocated above what "
+        "was live when it began: activations, gradients and temporaries, the CPU analogue of "
+        "`torch.cuda.max_memory_allocated` over a step. **Peak RSS**: the process's VmHWM, reset (clear_refs) right "
+        "before the first step, so the peak during the steps with weights, libraries and imports included. On CPU "
+        "peak RSS also holds what glibc's heap keeps after the first step and one-time lazy initialisation (e.g. "
+        "TRL encodes the negative prompt in its constructor, before the window; rewardtune in its first step), "
+        "which moves it by a few MB either way; the step tensor peak is not affected by either.",
         "",
     ]
     grid = [r for r in rows if r["cell"]["group"] == "grid"]
     if grid:
         lines += ["## Grid (T = 10 sampling steps)", "",
-                  "| latent | K | ckpt | rewardtune s/step | TRL s/step | speed-up (TRL/rt) | rewardtune peak RSS MB "
-                  "| TRL peak RSS MB | mem ratio (rt/TRL) | rt Δ MB | TRL Δ MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| latent | K | ckpt | rewardtune s/step | TRL s/step | speed-up (TRL/rt) | rewardtune step tensor "
+                  "peak MB | TRL step tensor peak MB | ratio (rt/TRL) | rewardtune peak RSS MB | TRL peak RSS MB | "
+                  "ratio (rt/TRL) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in grid:
             c = r["cell"]
             lines.append(f"| {c['latent']} | {c['k']} | {'on' if c['ckpt'] else 'off'} | {fmt(r['rt_time'])} | "
-                         f"{fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | {fmt(r['rt_mem'], 4)} | "
-                         f"{fmt(r['trl_mem'], 4)} | {fmt(r['mem_ratio'])} | {fmt(r['rt_dmem'])} | {fmt(r['trl_dmem'])} |")
+                         f"{fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | {fmt(r['rt_tmem'])} | "
+                         f"{fmt(r['trl_tmem'])} | **{fmt(r['tmem_ratio'])}** | {fmt(r['rt_mem'], 4)} | "
+                         f"{fmt(r['trl_mem'], 4)} | {fmt(r['mem_ratio'])} |")
         lines.append("")
     scal = sorted([r for r in rows if r["cell"]["group"] == "scaling" or
                    (r["cell"]["latent"] == 8 and r["cell"]["k"] == "1" and r["cell"]["ckpt"] == 1)],
                   key=lambda r: r["cell"]["T"])
     if any(r["cell"]["group"] == "scaling" for r in scal):
         lines += ["## Scaling with sampling steps T (latent 8, K = 1, checkpointing on)", "",
-                  "| T | rewardtune s/step | TRL s/step | speed-up | rewardtune peak RSS MB | TRL peak RSS MB "
-                  "| rt Δ MB | TRL Δ MB |", "|---|---|---|---|---|---|---|---|"]
+                  "| T | rewardtune s/step | TRL s/step | speed-up | rewardtune step tensor peak MB | TRL step tensor "
+                  "peak MB | rewardtune peak RSS MB | TRL peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
         for r in scal:
             c = r["cell"]
             lines.append(f"| {c['T']} | {fmt(r['rt_time'])} | {fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | "
-                         f"{fmt(r['rt_mem'], 4)} | {fmt(r['trl_mem'], 4)} | {fmt(r['rt_dmem'])} | {fmt(r['trl_dmem'])} |")
+                         f"{fmt(r['rt_tmem'])} | {fmt(r['trl_tmem'])} | {fmt(r['rt_mem'], 4)} | {fmt(r['trl_mem'], 4)} |")
         lines.append("")
     text = "\n".join(lines)
     write_text(out, text + "\n")
@@ -193,7 +216,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=["all", "grid", "scaling"], default="all")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per measurement (1: a shared 2-core machine makes 2-thread OpenMP collapse)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 1 timed step (smoke run; not for reporting)")
