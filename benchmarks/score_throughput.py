@@ -309,9 +309,10 @@ def main() -> None:
     m = machine()
     kind = "cpu" if args.device == "cpu" else "cuda"
     hw = m["cpu"] if kind == "cpu" else torch.cuda.get_device_name()
-    ref_env = (f"a shared interpreter with image-reward {ref.info['image_reward']}, transformers "
-               f"{ref.info['transformers']}, timm {ref.info['timm']} and fairscale on PYTHONPATH (copied from the "
-               "reference venv)" if args.ref_pythonpath else f"its own venv ({args.ref_python})")
+    ref_pkgs = (f"image-reward {ref.info['image_reward']}, transformers {ref.info['transformers']}, "
+                f"timm {ref.info['timm']}")
+    ref_env = (f"{ref_pkgs} and fairscale on PYTHONPATH of a shared interpreter (copied from the reference venv)"
+               if args.ref_pythonpath else f"{ref_pkgs}, in its own venv ({args.ref_python})")
     cmd = (f"python benchmarks/score_throughput.py --device {args.device} --size {args.size} --images {n} "
            f"--repeats {args.repeats} --batch-sizes {args.batch_sizes} --threads {args.threads}")
     lines = [
