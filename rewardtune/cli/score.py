@@ -115,6 +115,7 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     from rewardtune.scoring import parse_reward_arg
 
     cards = {c.label: get_card(c.name) for c in (parse_reward_arg(a, tiny=tiny) for a in reward_args)}
+    thresholds = parse_min_scores(list(min_score or []), list(cards))
     wanting = [k for k, c in cards.items() if "prompt" in c.inputs]
     if prompt is None and prompt_map is None and wanting:
         raise UsageError(f"--prompt is required: {', '.join(wanting)} score images against a prompt "
@@ -132,7 +133,6 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
                       "lists them); --tiny scores with the offline tiny twins.[/]", soft_wrap=True)
         raise SystemExit(EXIT_REWARD_UNAVAILABLE) from None
     labels = list(rewards)
-    thresholds = parse_min_scores(list(min_score or []), labels)
 
     rows = _score_with_progress(files, rewards, prompt, prompt_map, batch_size, explain or show_captions,
                                 max_pixels, not no_exif, err, enabled=not no_progress)
