@@ -20,9 +20,17 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
         result = rewardtune.run("specs/demo.yaml", ["train.steps=20"], tiny=True)
         print(result.eval_before, result.eval_after, result.weights_path)
     """
+    import torch
+
     from rewardtune.engine.build import build_trainer
     from rewardtune.spec.load import load_spec
 
     spec = load_spec(spec_or_path, overrides=list(overrides), tiny=tiny)
-    trainer = build_trainer(spec, output_dir=output_dir, callbacks=callbacks, progress=progress)
-    return trainer.run(resume=resume, overwrite=overwrite)
+    threads = torch.get_num_threads()
+    if spec.model.pretrained.startswith("zoo:") and not torch.cuda.is_available():
+        torch.set_num_threads(1)  # tiny twins run ~3x faster on one thread than on two (measured, 2-core CPU)
+    try:
+        trainer = build_trainer(spec, output_dir=output_dir, callbacks=callbacks, progress=progress)
+        return trainer.run(resume=resume, overwrite=overwrite)
+    finally:
+        torch.set_num_threads(threads)

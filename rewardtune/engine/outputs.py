@@ -2,6 +2,7 @@
 and atomic checkpoints (temp file, fsync, rename: a kill -9 mid-save leaves the previous checkpoint usable)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,10 +22,8 @@ def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("rewardtune", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "pydantic",
                 "numpy", "bitsandbytes"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     out["cuda"] = str(torch.version.cuda)
     return out
 
@@ -93,7 +92,7 @@ class MetricsWriter:
             atomic_write_bytes(self.path, ("\n".join(kept) + ("\n" if kept else "")).encode())
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()
-        self.f = open(self.path, "a")
+        self.f = open(self.path, "a")  # noqa: SIM115  (kept open for the run; closed in close())
         self.tb = None
         if tensorboard:
             try:

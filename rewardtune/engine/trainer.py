@@ -20,8 +20,14 @@ from rewardtune.engine import control
 from rewardtune.engine.callbacks import CallbackList, EvalEvent, StepEvent
 from rewardtune.engine.distributed import DistInfo, any_flag, average_gradients, barrier
 from rewardtune.engine.objective import Objective
-from rewardtune.engine.outputs import (MetricsWriter, captioned_grid, list_checkpoints, load_latest_checkpoint,
-                                       save_checkpoint, write_run_info)
+from rewardtune.engine.outputs import (
+    MetricsWriter,
+    captioned_grid,
+    list_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+    write_run_info,
+)
 from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
 from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator

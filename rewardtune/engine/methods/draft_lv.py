@@ -11,8 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from rewardtune.engine.sampler import (add_noise, ddim_step, decode, encode_prompts, model_output, prev_timestep,
-                                       sample, timesteps)
+from rewardtune.engine.sampler import (
+    add_noise,
+    ddim_step,
+    decode,
+    encode_prompts,
+    model_output,
+    prev_timestep,
+    sample,
+    timesteps,
+)
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, kl_penalty
 
 

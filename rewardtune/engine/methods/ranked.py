@@ -54,7 +54,7 @@ class RankedMethod:
             emb = encode_prompts(diff, ps, s.guidance)
             xi = x_t[i:i + chunk]
             z = sample(diff, xi, emb, steps=s.steps, guidance=s.guidance, eta=s.eta,
-                       step_noise=lambda _: torch.randn(xi.shape, generator=eta_g).to(diff.device)).latents
+                       step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device)).latents
             latents.append(z)
             pixels.append(decode(diff, z))
         z_all, px = torch.cat(latents), torch.cat(pixels)
