@@ -46,10 +46,13 @@ def COMMAND(  # noqa: N802
         raise UsageError(f"overrides must look like key=value (got {bad[0]!r})")
     path = find_spec(spec)
     out = console()
+    import signal
+
     from rewardtune.api import run
     from rewardtune.engine import control
 
-    previous = control.install_signal_handlers()
+    # SLURM preemption (USR2), kill (TERM) and a first Ctrl-C: checkpoint after the current step, then stop
+    previous = control.install_signal_handlers((signal.SIGUSR2, signal.SIGTERM, signal.SIGINT))
     try:
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pick one")

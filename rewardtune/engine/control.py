@@ -31,11 +31,18 @@ def clear_stop() -> None:
     _REASON.clear()
 
 
+def _handler(sig: int, frame) -> None:
+    if sig == signal.SIGINT and stop_requested():
+        raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting for the checkpoint
+    request_stop(f"signal {signal.Signals(sig).name}")
+
+
 def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM)) -> dict[int, object]:
-    """Make these signals request a checkpoint-and-stop; returns the previous handlers (to restore them)."""
+    """Make these signals request a checkpoint-and-stop (a second SIGINT aborts at once); returns the previous
+    handlers, to restore them. Only the main thread can install handlers."""
     previous = {}
     for sig in signals:
-        previous[sig] = signal.signal(sig, lambda s, f: request_stop(f"signal {signal.Signals(s).name}"))
+        previous[sig] = signal.signal(sig, _handler)
     return previous
 
 

@@ -240,6 +240,22 @@ class Trainer:
         self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
         return out
 
+    def _logged_before(self) -> dict[str, float]:
+        """The 'before' eval of the run being resumed, as logged at step 0."""
+        import json
+
+        path = self.out / "metrics.jsonl"
+        if not self.info.main or not path.exists():
+            return {}
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("step") == 0:
+                return {k: v for k, v in rec.items() if k.startswith("eval/") and isinstance(v, int | float)}
+        return {}
+
     # ------------------------------------------------------------------------------------------------- train
     def _finite_grads(self) -> bool:
         return all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
@@ -254,16 +270,21 @@ class Trainer:
             grp["lr"] = lr
         losses, outs, bad = [], [], False
         extra: dict[str, list[float]] = {}
+        t_fwd = t_bwd = 0.0
         for micro in range(s.grad_accum):
+            ta = time.perf_counter()
             out = self.method.loss(self.ctx, self.make_batch(self.step, micro))
             loss = out.loss
+            t_fwd += time.perf_counter() - ta
             if not bool(torch.isfinite(loss.detach())) or (out.value is not None and not out.value.finite()):
                 bad = True
                 losses.append(float("nan"))
                 outs.append(out)
                 break
+            tb = time.perf_counter()
             self.scaler.scale(loss / s.grad_accum).backward()
-            losses.append(float(loss.detach()))
+            losses.append(float(loss.detach()))  # also syncs the device, so the timings below are real
+            t_bwd += time.perf_counter() - tb
             outs.append(out)
             for k, v in out.metrics.items():
                 extra.setdefault(k, []).append(v)
@@ -297,6 +318,8 @@ class Trainer:
                                                                      for o in scored]).mean())
             metrics["objective"] = float(torch.cat([o.value.per_sample.detach() for o in scored]).mean())
         metrics["time/step_s"] = time.perf_counter() - t0
+        metrics["time/sample_and_score_s"] = t_fwd
+        metrics["time/backward_s"] = t_bwd
         metrics["memory/peak_mb"] = memory_mb(self.diff.device)
         last = outs[-1] if outs else None
         return metrics, last, bad
@@ -323,8 +346,8 @@ class Trainer:
             writer = MetricsWriter(self.out, s.tensorboard, resume_from_step=self.resumed_from)
         self.callbacks.train_start({"output_dir": str(self.out), "start_step": self.step, "steps": s.steps,
                                     "rank": info.rank, "world": info.world})
-        before = self.evaluate("before", writer) if self.resumed_from is None else {}
-        if before and writer is not None:
+        before = self.evaluate("before", writer) if self.resumed_from is None else self._logged_before()
+        if before and writer is not None and self.resumed_from is None:
             writer.write(0, before)
         progress = _Progress(s.progress and info.main, s.steps, self.step)
         last_metrics: dict[str, float] = {}

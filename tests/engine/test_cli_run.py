@@ -87,3 +87,36 @@ def test_full_unet_training_exports_the_unet(tmp_path, spec_factory):
 def test_tensorboard_events_written(tmp_path, spec_factory):
     api.run(spec_factory(train={"steps": 1}, logging={"tensorboard": True}), output_dir=tmp_path, progress=False)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ema_weights_are_exported(tmp_path, spec_factory):
+    from safetensors.torch import load_file
+
+    plain = api.run(spec_factory(train={"steps": 3}), output_dir=tmp_path / "plain", progress=False)
+    ema = api.run(spec_factory(train={"steps": 3}, model={"pretrained": "zoo:sd1", "ema": {"decay": 0.5},
+                                                          "trainable": {"type": "lora", "rank": 4, "alpha": 16}}),
+                  output_dir=tmp_path / "ema", progress=False)
+    a = load_file(str(plain.weights_path / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(ema.weights_path / "pytorch_lora_weights.safetensors"))
+    up = [k for k in a if "lora_B" in k or "lora.up" in k]
+    # B starts at zero, so the EMA (decay 0.5) trails the raw weights: smaller, and not equal
+    assert sum(float(b[k].abs().sum()) for k in up) < sum(float(a[k].abs().sum()) for k in up)
+
+
+def test_adamw8bit_without_bitsandbytes_names_the_extra(tmp_path, spec_factory):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    from rewardtune.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r"rewardtune\[bnb\]"):
+        api.run(spec_factory(train={"steps": 1, "optimizer": "adamw8bit"}), output_dir=tmp_path, progress=False)
+
+
+def test_resumed_run_reports_the_original_before_eval(tmp_path, spec_factory):
+    first = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path, progress=False,
+                    callbacks=[lambda ev: ev.step == 1 and control.request_stop("t")])
+    assert first.stopped_early
+    second = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path, progress=False, resume=True)
+    assert second.eval_before == first.eval_before and second.eval_after

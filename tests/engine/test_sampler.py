@@ -125,3 +125,36 @@ def test_stop_at_returns_x0_prediction_at_that_step(tiny_diffusion):
     assert [c["t"] for c in calls] == [int(t) for t in ts[:4]]
     assert [c["grad"] for c in calls] == [False, False, False, True]
     assert res.x0_pred is not None and res.x0_pred.requires_grad
+
+
+def test_v_prediction_ddim_step_matches_diffusers(tiny_diffusion):
+    """SD 2.x (768) models predict v; the DDIM update must convert it exactly as diffusers does."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler
+
+    d = dataclasses.replace(tiny_diffusion, scheduler=DDIMScheduler.from_config(
+        tiny_diffusion.scheduler.config, prediction_type="v_prediction"))
+    ref = DDIMScheduler.from_config(d.scheduler.config)
+    ref.set_timesteps(8)
+    g = torch.Generator().manual_seed(2)
+    x, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in ref.timesteps[[0, 4, 7]]:
+        want = ref.step(v, t, x, eta=0.0)
+        got, x0 = ddim_step(d, x, v, int(t), prev_timestep(d, int(t), 8))
+        torch.testing.assert_close(got, want.prev_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x0, want.pred_original_sample, rtol=1e-5, atol=1e-5)
+
+
+def test_eta_noise_matches_diffusers(tiny_diffusion):
+    from diffusers import DDIMScheduler
+
+    d = tiny_diffusion
+    ref = DDIMScheduler.from_config(d.scheduler.config)
+    ref.set_timesteps(5)
+    g = torch.Generator().manual_seed(3)
+    x, eps, z = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    t = ref.timesteps[2]
+    want = ref.step(eps, t, x, eta=0.7, variance_noise=z).prev_sample
+    got, _ = ddim_step(d, x, eps, int(t), prev_timestep(d, int(t), 5), eta=0.7, noise=z)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -42,6 +42,9 @@ class RankedMethod:
         h = s.resolution // diff.vae_scale
         shape = (diff.latent_channels, h, h)
         noise = torch.randn((self.prompts_per_round, self.samples_per_prompt, *shape), generator=g)
+        if self.prompts_per_round < info.world:
+            raise ValueError(f"method.prompts_per_round={self.prompts_per_round} gives some of the {info.world} "
+                             "ranks no prompt; use at least one prompt per rank")
         mine = list(range(info.rank, self.prompts_per_round, info.world))
         prompts = [ctx.train_prompts[pick[p]] for p in mine for _ in range(self.samples_per_prompt)]
         groups = torch.tensor([p for p in mine for _ in range(self.samples_per_prompt)])
