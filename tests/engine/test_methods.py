@@ -144,3 +144,40 @@ def test_alignprop_random_k_per_step_is_shared_by_micro_batches(tmp_path, spec_f
     ks = [(tr.method.truncation(tr.make_batch(s, 0), 4, 0), tr.method.truncation(tr.make_batch(s, 1), 4, 0))
           for s in range(10)]
     assert any(a != b for a, b in ks)
+
+
+def test_mixed_objective_runs_under_a_gradient_method(tmp_path, spec_factory):
+    """A differentiable term gives the gradient; a non-differentiable one weights the samples by rank."""
+    seen = []
+    spec = spec_factory({"name": "draft_k", "k": 1},
+                        objective=[{"reward": "test-brightness"},
+                                   {"reward": "test-redness", "combine": "assemble_ranked", "weight": 2.0}],
+                        sampling={"images_per_prompt": 2}, train={"batch_size": 4})
+    r = api.run(spec, output_dir=tmp_path, progress=False, callbacks=[seen.append])
+    assert r.eval_after["test-brightness"] > r.eval_before["test-brightness"]
+    ev = seen[0]
+    assert ev.prompts[0] == ev.prompts[1] and ev.prompts[2] == ev.prompts[3]  # two images per prompt
+    assert "reward/test-redness" in ev.metrics
+
+
+def test_refl_mixes_in_the_pretraining_loss(tmp_path, spec_factory):
+    import json
+
+    from PIL import Image
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    lines = []
+    for i, color in enumerate(["red", "blue", "green"]):
+        Image.new("RGB", (24, 24), color).save(data / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "caption": f"a {color} square"}))
+    (data / "pairs.jsonl").write_text("\n".join(lines))
+    seen = []
+    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "loss": "neg",
+                         "pretrain": {"data": str(data / "pairs.jsonl"), "every": 2, "batch_size": 2}})
+    r = api.run(spec, output_dir=tmp_path / "out", progress=False, callbacks=[seen.append])
+    assert r.steps_done == 4
+    kinds = ["pretrain_loss" in ev.metrics for ev in seen]
+    assert kinds == [False, True, False, True]  # every 2nd step is a denoising step
+    assert all(ev.metrics["pretrain_loss"] > 0 for ev in seen if "pretrain_loss" in ev.metrics)
+    assert all(ev.images is None for ev in seen if "pretrain_loss" in ev.metrics)
