@@ -43,8 +43,16 @@ def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
     assert not diff, f"{len(diff)} tensors differ, e.g. {diff[0]}"
 
 
-def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory):
-    spec = _resume_spec(spec_factory)
+def _ranked_resume_spec(spec_factory):
+    return spec_factory({"name": "ranked", "samples_per_prompt": 3, "top_m": 1, "prompts_per_round": 2,
+                         "steps_per_round": 4},
+                        objective=[{"reward": "test-redness", "combine": "assemble_ranked"}],
+                        train={"steps": 6, "checkpoint_every": 2, "lr": 1e-3})
+
+
+@pytest.mark.parametrize("make", [_resume_spec, _ranked_resume_spec], ids=["alignprop", "ranked"])
+def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
+    spec = make(spec_factory)
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
     assert full.steps_done == 6 and not full.stopped_early
 
@@ -65,6 +73,7 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory):
     full_ck = load_latest_checkpoint(tmp_path / "full" / "checkpoints")[1]
     part_ck = load_latest_checkpoint(tmp_path / "part" / "checkpoints")[1]
     assert full_ck["objective"] == part_ck["objective"]  # running z-score stats saved and restored
+    assert full_ck["method"].keys() == part_ck["method"].keys()
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory):
