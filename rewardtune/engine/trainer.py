@@ -391,6 +391,7 @@ class Trainer:
                     writer.write(self.step, after)
                 weights = self.export()
         finally:
+            control.clear_stop()  # a request that came as the last step ended must not stop the next run
             if writer is not None:
                 writer.close()
         result = TrainResult(self.out, self.step, weights, stopped, reason, self.skipped,
