@@ -29,7 +29,11 @@ TRL_PACKAGES = ["trl==0.23.1", "diffusers", "peft", "ftfy"]
 
 
 def default_trl_venv() -> Path:
-    return Path(os.environ.get("REWARDTUNE_TRL_VENV", "/work/refvenvs/trl"))
+    """$REWARDTUNE_TRL_VENV; else the workplace's shared /work/refvenvs/trl when present; else .nox/trl-0.23.1."""
+    if os.environ.get("REWARDTUNE_TRL_VENV"):
+        return Path(os.environ["REWARDTUNE_TRL_VENV"])
+    shared = Path("/work/refvenvs/trl")
+    return shared if shared.exists() else ROOT / ".nox" / "trl-0.23.1"
 
 
 # ---------------------------------------------------------------------------------------------------- stats

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -88,6 +89,7 @@ def measure(a) -> dict:
     raw: dict[str, dict[str, list[dict]]] = {key(c): {"rewardtune": [], "trl": [], "cell": c} for c in cells}
     rng = random.Random(0)
     t_start = time.time()
+    load_start = os.getloadavg()
     servers = {}
     if not a.no_fork_server:
         log = Path(tempfile.gettempdir()) / "rewardtune-bench-workers.log"  # workers' stderr (TRL's tqdm etc.)
@@ -111,6 +113,7 @@ def measure(a) -> dict:
     for srv in servers.values():
         srv.close()
     return {"raw": raw, "trl_python": str(trl_py), "elapsed_s": time.time() - t_start, "settings": SETTINGS,
+            "load_avg": {"start": load_start, "end": os.getloadavg()},
             "repeats": a.repeats, "warmup": a.warmup, "steps": a.steps, "threads": a.threads}
 
 
@@ -163,7 +166,9 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
         "no config switch, so the benchmark passes `gradient_checkpoint=` to its `rgb_with_grad` (TRL's default is "
         "on, for every UNet call including the detached ones).",
         f"- torch threads per process: {data['threads'] or 'default'}; repeats: {data['repeats']}; whole run "
-        f"{data['elapsed_s'] / 60:.1f} min.",
+        f"{data['elapsed_s'] / 60:.1f} min; load average (1/5/15 min) "
+        + " at start, ".join("/".join(f"{x:.1f}" for x in data["load_avg"][w]) for w in ("start", "end"))
+        + " at end (other engineers' jobs share this machine).",
         "",
         "## Machine and versions",
         machine_block(),
