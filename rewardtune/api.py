@@ -15,7 +15,8 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     `callbacks`: callables receiving a `StepEvent` after each step, or objects with `on_step` / `on_eval` /
     `on_train_start` / `on_train_end`. `tiny`: swap every model for its offline tiny twin. `resume`: continue from
     the newest checkpoint in the output directory (a fresh start when there is none). `overwrite`: start over in
-    an output directory that holds a previous run (otherwise that is an error).
+    an output directory that holds a previous run (otherwise that is an error). Tiny runs without an explicit
+    `output_dir` go to the spec's output_dir + `-tiny` and replace the previous tiny run there.
 
         result = rewardtune.run("specs/demo.yaml", ["train.steps=20"], tiny=True)
         print(result.eval_before, result.eval_after, result.weights_path)
@@ -29,6 +30,10 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     threads = torch.get_num_threads()
     if spec.model.pretrained.startswith("zoo:") and not torch.cuda.is_available():
         torch.set_num_threads(1)  # tiny twins run ~3x faster on one thread than on two (measured, 2-core CPU)
+    if tiny and output_dir is None:
+        # tiny runs are throwaway smoke runs: keep them apart from real runs, and let them be re-run
+        output_dir = spec.resolved_output_dir.rstrip("/") + "-tiny"
+        overwrite = overwrite or not resume
     try:
         trainer = build_trainer(spec, output_dir=output_dir, callbacks=callbacks, progress=progress)
         return trainer.run(resume=resume, overwrite=overwrite)

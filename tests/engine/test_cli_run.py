@@ -120,3 +120,11 @@ def test_resumed_run_reports_the_original_before_eval(tmp_path, spec_factory):
     assert first.stopped_early
     second = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path, progress=False, resume=True)
     assert second.eval_before == first.eval_before and second.eval_after
+
+
+def test_tiny_runs_default_to_a_separate_dir_and_can_be_rerun(tmp_path, monkeypatch, spec_factory):
+    monkeypatch.chdir(tmp_path)
+    p = _write(tmp_path, spec_factory(train={"steps": 1}))
+    for _ in range(2):
+        assert _cli(["run", str(p), "--tiny", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "t-tiny" / "lora").is_dir() and not (tmp_path / "runs" / "t").exists()
