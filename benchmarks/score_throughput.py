@@ -307,8 +307,8 @@ def main() -> None:
     import transformers
 
     m = machine()
-    kind = "cpu" if args.device == "cpu" else "cuda"
-    hw = m["cpu"] if kind == "cpu" else torch.cuda.get_device_name()
+    kind = f"cpu-{m['cores']}cores" if args.device == "cpu" else "cuda"
+    hw = f"{m['cpu']}, {m['cores']} cores" if args.device == "cpu" else torch.cuda.get_device_name()
     ref_pkgs = (f"image-reward {ref.info['image_reward']}, transformers {ref.info['transformers']}, "
                 f"timm {ref.info['timm']}")
     ref_env = (f"{ref_pkgs} and fairscale on PYTHONPATH of a shared interpreter (copied from the reference venv)"
@@ -317,7 +317,7 @@ def main() -> None:
            f"--repeats {args.repeats} --batch-sizes {args.batch_sizes} --threads {args.threads}")
     lines = [
         f"<!-- run:{kind} -->",
-        f"## {kind.upper()}: {hw}",
+        f"## {'CPU' if args.device == 'cpu' else 'CUDA'}: {hw}",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {n} images (512x512 PNG) scored against one prompt "
         f"by the same random-weight ImageReward model ({args.size}: {ref.info['params'] / 1e6:.0f}M parameters), "
@@ -340,7 +340,7 @@ def main() -> None:
         "- Raw seconds per run: " + "; ".join(f"{k}: " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items())
         + f". rewardtune's model load (not timed above) took {ours_load:.1f} s.",
         f"- Machine: {m['cpu']}, {m['cores']} cores visible, {m['memory']} RAM"
-        + ("" if kind == "cpu" else f", {hw}") + f"; {m['os']}. Load average (1/5/15 min) "
+        + ("" if args.device == "cpu" else f", {hw}") + f"; {m['os']}. Load average (1/5/15 min) "
         f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at start, "
         f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at end.",
         f"- rewardtune side: Python {platform.python_version()}, torch {torch.__version__}, transformers "
