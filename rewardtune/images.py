@@ -20,6 +20,7 @@ oversized image is refused (`ImageFileError`) without allocating its pixels.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".g
 #: Largest image (width * height) decoded by default: 8192 x 8192. Larger files get an error row.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 _EXIF_ORIENTATION = 0x0112
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class ImageFileError(Exception):
@@ -115,12 +117,14 @@ def _open_checked(path: Path, max_pixels: int):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open; align its limit with ours for this call
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, (max_pixels or None)
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open; align its (global) limit with ours for this
+            # call, under a lock because files are opened from several threads
+            with _PIL_LIMIT_LOCK:
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, (max_pixels or None)
+                try:
+                    im = Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         raise ImageFileError("not an image (format not recognised)") from None
     except Image.DecompressionBombError as e:

@@ -397,12 +397,14 @@ def test_max_pixels_option(imgs):
 
 def test_score_files_progress_and_dtype(imgs):
     seen = []
+    pil_limit = Image.MAX_IMAGE_PIXELS
     rewards = load_rewards(["clip:tiny"], dtype="bfloat16")
     rows = score_files([imgs / "formats", imgs / "bad"], rewards, prompt="x", batch_size=2,
                        progress=lambda d, t: seen.append((d, t)))
     assert seen[0] == (3, 6 + len(BAD)) and seen[-1] == (6 + len(BAD), 6 + len(BAD))
     assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
     assert all(isinstance(r.scores["clip:tiny"], float) and math.isfinite(r.scores["clip:tiny"]) for r in rows if r.ok)
+    assert Image.MAX_IMAGE_PIXELS == pil_limit  # files opened from threads leave PIL's global limit alone
 
 
 def test_cli_module_import_stays_torch_free():
