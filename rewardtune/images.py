@@ -115,16 +115,15 @@ def _open_checked(path: Path, max_pixels: int):
     if nbytes == 0:
         raise ImageFileError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open (and warns above it): align its global limit with
+        # ours for this call. Globals, so under a lock: files are opened from several threads.
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open; align its (global) limit with ours for this
-            # call, under a lock because files are opened from several threads
-            with _PIL_LIMIT_LOCK:
-                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, (max_pixels or None)
-                try:
-                    im = Image.open(path)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = saved
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, (max_pixels or None)
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         raise ImageFileError("not an image (format not recognised)") from None
     except Image.DecompressionBombError as e:
