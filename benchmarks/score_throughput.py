@@ -21,7 +21,12 @@ scores of both sides are compared as a check that the same model ran.
     /work/venv/bin/python benchmarks/score_throughput.py --size tiny --images 8 --repeats 2 --out -   # smoke run
 
 Options: --ref-python (default /work/refvenvs/ir/bin/python), --images N (512x512 PNGs made from the ImageReward
-example photos), --repeats R, --batch-sizes 1,8,16, --threads T (torch threads on both sides), --out FILE or -.
+example photos), --repeats R, --batch-sizes 1,8,16, --threads T (torch threads on both sides), --device cpu|cuda,
+--out FILE (rewrites this machine's section) or -.
+
+On a machine that has torch + torchvision but no reference venv (the GPU machine): copy the venv's transformers,
+tokenizers, huggingface_hub, ImageReward, fairscale, timm and requests packages into a folder and run both sides
+with that machine's interpreter, `--ref-python $(which python) --ref-pythonpath FOLDER --device cuda`.
 """
 from __future__ import annotations
 
