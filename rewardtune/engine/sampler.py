@@ -134,7 +134,8 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
            eta: float = 0.0, grad_steps: Container[int] = (), stop_at: int | None = None,
            step_noise: Callable[[int], torch.Tensor] | None = None, use_checkpoint: bool = True,
            kl: bool = False) -> SampleResult:
-    """Run DDIM from `latents` (x_T). Step i (0-based, i = 0 is the noisiest) keeps a graph iff i in grad_steps.
+    """Run DDIM from `latents` (x_T). Step i (0-based, i = 0 is the noisiest) computes its eps with a graph iff
+    i in grad_steps (grad_steps need not be contiguous).
 
     `stop_at=s` runs steps 0..s-1 and returns the x0 prediction made at step s (ReFL); the result's latents are
     then x_{t_s}. The latent path is never detached, so gradient from a later step flows back through the
@@ -144,19 +145,23 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
     x = latents
     res = SampleResult(latents=x)
     kl_sum = None
+    enabled = torch.is_grad_enabled()
     last = steps if stop_at is None else stop_at + 1
     for i in range(last):
         t = int(ts[i])
         t_prev = prev_timestep(diff, t, steps)
-        grad = i in grad_steps and torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad):
+        grad = i in grad_steps and enabled
+        with torch.set_grad_enabled(grad):  # a step outside grad_steps: its eps is computed without a graph
             out = model_output(diff, x, t, emb, guidance, use_checkpoint=use_checkpoint and grad)
             if grad and kl:
                 base = _base_output(diff, x.detach(), t, emb, guidance)
                 term = (out - base).pow(2).mean()
                 kl_sum = term if kl_sum is None else kl_sum + term
                 res.kl_steps += 1
-            noise = step_noise(i) if (eta > 0 and step_noise is not None) else None
+        noise = step_noise(i) if (eta > 0 and step_noise is not None) else None
+        # ...but the latent path stays differentiable once a graph exists (steps with a detached eps between
+        # differentiable ones, as random per-step truncation produces): only the cheap linear update is recorded
+        with torch.set_grad_enabled(enabled and (grad or x.requires_grad)):
             x_new, x0 = ddim_step(diff, x, out, t, t_prev, eta, noise)
         res.records.append(StepRecord(i, t, bool(out.requires_grad)))
         res.x0_pred = x0

@@ -141,8 +141,9 @@ class AlignProp(_GradMethod):
     k_range: tuple[int, int] | None = Field(None, description="Random truncation: draw K uniformly in [lo, hi]; "
                                                               "overrides `k`.")
     draw: Literal["per_step", "per_batch"] = Field(
-        "per_step", description="With k_range: a fresh K every optimizer step (TRL, AlignProp 2023) or one K per "
-                                "sampled batch (AlignProp 2024).")
+        "per_step", description="With k_range: a fresh K at every denoising step, step i keeping its eps gradient "
+                                "iff i >= T - K_i (TRL, AlignProp 2023), or one K per sampled batch (AlignProp "
+                                "2024).")
 
     @model_validator(mode="after")
     def _range(self) -> AlignProp:

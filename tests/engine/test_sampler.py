@@ -158,3 +158,22 @@ def test_eta_noise_matches_diffusers(tiny_diffusion):
     want = ref.step(eps, t, x, eta=0.7, variance_noise=z).prev_sample
     got, _ = ddim_step(d, x, eps, int(t), prev_timestep(d, int(t), 5), eta=0.7, noise=z)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_latent_path_is_never_detached(tiny_diffusion):
+    """Non-contiguous differentiable steps (per-step random truncation): gradient from the image reaches step 1's
+    eps through step 2, whose own eps is detached, along the latent path."""
+    d, steps = tiny_diffusion, 4
+    emb = encode_prompts(d, ["a cat"], 1.0)
+    x = initial_latents(d, 1, 16, torch.Generator().manual_seed(0))
+    calls, h = _record_unet_calls(d)
+    try:
+        res = sample(d, x, emb, steps=steps, guidance=1.0, grad_steps={1, 3}, use_checkpoint=False)
+    finally:
+        h.remove()
+    assert [r.grad for r in res.records] == [False, True, False, True]
+    outs = [c["out"] for c in calls]
+    outs[1].retain_grad()
+    decode(d, res.latents, use_checkpoint=False).mean().backward()
+    assert outs[1].grad is not None and float(outs[1].grad.abs().sum()) > 0
+    assert not outs[2].requires_grad and not outs[0].requires_grad

@@ -1,18 +1,19 @@
 """AlignProp: backprop from the reward through the last K DDIM steps (K = all, fixed, or drawn at random).
 
-The latent path is never detached; the eps of the steps before the cut carries no graph because those steps run
-under no_grad (which gives the same gradient as computing them with grad and detaching, at a fraction of the
-cost). Random truncation draws K uniformly in [lo, hi], once per optimizer step (`per_step`: every micro-batch of
-a step shares it) or once per sampled micro-batch (`per_batch`).
+The latent path is never detached; the eps of a step outside the differentiable set carries no graph (it is
+computed under no_grad, which gives the same gradient as computing it with grad and detaching, at a fraction of
+the cost). Random truncation draws K uniformly in [lo, hi]:
+- `per_step` (TRL, AlignProp 2023): a fresh K_i at every denoising step i; step i keeps its eps gradient iff
+  i >= T - K_i. Steps i >= T - lo always do, steps i < T - hi never, the ones between at random (so the
+  differentiable steps need not be contiguous; gradient crosses the others through the latent path).
+- `per_batch` (AlignProp 2024): one K per sampled batch; the last K steps keep their eps gradient.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from rewardtune.engine.sampler import decode, encode_prompts, sample
-from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator, kl_penalty
+from rewardtune.engine.types import Batch, MethodOutput, RunContext, kl_penalty
 
 
 @dataclass
@@ -23,30 +24,32 @@ class AlignPropMethod:
     kl_coeff: float = 0.0
     name: str = "alignprop"
 
-    def truncation(self, batch: Batch, steps: int, seed: int) -> int:
-        if self.k_range is not None:
-            lo, hi = self.k_range
-            if self.draw == "per_step":
-                g = generator(seed, "alignprop-k", batch.step)
-                return int(torch.randint(lo, hi + 1, (1,), generator=g).item())
-            return batch.randint(lo, hi)
-        return steps if self.k is None else self.k
+    def grad_steps(self, batch: Batch, steps: int) -> list[int]:
+        """Indices of the denoising steps whose eps keeps its gradient (same draws on every rank)."""
+        if self.k_range is None:
+            k = steps if self.k is None else min(self.k, steps)
+            return list(range(steps - k, steps))
+        lo, hi = self.k_range
+        if self.draw == "per_batch":
+            k = min(batch.randint(lo, hi), steps)
+            return list(range(steps - k, steps))
+        return [i for i in range(steps) if i >= steps - batch.randint(lo, hi)]
 
     def loss(self, ctx: RunContext, batch: Batch) -> MethodOutput:
         s = ctx.sampling
         diff = ctx.diff
-        k = min(self.truncation(batch, s.steps, ctx.seed), s.steps)
+        grad_steps = self.grad_steps(batch, s.steps)
         emb = encode_prompts(diff, batch.prompts, s.guidance)
         h = s.resolution // diff.vae_scale
         x_t = batch.randn(diff.latent_channels, h, h) * diff.scheduler.init_noise_sigma
         res = sample(diff, x_t, emb, steps=s.steps, guidance=s.guidance, eta=s.eta,
-                     grad_steps=range(s.steps - k, s.steps), use_checkpoint=s.use_checkpoint,
+                     grad_steps=set(grad_steps), use_checkpoint=s.use_checkpoint,
                      step_noise=lambda i: batch.randn(*x_t.shape[1:]), kl=self.kl_coeff > 0)
         pixels = decode(diff, res.latents, use_checkpoint=s.use_checkpoint)
         value = ctx.objective.evaluate(pixels, batch.prompts, batch.groups)
         kl, m = kl_penalty(self.kl_coeff, res.kl, res.kl_steps)
         loss = -value.per_sample.mean() + kl
-        return MethodOutput(loss, value, pixels.detach(), list(batch.prompts), {"k": float(k), **m})
+        return MethodOutput(loss, value, pixels.detach(), list(batch.prompts), {"k": float(len(grad_steps)), **m})
 
     def state_dict(self) -> dict:
         return {}
