@@ -90,6 +90,8 @@ def build_trainer(spec: Any, *, output_dir: str | Path | None = None, callbacks:
     info = dist_info()
     seed_everything(spec.train.seed)
     device = resolve_device(spec.launcher, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives use the current device
     base = spec_base_dir(spec)
     train_prompts = resolve_prompts(spec.prompts.train, base)
     eval_prompts = resolve_prompts(spec.prompts.eval, base)
