@@ -6,6 +6,7 @@ uninterrupted run would have done (bitwise on CPU).
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -32,6 +33,8 @@ from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
 from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
 from rewardtune.errors import RewardtuneError
+
+log = logging.getLogger("rewardtune.engine")
 
 
 class NonFiniteError(RewardtuneError):
@@ -362,6 +365,9 @@ class Trainer:
                     metrics, out, bad = self.train_step()
                     self.step += 1
                     last_metrics = metrics
+                    if bad and info.main:
+                        log.warning("step %d skipped: non-finite reward, loss or gradient (%d of at most %d)",
+                                    self.step, self.skipped, s.max_nonfinite)
                     if bad and self.skipped > s.max_nonfinite:
                         self.checkpoint()
                         raise NonFiniteError(
