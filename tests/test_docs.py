@@ -14,7 +14,7 @@ def test_spec_reference_in_sync_with_schema():
 
 
 def test_every_schema_field_documented():
-    from rewardtune.spec.docs import _models_in
+    from rewardtune.spec.load import models_in
     from rewardtune.spec.schema import Spec
 
     seen, queue, missing = set(), [Spec], []
@@ -27,5 +27,5 @@ def test_every_schema_field_documented():
             tag = typing.get_origin(f.annotation) is typing.Literal and len(typing.get_args(f.annotation)) == 1
             if not f.description and not tag:  # discriminator tags (`name: draft_k`) describe themselves
                 missing.append(f"{m.__name__}.{name}")
-            queue += _models_in(f.annotation)
+            queue += models_in(f.annotation)
     assert not missing, f"fields without description: {missing}"

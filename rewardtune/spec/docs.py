@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from rewardtune.spec import schema as S
+from rewardtune.spec.load import models_in
 
 HEADER = """# Spec reference
 
@@ -64,15 +65,6 @@ def _default(field: Any) -> str:
     return f"`{d}`"
 
 
-def _models_in(ann: Any) -> list[type[BaseModel]]:
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return [ann]
-    out: list[type[BaseModel]] = []
-    for a in typing.get_args(ann):
-        out += _models_in(a)
-    return out
-
-
 def render_reference() -> str:
     parts = [HEADER]
     seen: set[type[BaseModel]] = set()
@@ -91,7 +83,7 @@ def render_reference() -> str:
         for name, field in model.model_fields.items():
             desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
             parts.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
-            queue += [m for m in _models_in(field.annotation) if m not in seen]
+            queue += [m for m in models_in(field.annotation) if m not in seen]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -211,21 +211,22 @@ def _model_at(path: PathT) -> type[BaseModel] | None:
         if f is None:
             return None
         ann = f.annotation
-        candidates = _models_in(ann)
+        candidates = models_in(ann)
         model = candidates[0] if len(candidates) == 1 else (candidates if candidates else None)
         if isinstance(model, list):
             return None
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _models_in(ann: Any) -> list[type[BaseModel]]:
+def models_in(ann: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a type annotation (through unions, Annotated, tuples)."""
     import typing
 
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return [ann]
     out: list[type[BaseModel]] = []
     for a in typing.get_args(ann):
-        out += _models_in(a)
+        out += models_in(a)
     return out
 
 
