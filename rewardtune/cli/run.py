@@ -71,5 +71,9 @@ def COMMAND(  # noqa: N802
         b = result.eval_before.get(k)
         out.print(f"eval {k}: " + (f"{b:.4g} -> " if b is not None else "") + f"{v:.4g}")
     out.print(f"[green]done[/] {result.steps_done} steps; outputs in {result.output_dir}")
+    grids = [p for p in (result.output_dir / "images" / "before.png", result.output_dir / "images" / "after.png")
+             if p.exists()]
+    if grids:
+        out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:
         out.print(f"weights: {result.weights_path}")

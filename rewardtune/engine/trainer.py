@@ -222,10 +222,14 @@ class Trainer:
             sp, diff = self.sampling, self.diff
             x_t = initial_latents(diff, len(prompts), sp.resolution, generator(self.s.seed, "eval-noise"))
             eta_g = generator(self.s.seed, "eval-eta")
-            emb = encode_prompts(diff, prompts, sp.guidance)
-            z = sample(diff, x_t, emb, steps=sp.steps, guidance=sp.guidance, eta=sp.eta,
-                       step_noise=lambda i: torch.randn(x_t.shape, generator=eta_g).to(diff.device)).latents
-            pixels = decode(diff, z)
+            chunks = []
+            for i in range(0, len(prompts), self.local_batch):  # no larger batches than training uses
+                xi = x_t[i:i + self.local_batch]
+                emb = encode_prompts(diff, prompts[i:i + self.local_batch], sp.guidance)
+                z = sample(diff, xi, emb, steps=sp.steps, guidance=sp.guidance, eta=sp.eta,
+                           step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device))
+                chunks.append(decode(diff, z.latents))
+            pixels = torch.cat(chunks)
             groups = torch.arange(len(prompts), device=pixels.device)
             value = self.objective.evaluate(pixels, prompts, groups, update_stats=False, need_grad=False)
         finally:
