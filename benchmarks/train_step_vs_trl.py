@@ -137,7 +137,7 @@ def summarize(data: dict) -> list[dict]:
         tr_tm = [x["tensor_peak_mb"] for x in tr[:n]]
         rows.append(dict(key=k, cell=d["cell"], rt_time=spread(rt_t), trl_time=spread(tr_t),
                          rt_tmem=spread(rt_tm), trl_tmem=spread(tr_tm), tmem_ratio=ratio_spread(rt_tm, tr_tm),
-                         speedup=ratio_spread(tr_t, rt_t), rt_mem=spread(rt_m), trl_mem=spread(tr_m),
+                         speedup=ratio_spread(tr_t, rt_t), speedup_min=(min(tr_t) / min(rt_t)) if n else float("nan"), rt_mem=spread(rt_m), trl_mem=spread(tr_m),
                          mem_ratio=ratio_spread(rt_m, tr_m), rt_dmem=spread(rt_d), trl_dmem=spread(tr_d)))
     return rows
 
@@ -151,7 +151,8 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
         "**median (min–max)** over repeats; each repeat is one fresh process per implementation and cell, "
         "rewardtune and TRL interleaved. A process's step time is the median of its timed steps "
         f"({data['steps']} after {data['warmup']} warm-up). Speed-up = TRL time / rewardtune time, paired within a "
-        "repeat; memory ratio = rewardtune peak RSS / TRL peak RSS, paired likewise.",
+        "repeat; min/min = TRL's fastest repeat / rewardtune's fastest (the least disturbed by other jobs); memory "
+        "ratios = rewardtune / TRL, paired likewise.",
         "",
         "## Settings (identical on both sides)",
         f"- batch {s['batch']}, DDIM, CFG {s['cfg']} (rewardtune: one batched UNet call on [uncond; cond]; TRL: the "
@@ -187,14 +188,14 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
     grid = [r for r in rows if r["cell"]["group"] == "grid"]
     if grid:
         lines += ["## Grid (T = 10 sampling steps)", "",
-                  "| latent | K | ckpt | rewardtune s/step | TRL s/step | speed-up (TRL/rt) | rewardtune step tensor "
+                  "| latent | K | ckpt | rewardtune s/step | TRL s/step | speed-up (TRL/rt) | min/min | rewardtune step tensor "
                   "peak MB | TRL step tensor peak MB | ratio (rt/TRL) | rewardtune peak RSS MB | TRL peak RSS MB | "
                   "ratio (rt/TRL) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in grid:
             c = r["cell"]
             lines.append(f"| {c['latent']} | {c['k']} | {'on' if c['ckpt'] else 'off'} | {fmt(r['rt_time'])} | "
-                         f"{fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | {fmt(r['rt_tmem'])} | "
+                         f"{fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | {r['speedup_min']:.2f} | {fmt(r['rt_tmem'])} | "
                          f"{fmt(r['trl_tmem'])} | **{fmt(r['tmem_ratio'])}** | {fmt(r['rt_mem'], 4)} | "
                          f"{fmt(r['trl_mem'], 4)} | {fmt(r['mem_ratio'])} |")
         lines.append("")
@@ -203,11 +204,12 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
                   key=lambda r: r["cell"]["T"])
     if any(r["cell"]["group"] == "scaling" for r in scal):
         lines += ["## Scaling with sampling steps T (latent 8, K = 1, checkpointing on)", "",
-                  "| T | rewardtune s/step | TRL s/step | speed-up | rewardtune step tensor peak MB | TRL step tensor "
-                  "peak MB | rewardtune peak RSS MB | TRL peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+                  "| T | rewardtune s/step | TRL s/step | speed-up | min/min | rewardtune step tensor peak MB | TRL step "
+                  "tensor peak MB | rewardtune peak RSS MB | TRL peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in scal:
             c = r["cell"]
             lines.append(f"| {c['T']} | {fmt(r['rt_time'])} | {fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | "
+                         f"{r['speedup_min']:.2f} | "
                          f"{fmt(r['rt_tmem'])} | {fmt(r['trl_tmem'])} | {fmt(r['rt_mem'], 4)} | {fmt(r['trl_mem'], 4)} |")
         lines.append("")
     text = "\n".join(lines)
@@ -219,7 +221,7 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["all", "grid", "scaling"], default="all")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1,
