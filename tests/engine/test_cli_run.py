@@ -128,3 +128,16 @@ def test_tiny_runs_default_to_a_separate_dir_and_can_be_rerun(tmp_path, monkeypa
     for _ in range(2):
         assert _cli(["run", str(p), "--tiny", "--no-progress"]) == 0
     assert (tmp_path / "runs" / "t-tiny" / "lora").is_dir() and not (tmp_path / "runs" / "t").exists()
+
+
+def test_progress_bar_shows_reward_loss_step_time_and_memory():
+    from rewardtune.engine.trainer import _Progress
+
+    p = _Progress(True, 10, 0)
+    with p:
+        p.update(3, {"objective": 0.25, "loss": -0.25, "time/step_s": 1.5, "memory/peak_mb": 812.0,
+                     "skipped_total": 1.0}, ["r"])
+        info = p.p.tasks[0].fields["info"]
+        assert p.p.tasks[0].completed == 3
+    for part in ("reward 0.25", "loss -0.25", "1.50s/step", "812MB", "skipped 1"):
+        assert part in info
