@@ -119,3 +119,16 @@ def test_zscore_normalized_terms_and_monitor_terms():
     torch.testing.assert_close(val.per_sample.detach(), want, rtol=1e-4, atol=1e-5)  # monitor adds nothing
     assert "mon" in val.raw and not val.raw["mon"].requires_grad
     assert obj.state_dict()["stats"]["count"]["bright"] == 4
+
+
+def test_learning_rate_schedules():
+    import math
+
+    from rewardtune.engine.trainer import TrainSettings, lr_at
+
+    const = TrainSettings(steps=10, lr=1.0, warmup_steps=4)
+    assert [lr_at(i, const) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = TrainSettings(steps=10, lr=2.0, warmup_steps=2, lr_schedule="cosine")
+    assert lr_at(0, cos) == 1.0 and lr_at(2, cos) == 2.0
+    assert lr_at(6, cos) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(9, cos) < lr_at(8, cos) < lr_at(7, cos)
