@@ -404,7 +404,7 @@ def test_score_files_progress_and_dtype(imgs):
     assert seen[0] == (3, 6 + len(BAD)) and seen[-1] == (6 + len(BAD), 6 + len(BAD))
     assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
     assert all(isinstance(r.scores["clip:tiny"], float) and math.isfinite(r.scores["clip:tiny"]) for r in rows if r.ok)
-    assert Image.MAX_IMAGE_PIXELS == pil_limit  # files opened from threads leave PIL's global limit alone
+    assert Image.MAX_IMAGE_PIXELS == pil_limit  # files opened from threads leave PIL's global limit alone  # noqa: SIM300
 
 
 def test_cli_module_import_stays_torch_free():
