@@ -13,6 +13,8 @@ from rewardtune.spec.load import load_spec, parse_override_path, to_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "fixtures" / "bad_specs").glob("*.yaml"))
+SHIPPED_SPECS = {"alignprop.yaml", "demo.yaml", "draft_k.yaml", "draft_lv.yaml", "finerewards.yaml", "ranked.yaml",
+                 "refl.yaml"}
 
 
 def expectations(path: Path) -> list[str]:
@@ -123,8 +125,9 @@ def test_tiny_swaps_every_model():
 
 
 def test_shipped_specs_validate():
-    specs = sorted((ROOT / "specs").rglob("*.yaml"))
-    assert len(specs) >= 1, "no shipped specs found"
+    specs = sorted((ROOT / "specs").rglob("*.yaml"))  # recursive: a spec in a subfolder must not be missed
+    assert len(specs) == len(SHIPPED_SPECS), [p.name for p in specs]
+    assert {p.relative_to(ROOT / "specs").as_posix() for p in specs} == SHIPPED_SPECS
     for p in specs:
         load_spec(p)
         load_spec(p, tiny=True)
