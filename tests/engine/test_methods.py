@@ -65,9 +65,14 @@ def _snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("which", ["draft_k+kl", "refl"])
+RANKED = {"name": "ranked", "samples_per_prompt": 2, "top_m": 1, "prompts_per_round": 2, "steps_per_round": 2}
+
+
+@pytest.mark.parametrize("which", ["draft_k+kl", "refl", "draft_lv", "alignprop-random-step", "ranked"])
 def test_only_trainable_parameters_change(tmp_path, spec_factory, which):
-    spec = load_spec(spec_factory(METHODS[which], objective=[{"reward": "test-convnet"}], train={"steps": 3}))
+    method = RANKED if which == "ranked" else METHODS[which]
+    terms = [{"reward": "test-convnet", "combine": "assemble_ranked" if which == "ranked" else "weighted_sum"}]
+    spec = load_spec(spec_factory(method, objective=terms, train={"steps": 2}))
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
     d = tr.diff
     base = {k: v for k, v in _snapshot(d.unet).items() if "lora_" not in k}
