@@ -162,8 +162,9 @@ class Objective:
             with torch.set_grad_enabled(keep):
                 r = t.reward(pixels if keep else pixels.detach(), prompts).to(device).float()
             raw[t.label] = r.detach()
-            if t.normalize == "running_zscore" and update_stats and torch.isfinite(r.detach()).all():
-                self.stats.update(t.label, r.detach(), self.info)
+            if t.normalize == "running_zscore" and update_stats:
+                d = r.detach()  # every rank takes part in the all-reduce; non-finite values are left out
+                self.stats.update(t.label, d[torch.isfinite(d)], self.info)
             v = self.stats.normalize(t.label, r) if t.normalize == "running_zscore" else r
             v = t.sign * v
             norm[t.label] = v.detach()
