@@ -283,11 +283,13 @@ class Trainer:
             out = self.method.loss(self.ctx, self.make_batch(self.step, micro))
             loss = out.loss
             t_fwd += time.perf_counter() - ta
-            if not bool(torch.isfinite(loss.detach())) or (out.value is not None and not out.value.finite()):
+            if bad or not bool(torch.isfinite(loss.detach())) or (out.value is not None and not out.value.finite()):
+                # no backward, but the remaining micro-batches still run: under data parallelism every rank
+                # must take part in the same collectives (normalization statistics) in the same order
                 bad = True
                 losses.append(float("nan"))
                 outs.append(out)
-                break
+                continue
             tb = time.perf_counter()
             self.scaler.scale(loss / s.grad_accum).backward()
             losses.append(float(loss.detach()))  # also syncs the device, so the timings below are real
