@@ -141,3 +141,11 @@ def test_progress_bar_shows_reward_loss_step_time_and_memory():
         assert p.p.tasks[0].completed == 3
     for part in ("reward 0.25", "loss -0.25", "1.50s/step", "812MB", "skipped 1"):
         assert part in info
+
+
+def test_shipped_spec_by_name(tmp_path):
+    out = tmp_path / "o"
+    assert _cli(["run", "demo", "--tiny", "--no-progress", "-o", str(out), "train.steps=1", "sampling.steps=2",
+                 "logging.eval_prompts=1"]) == 0
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert yaml.safe_load((out / "spec.yaml").read_text())["name"] == "demo"
