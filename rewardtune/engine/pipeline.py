@@ -61,11 +61,8 @@ class Diffusion:
             for n, v in sd.items():
                 params[n].copy_(v)
 
-    def frozen_modules(self) -> dict[str, torch.nn.Module]:
-        return {"vae": self.vae, "text_encoder": self.text_encoder}
 
-
-def load_pipeline_dir(pretrained: str, revision: str | None = None, variant: str | None = None) -> str:
+def load_pipeline_dir(pretrained: str, revision: str | None = None) -> str:
     """Hub id, local dir or `zoo:` twin -> local directory (MissingWeightsError names the fix)."""
     from rewardtune.rewards._weights import resolve_weights
 
@@ -82,7 +79,7 @@ def load_diffusion(pretrained: str, *, revision: str | None = None, variant: str
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    path = load_pipeline_dir(pretrained, revision, variant)
+    path = load_pipeline_dir(pretrained, revision)
     kw: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     if variant:
         kw["variant"] = variant

@@ -264,9 +264,6 @@ class Trainer:
         return {}
 
     # ------------------------------------------------------------------------------------------------- train
-    def _finite_grads(self) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
-
     def train_step(self) -> tuple[dict[str, float], MethodOutput | None, bool]:
         """One optimizer step (grad_accum micro-batches). Returns (metrics, last output, skipped)."""
         s = self.s
