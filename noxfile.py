@@ -69,7 +69,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The embedded offline default: specs/demo.yaml on tiny twins; writes before/after grids under runs/demo."""
+    """The embedded offline default: specs/demo.yaml on tiny twins; writes before/after grids under runs/demo-tiny."""
     py = _ensure_env(session)
     session.run(py, "-m", "rewardtune.cli.main", "run", "specs/demo.yaml", "--tiny", *session.posargs,
                 external=True, env={"HF_HUB_OFFLINE": "1"})
