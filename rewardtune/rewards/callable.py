@@ -18,7 +18,9 @@ class CallableReward(Reward):
         self.differentiable = differentiable  # instance attribute shadows the class default
 
     def _load(self) -> list[torch.nn.Module]:
-        return [m for m in (self.fn,) if isinstance(m, torch.nn.Module)]
+        if isinstance(self.fn, torch.nn.Module):  # a module registered as a reward: move it where pixels go
+            return [self.fn.to(self.device)]
+        return []
 
     def _forward(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         out = self.fn(pixels, prompts, **self.kwargs)
