@@ -156,7 +156,7 @@ class Spawner:
         self.python = python
 
     def run(self, args: list[str]) -> dict:
-        return run_worker(self.python, [ROOT / "benchmarks" / "_step_worker.py", *args], timeout=900)
+        return run_worker(self.python, [ROOT / "benchmarks" / "_step_worker.py", *args], timeout=300)
 
     def close(self) -> None:
         pass
@@ -210,12 +210,18 @@ def main() -> None:
                    "trl": ForkServer(trl_py, "trl", wlog)}
     results: dict = {"cells": {c[0]: [] for c in CELLS}, "fit": {}, "flops": {}}
 
+    partial = a.out.with_suffix(".partial.json")
+
     def run_safe(server, args):
         try:
-            return server.run(args)
+            r = server.run(args)
         except Exception as e:  # noqa: BLE001  (one failed cell must not lose the others)
             log("FAILED", str(e)[-1500:])
-            return {"ok": False, "error": str(e)[-1500:]}
+            r = {"ok": False, "error": str(e)[-1500:]}
+        r["args"] = [str(x) for x in args]
+        results.setdefault("all", []).append(r)
+        write_text(partial, json.dumps(results, default=str))  # raw data survives a kill
+        return r
 
     def over_budget() -> bool:
         return time.time() - t_start > a.budget_s
@@ -337,6 +343,7 @@ def main() -> None:
     write_text(a.out.with_suffix(".json"), json.dumps(dict(results=results, rows=rows, conf={
         k: v for k, v in conf.items() if k not in ("unet", "vae", "text")}, peak_tflops=peak, gpu=gpu_name,
         elapsed_s=time.time() - t_start), indent=1, default=str))
+    partial.unlink(missing_ok=True)
     print(text)
     log("wrote", a.out)
 
