@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
@@ -102,13 +103,15 @@ def build_reward(a: argparse.Namespace):
 
 # ------------------------------------------------------------------------------------------------ rewardtune
 def rewardtune_step(a: argparse.Namespace, reward):
-    """rewardtune's own method/sampler: method.loss -> backward -> clip -> AdamW, as the engine's loop does."""
+    """rewardtune's own training step: `Trainer.train_step()` of the engine (method loss, backward, grad clip,
+    AdamW, metrics), on a Diffusion built as `engine.build` builds it from a spec."""
     import torch
 
     from rewardtune.engine.distributed import DistInfo
     from rewardtune.engine.objective import Objective, ObjectiveTerm
     from rewardtune.engine.pipeline import LoraSettings, load_diffusion
-    from rewardtune.engine.types import Batch, RunContext, SamplingSettings, generator
+    from rewardtune.engine.trainer import Trainer, TrainSettings
+    from rewardtune.engine.types import SamplingSettings
 
     device = torch.device(a.device)
     bf16 = a.precision == "bf16"
@@ -118,31 +121,22 @@ def rewardtune_step(a: argparse.Namespace, reward):
         diff.amp_dtype = torch.bfloat16
     sampling = SamplingSettings(steps=a.steps_T, guidance=a.cfg, eta=a.eta, resolution=a.resolution,
                                 use_checkpoint=bool(a.ckpt))
-    method = make_method(a)
     objective = Objective([ObjectiveTerm(label="pickscore", reward=reward)])
-    ctx = RunContext(diff=diff, objective=objective, sampling=sampling, train_prompts=PROMPTS, info=DistInfo(),
-                     seed=a.seed, batch_size=a.batch)
-    params = diff.trainable_parameters()
-    # TRL's AlignPropConfig defaults, so both sides run the same optimizer
-    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
-    state = {"step": 0}
+    # TRL's AlignPropConfig defaults, so both sides run the same optimizer and clipping
+    settings = TrainSettings(steps=10**6, batch_size=a.batch, lr=a.lr, weight_decay=1e-4, betas=(0.9, 0.999),
+                             grad_clip=1.0, seed=a.seed, mixed_precision="bf16" if bf16 else "no", progress=False)
+    trainer = Trainer(diff, objective, make_method(a), sampling, settings, PROMPTS,
+                      Path(tempfile.mkdtemp(prefix="rt_bench_")), info=DistInfo())
+    diff.unet.train()
 
     def step():
-        i = state["step"]
-        prompts = [PROMPTS[(i * a.batch + j) % len(PROMPTS)] for j in range(a.batch)]
-        batch = Batch(prompts=prompts, groups=torch.arange(a.batch), step=i, micro=0,
-                      gen=generator(a.seed, "batch", i), rows=slice(0, a.batch), global_size=a.batch, device=device)
-        diff.unet.train()
-        out = method.loss(ctx, batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        state["step"] += 1
-        return out.metrics.get("k", float("nan"))
+        metrics, _out, skipped = trainer.train_step()
+        trainer.step += 1
+        if skipped:
+            raise RuntimeError(f"rewardtune skipped a step (non-finite): {metrics}")
+        return metrics.get("k", float("nan"))
 
-    n_lora = sum(p.numel() for p in params)
-    return step, {"trainable_params": n_lora, "method": method.name}, diff
+    return step, {"trainable_params": sum(p.numel() for p in trainer.params), "method": trainer.method.name}, diff
 
 
 def make_method(a: argparse.Namespace):
