@@ -3,6 +3,7 @@ LoRA adapters (PEFT, float32 master weights) or the full UNet as the trainable p
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,34 @@ def load_pipeline_dir(pretrained: str, revision: str | None = None) -> str:
     return resolve_weights(pretrained, revision, what="diffusion pipeline")
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Loading reports, progress bars and deprecation chatter of diffusers/transformers off while loading: the
+    run's own progress display is what users read."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = (dlog.get_verbosity(), tlog.get_verbosity())
+    bars = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        if bars[0]:
+            dlog.enable_progress_bar()
+        if bars[1]:
+            tlog.enable_progress_bar()
+
+
 def load_diffusion(pretrained: str, *, revision: str | None = None, variant: str | None = None,
                    dtype: str = "float32", device: str | torch.device = "cpu", lora: LoraSettings | None = None,
                    keep_base_copy: bool = False) -> Diffusion:
@@ -77,13 +106,15 @@ def load_diffusion(pretrained: str, *, revision: str | None = None, variant: str
     in float32."""
     import copy
 
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    with _quiet_loading():  # importing the pipeline class makes transformers warn about torchvision
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     path = load_pipeline_dir(pretrained, revision)
     kw: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     if variant:
         kw["variant"] = variant
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=parse_dtype(dtype), **kw)
+    with _quiet_loading():
+        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=parse_dtype(dtype), **kw)
     device = torch.device(device)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
