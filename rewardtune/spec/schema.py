@@ -250,6 +250,9 @@ class TrainSpec(Strict):
                                                                              "weights stay float32.")
     gradient_checkpointing: bool = Field(True, description="Checkpoint the differentiable UNet steps and the VAE "
                                                            "decode.")
+    deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms): "
+                                                   "a resumed GPU run then equals an uninterrupted one bitwise, at "
+                                                   "some speed cost. CPU runs are deterministic regardless.")
     max_nonfinite: int = Field(10, ge=0, description="Stop after this many skipped non-finite steps.")
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
