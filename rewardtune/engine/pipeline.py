@@ -34,6 +34,8 @@ class Diffusion:
     base_unet: Any = None  # frozen copy, only for full fine-tuning with a KL regularizer
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype of the UNet and VAE calls (None = off)
+    #: embedding of the empty prompt (CFG's unconditional branch); the text encoder is frozen, so it is computed once
+    uncond_embedding: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def prediction_type(self) -> str:

@@ -51,7 +51,9 @@ def encode_prompts(diff: Diffusion, prompts: list[str], guidance: float) -> torc
 
     cond = enc(list(prompts))
     if guidance > 1.0:
-        return torch.cat([enc([""] * len(prompts)), cond])
+        if diff.uncond_embedding is None or diff.uncond_embedding.device != cond.device:
+            diff.uncond_embedding = enc([""])
+        return torch.cat([diff.uncond_embedding.expand(len(prompts), -1, -1), cond])
     return cond
 
 
