@@ -1,6 +1,6 @@
 """The engine on a CUDA device (marker `gpu`; skipped without one): resume equivalence, bf16/fp16 autocast.
 
-Run on a lent GPU with `pytest -m gpu tests/engine/test_gpu.py`. Measured on an H100 with this test's spec: with
+Run on a lent GPU with `pytest -m gpu tests/engine/test_engine_gpu.py`. Measured on an H100 with this test's spec: with
 `train.deterministic: true`, interrupted + resumed equals uninterrupted bitwise; without it, two uninterrupted runs
 already differ by up to 0.17 (weights of size ~1: Adam turns kernel-order noise in near-zero gradients into
 full-size steps), and a resumed run differs from an uninterrupted one by no more than that (0.087).
