@@ -404,9 +404,6 @@ def _semantic_problems(spec: Spec, src: SpecSource) -> list[Problem]:
         add(("sampling", "images_per_prompt"), "assemble_ranked terms under a gradient method rank the images of "
                                                "each prompt, but sampling.images_per_prompt is 1 (nothing to rank)",
             "set sampling.images_per_prompt to 2 or more")
-    if spec.train.warmup_steps > spec.train.steps:
-        add(("train", "warmup_steps"), f"warmup_steps={spec.train.warmup_steps} exceeds train.steps="
-                                       f"{spec.train.steps}", "lower warmup_steps")
     # prompts files exist
     for which in ("train", "eval"):
         ps = getattr(spec.prompts, which)
