@@ -19,7 +19,6 @@ import importlib.util
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardtune.errors import MissingDependencyError, UsageError
+from rewardtune.rewards._util import quiet_transformers
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
 
@@ -53,20 +53,6 @@ def resolve_text_weights(weights: str, revision: str | None = None) -> Path:
 
 
 
-@contextmanager
-def _quiet_transformers():
-    """Silence transformers' load reports (e.g. the unused vision tower when loading only a CLIP text tower)."""
-    from transformers.utils import logging as hf_logging
-
-    old, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 def image_hash(pixels: torch.Tensor) -> str:
     """Hash of one image's exact float32 pixels (and shape)."""
@@ -109,7 +95,7 @@ class Blip2CaptionReward(Reward):
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self) -> list[torch.nn.Module]:
-        with _quiet_transformers():
+        with quiet_transformers():
             return self._load_models()
 
     def _load_models(self) -> list[torch.nn.Module]:

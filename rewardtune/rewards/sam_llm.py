@@ -27,7 +27,6 @@ import json
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from rewardtune.errors import MissingDependencyError, UsageError
 from rewardtune.rewards._sam_amg import SamMaskGenerator, read_sam_preprocessing
+from rewardtune.rewards._util import quiet_transformers
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
 
@@ -104,20 +104,6 @@ def _features(out) -> torch.Tensor:
 
 
 
-@contextmanager
-def _quiet_transformers():
-    """Silence transformers' load reports (e.g. the unused vision tower when loading only a CLIP text tower)."""
-    from transformers.utils import logging as hf_logging
-
-    old, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 class ClipLabeller:
     """Zero-shot CLIP classification of masked region crops over a fixed vocabulary."""
@@ -348,7 +334,7 @@ class SamLlmReward(Reward):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute, bnb_4bit_quant_type="nf4")
 
     def _load(self) -> list[torch.nn.Module]:
-        with _quiet_transformers():
+        with quiet_transformers():
             return self._load_models()
 
     def _load_models(self) -> list[torch.nn.Module]:
