@@ -86,7 +86,8 @@ class Reward:
                 m.to(self.device)
         return self
 
-    def __call__(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def _check_inputs(self, pixels: torch.Tensor, prompts: str | Sequence[str]) -> list[str]:
+        """Validate shapes; one prompt string applies to every image."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"{self.name or type(self).__name__}: expected pixels [B,3,H,W], got {tuple(pixels.shape)}")
         if isinstance(prompts, str):
@@ -94,6 +95,10 @@ class Reward:
         prompts = list(prompts)
         if len(prompts) != pixels.shape[0]:
             raise ValueError(f"{self.name}: {pixels.shape[0]} images but {len(prompts)} prompts")
+        return prompts
+
+    def __call__(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        prompts = self._check_inputs(pixels, prompts)
         self.load()
         x = pixels.to(self.device, torch.float32)
         if not self.differentiable:
@@ -104,9 +109,24 @@ class Reward:
             outs.append(chunk.reshape(-1).float())
         return torch.cat(outs) if outs else torch.zeros(0, device=self.device)
 
-    def explain(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
-        """Optional per-image details (captions, regions...). None when a reward has nothing to explain."""
+    def _explain(self, pixels: torch.Tensor, prompts: list[str]) -> list[dict[str, Any]] | None:
+        """Per-image details of one chunk (same inputs as `_forward`); None when there is nothing to explain."""
         return None
+
+    @torch.no_grad()
+    def explain(self, pixels: torch.Tensor, prompts: str | Sequence[str]) -> list[dict[str, Any]] | None:
+        """Optional per-image details (captions, regions...), JSON-serialisable; None when a reward has nothing to
+        explain. Chunked by `max_batch_size` like scoring."""
+        prompts = self._check_inputs(pixels, prompts)
+        self.load()
+        x = pixels.detach().to(self.device, torch.float32)
+        out: list[dict[str, Any]] = []
+        for i in range(0, x.shape[0], self.max_batch_size):
+            chunk = self._explain(x[i:i + self.max_batch_size], prompts[i:i + self.max_batch_size])
+            if chunk is None:
+                return None
+            out += chunk
+        return out
 
     @torch.no_grad()
     def score(self, prompt: str | Sequence[str], images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:

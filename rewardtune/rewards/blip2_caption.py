@@ -226,18 +226,9 @@ class Blip2CaptionReward(Reward):
         caps, _ = self._captions_for(pixels, prompts)
         return self.similarity(caps, prompts).to(pixels.device)
 
-    def explain(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]]:
-        """Caption and similarity per image (keys in the class docstring); JSON-serialisable."""
-        if isinstance(prompts, str):
-            prompts = [prompts] * pixels.shape[0]
-        prompts = list(prompts)
-        self.load()
-        x = pixels.detach().to(self.device, torch.float32)
-        out: list[dict[str, Any]] = []
-        for i in range(0, x.shape[0], self.max_batch_size):
-            ps = prompts[i:i + self.max_batch_size]
-            caps, cached = self._captions_for(x[i:i + self.max_batch_size], ps)
-            sims = self.similarity(caps, ps).tolist()
-            out += [{"caption": c, "similarity": s, "score": s, "cached": k}
-                    for c, s, k in zip(caps, sims, cached, strict=True)]
-        return out
+    def _explain(self, pixels: torch.Tensor, prompts: list[str]) -> list[dict[str, Any]]:
+        """Caption and similarity per image (keys in the class docstring)."""
+        caps, cached = self._captions_for(pixels, prompts)
+        sims = self.similarity(caps, prompts).tolist()
+        return [{"caption": c, "similarity": s, "score": s, "cached": k}
+                for c, s, k in zip(caps, sims, cached, strict=True)]

@@ -451,14 +451,6 @@ class SamLlmReward(Reward):
         recs = self._analyze(pixels, prompts)
         return torch.tensor([r["score"] for r in recs], dtype=torch.float32, device=pixels.device)
 
-    def explain(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]]:
-        """Per-image regions, labels and likelihoods (keys in the class docstring); JSON-serialisable."""
-        if isinstance(prompts, str):
-            prompts = [prompts] * pixels.shape[0]
-        prompts = list(prompts)
-        self.load()
-        x = pixels.detach().to(self.device, torch.float32)
-        out: list[dict[str, Any]] = []
-        for i in range(0, x.shape[0], self.max_batch_size):
-            out += self._analyze(x[i:i + self.max_batch_size], prompts[i:i + self.max_batch_size])
-        return out
+    def _explain(self, pixels: torch.Tensor, prompts: list[str]) -> list[dict[str, Any]]:
+        """Per-image regions, labels and likelihoods (keys in the class docstring)."""
+        return self._analyze(pixels, prompts)
