@@ -202,24 +202,6 @@ def spread(xs: list[float]) -> tuple[float, float, float]:
     return min(xs), statistics.median(xs), max(xs)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
-        mem = f"{kb / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -310,8 +292,9 @@ def main() -> None:
     ref_med = statistics.median(ips["reference"])
     import PIL
     import transformers
+    from _harness import machine_info  # stdlib only; benchmarks/ is on sys.path when run as a script
 
-    m = machine()
+    m = machine_info()
     kind = f"cpu-{m['cores']}cores" if args.device == "cpu" else "cuda"
     hw = f"{m['cpu']}, {m['cores']} cores" if args.device == "cpu" else torch.cuda.get_device_name()
     ref_pkgs = (f"image-reward {ref.info['image_reward']}, transformers {ref.info['transformers']}, "
