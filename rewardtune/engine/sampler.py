@@ -1,9 +1,11 @@
 """DDIM sampling with truncated backpropagation.
 
 Steps whose index is not in `grad_steps` run under `torch.no_grad()` (nothing is recorded for them, so memory does
-not depend on how many there are). Differentiable steps are checkpointed when asked: only their inputs are kept
-and the UNet is recomputed during backward. Classifier-free guidance is one batched UNet call on
-`[uncond; cond]`. Latents are turned into [0, 1] pixels exactly once, in `decode`.
+not depend on how many there are), with the LoRA folded into the frozen weights where that is exact enough
+(`FoldedLora`). Differentiable steps are checkpointed when asked: the last one block by block (its block inputs
+are kept, and in backward one block at a time is recomputed), earlier ones as a whole call (only the step's
+inputs are kept). Classifier-free guidance is one batched UNet call on `[uncond; cond]`. Latents are turned into
+[0, 1] pixels exactly once, in `decode`, whose VAE is checkpointed block by block.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from rewardtune.engine.pipeline import Diffusion
+from rewardtune.engine.pipeline import Diffusion, FoldedLora
 
 
 @dataclass
@@ -33,10 +35,27 @@ class SampleResult:
     x0_pred: torch.Tensor | None = None  # x0 predicted at the last step taken (ReFL's stop step)
 
 
-def autocast(diff: Diffusion):
-    if diff.amp_dtype is None:
+def autocast(diff: Diffusion, module: torch.nn.Module):
+    """Autocast for a call of `module` where mixed precision needs it (see `Diffusion.needs_autocast`)."""
+    if not diff.needs_autocast(module):
         return contextlib.nullcontext()
     return torch.autocast(diff.device.type, dtype=diff.amp_dtype)
+
+
+def module_inputs(diff: Diffusion, module: torch.nn.Module, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Inputs as `module` takes them: unchanged under autocast (which casts per op), else in its weights' dtype."""
+    if diff.needs_autocast(module):
+        return xs
+    dt = diff.frozen_dtype(module)
+    return tuple(x.to(dt) for x in xs)
+
+
+def unet_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, unet=None) -> torch.Tensor:
+    """The UNet's output in float32, computed in the precision the run asked for."""
+    unet = unet or diff.unet
+    x, emb = module_inputs(diff, unet, x, emb)
+    with autocast(diff, unet):
+        return unet(x, t, encoder_hidden_states=emb).sample.float()
 
 
 @torch.no_grad()
@@ -74,19 +93,29 @@ def prev_timestep(diff: Diffusion, t: int, steps: int) -> int:
 
 
 def model_output(diff: Diffusion, x: torch.Tensor, t: int, emb: torch.Tensor, guidance: float, *,
-                 use_checkpoint: bool = False, unet=None) -> torch.Tensor:
-    """Guided UNet output at timestep t (one batched call for CFG)."""
+                 use_checkpoint: bool = False, blocks: bool = False, unet=None) -> torch.Tensor:
+    """Guided UNet output at timestep t (one batched call for CFG).
+
+    With grad and `use_checkpoint`: `blocks=True` checkpoints block by block (the least memory in backward, but
+    the block inputs stay alive until then: right for the last differentiable step), else the whole call (only
+    the inputs stay alive: right for the earlier ones, whatever their number)."""
     unet = unet or diff.unet
     cfg = guidance > 1.0
     tt = torch.full((1,), int(t), device=x.device, dtype=torch.long)
 
     def call(inp: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        with autocast(diff):
-            return unet(inp, tt, encoder_hidden_states=e).sample.float()
+        return unet_forward(diff, inp, tt, e, unet)
 
     inp = torch.cat([x, x]) if cfg else x
-    inp = inp.to(emb.dtype) if diff.amp_dtype is None else inp
-    if use_checkpoint and torch.is_grad_enabled():
+    ckpt = use_checkpoint and torch.is_grad_enabled()
+    by_block = ckpt and blocks and diff.supports_block_checkpointing(unet)
+    if by_block:
+        diff.block_checkpointing(unet, True)
+        try:
+            out = call(inp, emb)
+        finally:
+            diff.block_checkpointing(unet, False)
+    elif ckpt:
         out = checkpoint(call, inp, emb, use_reentrant=False)
     else:
         out = call(inp, emb)
@@ -149,27 +178,36 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
     kl_sum = None
     enabled = torch.is_grad_enabled()
     last = steps if stop_at is None else stop_at + 1
-    for i in range(last):
-        t = int(ts[i])
-        t_prev = prev_timestep(diff, t, steps)
-        grad = i in grad_steps and enabled
-        with torch.set_grad_enabled(grad):  # a step outside grad_steps: its eps is computed without a graph
-            out = model_output(diff, x, t, emb, guidance, use_checkpoint=use_checkpoint and grad)
-            if grad and kl:
-                base = _base_output(diff, x.detach(), t, emb, guidance)
-                term = (out - base).pow(2).mean()
-                kl_sum = term if kl_sum is None else kl_sum + term
-                res.kl_steps += 1
-        noise = step_noise(i) if (eta > 0 and step_noise is not None) else None
-        # ...but the latent path stays differentiable once a graph exists (steps with a detached eps between
-        # differentiable ones, as random per-step truncation produces): only the cheap linear update is recorded
-        with torch.set_grad_enabled(enabled and (grad or x.requires_grad)):
-            x_new, x0 = ddim_step(diff, x, out, t, t_prev, eta, noise)
-        res.records.append(StepRecord(i, t, bool(out.requires_grad)))
-        res.x0_pred = x0
-        if stop_at is not None and i == stop_at:
-            break
-        x = x_new
+    graded = [i for i in range(last) if i in grad_steps] if enabled else []
+    folded = FoldedLora(diff) if len(graded) < last and FoldedLora.eligible(diff) else None
+    try:
+        for i in range(last):
+            t = int(ts[i])
+            t_prev = prev_timestep(diff, t, steps)
+            grad = enabled and i in grad_steps
+            if folded is not None:
+                folded.off() if grad else folded.on()
+            with torch.set_grad_enabled(grad):  # a step outside grad_steps: its eps is computed without a graph
+                out = model_output(diff, x, t, emb, guidance, use_checkpoint=use_checkpoint and grad,
+                                   blocks=i == graded[-1] if graded else False)
+                if grad and kl:
+                    base = _base_output(diff, x.detach(), t, emb, guidance)
+                    term = (out - base).pow(2).mean()
+                    kl_sum = term if kl_sum is None else kl_sum + term
+                    res.kl_steps += 1
+            noise = step_noise(i) if (eta > 0 and step_noise is not None) else None
+            # ...but the latent path stays differentiable once a graph exists (steps with a detached eps between
+            # differentiable ones, as random per-step truncation produces): only the cheap linear update is recorded
+            with torch.set_grad_enabled(enabled and (grad or x.requires_grad)):
+                x_new, x0 = ddim_step(diff, x, out, t, t_prev, eta, noise)
+            res.records.append(StepRecord(i, t, bool(out.requires_grad)))
+            res.x0_pred = x0
+            if stop_at is not None and i == stop_at:
+                break
+            x = x_new
+    finally:
+        if folded is not None:
+            folded.release()
     res.latents = x
     res.kl = kl_sum
     return res
@@ -183,10 +221,20 @@ def decode(diff: Diffusion, latents: torch.Tensor, *, use_checkpoint: bool = Tru
         z = z + vae.config.shift_factor
 
     def dec(zz: torch.Tensor) -> torch.Tensor:
-        with autocast(diff):
-            return vae.decode(zz.to(vae.dtype) if diff.amp_dtype is None else zz).sample.float()
+        (zz,) = module_inputs(diff, vae, zz)
+        with autocast(diff, vae):
+            return vae.decode(zz).sample.float()
 
-    if use_checkpoint and torch.is_grad_enabled() and z.requires_grad:
+    ckpt = use_checkpoint and torch.is_grad_enabled() and z.requires_grad
+    if ckpt and diff.supports_block_checkpointing(vae):
+        # block by block: the decoder's full-resolution blocks dominate its activations, and in backward only
+        # one of them is recomputed at a time (one checkpoint around the whole decode would recreate them all)
+        diff.block_checkpointing(vae, True)
+        try:
+            img = dec(z)
+        finally:
+            diff.block_checkpointing(vae, False)
+    elif ckpt:
         img = checkpoint(dec, z, use_reentrant=False)
     else:
         img = dec(z)

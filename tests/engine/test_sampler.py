@@ -103,7 +103,11 @@ def test_memory_does_not_grow_with_steps_for_k1(tiny_diffusion, use_checkpoint):
     assert many == few  # the no-grad prefix saves nothing, however long it is
     full_few = _saved_tensor_bytes(d, 2, 2, use_checkpoint)
     full_many = _saved_tensor_bytes(d, 6, 6, use_checkpoint)
-    assert full_many["bytes"] > 2 * full_few["bytes"]  # the same count grows for K = T (the test can fail)
+    # the same count grows for K = T (so the test can fail)
+    if use_checkpoint:  # the earlier differentiable steps are checkpointed whole: they keep only their inputs
+        assert full_many["n"] > full_few["n"] and full_many["bytes"] > full_few["bytes"]
+    else:
+        assert full_many["bytes"] > 2 * full_few["bytes"]
 
 
 def test_checkpointing_saves_less_than_plain_backprop(tiny_diffusion):

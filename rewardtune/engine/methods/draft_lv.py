@@ -46,7 +46,7 @@ class DraftLVMethod:
         x_noisy = add_noise(diff, x0.repeat(self.n, 1, 1, 1), eps, t_last)
         prompts_n = list(batch.prompts) * self.n
         emb_n = encode_prompts(diff, prompts_n, s.guidance)
-        out = model_output(diff, x_noisy, t_last, emb_n, s.guidance, use_checkpoint=s.use_checkpoint)
+        out = model_output(diff, x_noisy, t_last, emb_n, s.guidance, use_checkpoint=s.use_checkpoint, blocks=True)
         kl_sum, kl_steps = None, 0
         if self.kl_coeff > 0:
             from rewardtune.engine.sampler import _base_output

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardtune.engine.objective import top_m_per_group
-from rewardtune.engine.sampler import add_noise, autocast, decode, denoising_target, encode_prompts, sample
+from rewardtune.engine.sampler import add_noise, decode, denoising_target, encode_prompts, sample, unet_forward
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator
 
 
@@ -83,8 +83,7 @@ class RankedMethod:
         noise = batch.randn(*x0.shape[1:])
         t = batch.randint_rows(diff.scheduler.config.num_train_timesteps)
         emb = encode_prompts(diff, [self.kept_prompts[i] for i in idx.tolist()], 1.0)
-        with autocast(diff):
-            out = diff.unet(add_noise(diff, x0, noise, t), t, encoder_hidden_states=emb).sample.float()
+        out = unet_forward(diff, add_noise(diff, x0, noise, t), t, emb)
         loss = F.mse_loss(out, denoising_target(diff, x0, noise, t))
         if round_out is not None:
             round_out.loss = loss

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rewardtune.engine.sampler import add_noise, autocast, decode, denoising_target, encode_prompts, sample
+from rewardtune.engine.sampler import add_noise, decode, denoising_target, encode_prompts, sample, unet_forward
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, kl_penalty
 
 
@@ -102,8 +102,7 @@ class ReFLMethod:
         t = torch.randint(0, diff.scheduler.config.num_train_timesteps, (len(idx),), generator=batch.gen).to(x0.device)
         emb = encode_prompts(diff, [items[i][1] for i in idx], 1.0)
 
-        with autocast(diff):
-            out = diff.unet(add_noise(diff, x0, noise, t), t, encoder_hidden_states=emb).sample.float()
+        out = unet_forward(diff, add_noise(diff, x0, noise, t), t, emb)
         mse = F.mse_loss(out, denoising_target(diff, x0, noise, t))
         return MethodOutput(self.pretrain.weight * mse, None, None, [], {"pretrain_loss": float(mse.detach())})
 
