@@ -127,9 +127,11 @@ class ObjectiveValue:
     multiplier: torch.Tensor | None = None  # m_i from assemble_ranked terms (None when there are none)
     rank_score: torch.Tensor | None = None  # c_i over all optimized terms (used by `ranked`)
 
-    def finite(self) -> bool:
-        vals = [self.per_sample.detach(), *self.raw.values()]
-        return all(bool(torch.isfinite(v).all()) for v in vals)
+    def finite_flag(self) -> torch.Tensor:
+        """True (a 0-d bool tensor on the values' device, so reading it is left to the caller) when every value
+        is finite."""
+        vals = [self.per_sample.detach(), *(v.to(self.per_sample.device) for v in self.raw.values())]
+        return torch.stack([torch.isfinite(v).all() for v in vals]).all()
 
 
 class Objective:

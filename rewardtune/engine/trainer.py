@@ -19,7 +19,7 @@ import torch
 
 from rewardtune.engine import control
 from rewardtune.engine.callbacks import CallbackList, EvalEvent, StepEvent
-from rewardtune.engine.distributed import DistInfo, any_flag, average_gradients, barrier
+from rewardtune.engine.distributed import DistInfo, all_reduce_sum, any_flag, average_gradients, barrier
 from rewardtune.engine.objective import Objective
 from rewardtune.engine.outputs import (
     MetricsWriter,
@@ -265,46 +265,66 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- train
     def train_step(self) -> tuple[dict[str, float], MethodOutput | None, bool]:
-        """One optimizer step (grad_accum micro-batches). Returns (metrics, last output, skipped)."""
+        """One optimizer step (grad_accum micro-batches). Returns (metrics, last output, skipped).
+
+        The device is synchronized once per step, after the last backward: the skip decision (non-finite loss,
+        reward or gradient norm, agreed over ranks) and every metric are read in one transfer. Nothing waits on
+        the device between micro-batches, so on a GPU the host queues the next work while the current runs."""
         s = self.s
+        dev = self.diff.device
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         lr = lr_at(self.step, s)
         for grp in self.opt.param_groups:
             grp["lr"] = lr
-        losses, outs, bad = [], [], False
-        extra: dict[str, list[float]] = {}
-        t_fwd = t_bwd = 0.0
+        losses, outs = [], []
+        ok = torch.ones((), dtype=torch.bool, device=dev)  # every loss and reward finite so far
+        extra: dict[str, list[Any]] = {}
+        timer = _PhaseTimer(dev)
         for micro in range(s.grad_accum):
-            ta = time.perf_counter()
+            timer.mark()
             out = self.method.loss(self.ctx, self.make_batch(self.step, micro))
+            timer.mark("sample_and_score")
             loss = out.loss
-            t_fwd += time.perf_counter() - ta
-            if bad or not bool(torch.isfinite(loss.detach())) or (out.value is not None and not out.value.finite()):
-                # no backward, but the remaining micro-batches still run: under data parallelism every rank
-                # must take part in the same collectives (normalization statistics) in the same order
-                bad = True
-                losses.append(float("nan"))
-                outs.append(out)
-                continue
-            tb = time.perf_counter()
+            ok = ok & torch.isfinite(loss.detach()).all()
+            if out.value is not None:
+                ok = ok & out.value.finite_flag()
+            # backward even when this loss is not finite: deciding here would wait for the device; a non-finite
+            # step is dropped below before the optimizer sees it (and every rank runs the same collectives)
             self.scaler.scale(loss / s.grad_accum).backward()
-            losses.append(float(loss.detach()))  # also syncs the device, so the timings below are real
-            t_bwd += time.perf_counter() - tb
+            timer.mark("backward")
+            losses.append(loss.detach().float().reshape(()))
             outs.append(out)
             for k, v in out.metrics.items():
                 extra.setdefault(k, []).append(v)
         average_gradients(self.params, self.info)
-        grad_norm = float("nan")
-        if not bad:
-            self.scaler.unscale_(self.opt)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip or float("inf")))
-            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-                bad = True
-        bad = any_flag(bad, self.info, self.diff.device)
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip or float("inf"))
+        flags = torch.stack([(~ok).float(), (~torch.isfinite(grad_norm)).float()])
+        flags = all_reduce_sum(flags, self.info)  # skip together: a non-finite step on any rank skips all
+        device_metrics = {"loss": torch.stack(losses).mean(), "grad_norm": grad_norm.detach().float()}
+        scored = [o for o in outs if o.value is not None]
+        if scored:
+            for t in self.objective.terms:
+                device_metrics[f"reward/{t.label}"] = torch.cat([o.value.raw[t.label] for o in scored]).float().mean()
+                device_metrics[f"reward_norm/{t.label}"] = torch.cat(
+                    [o.value.normalized[t.label] for o in scored]).float().mean()
+            device_metrics["objective"] = torch.cat([o.value.per_sample.detach() for o in scored]).float().mean()
+        host_extra: dict[str, list[float]] = {}
+        for k, v in extra.items():  # a method's metrics: host numbers, or device tensors read with the rest
+            if any(isinstance(x, torch.Tensor) for x in v):
+                device_metrics[k] = torch.stack([torch.as_tensor(x, device=dev).float().reshape(()) for x in v]).mean()
+            else:
+                host_extra[k] = v
+        names = list(device_metrics)
+        values = torch.cat([flags.float(), torch.stack([device_metrics[k].to(dev) for k in names])]).tolist()
+        bad_loss, bad_norm = values[0] > 0, values[1] > 0  # the step's one host-device synchronization
+        bad = bad_loss or (bad_norm and not self.scaler.is_enabled())  # fp16: the scaler skips overflow itself
         if bad:
             self.opt.zero_grad(set_to_none=True)
             self.skipped += 1
+            if self.scaler.is_enabled():
+                self.scaler.update()  # closes the step unscale_ opened (and backs the scale off, as for overflow)
         else:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -312,21 +332,17 @@ class Trainer:
                 with torch.no_grad():
                     for e, p in zip(self.ema, self.params, strict=True):
                         e.mul_(s.ema_decay).add_(p.detach(), alpha=1 - s.ema_decay)
-        metrics: dict[str, float] = {"loss": float(np.mean(losses)), "grad_norm": grad_norm, "lr": lr,
-                                     "skipped": float(bad), "skipped_total": float(self.skipped)}
-        for k, v in extra.items():
+        metrics: dict[str, float] = dict(zip(names, values[2:], strict=True))
+        if bad_loss:
+            metrics["loss"] = float("nan")
+            metrics["grad_norm"] = float("nan")
+        metrics.update(lr=lr, skipped=float(bad), skipped_total=float(self.skipped))
+        for k, v in host_extra.items():
             metrics[k] = float(np.mean(v))
-        scored = [o for o in outs if o.value is not None]
-        if scored:
-            for t in self.objective.terms:
-                metrics[f"reward/{t.label}"] = float(torch.cat([o.value.raw[t.label] for o in scored]).mean())
-                metrics[f"reward_norm/{t.label}"] = float(torch.cat([o.value.normalized[t.label]
-                                                                     for o in scored]).mean())
-            metrics["objective"] = float(torch.cat([o.value.per_sample.detach() for o in scored]).mean())
         metrics["time/step_s"] = time.perf_counter() - t0
-        metrics["time/sample_and_score_s"] = t_fwd
-        metrics["time/backward_s"] = t_bwd
-        metrics["memory/peak_mb"] = memory_mb(self.diff.device)
+        metrics["time/sample_and_score_s"] = timer.total("sample_and_score")
+        metrics["time/backward_s"] = timer.total("backward")
+        metrics["memory/peak_mb"] = memory_mb(dev)
         last = outs[-1] if outs else None
         return metrics, last, bad
 
@@ -423,6 +439,30 @@ class Trainer:
                 self._swap_ema()
         barrier(self.info)
         return path
+
+
+class _PhaseTimer:
+    """Wall time per phase of a step without waiting on the device: CUDA events on a GPU (read after the step's
+    one synchronization), perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str | None, Any]] = []
+
+    def mark(self, phase: str | None = None) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append((phase, ev))
+        else:
+            self.marks.append((phase, time.perf_counter()))
+
+    def total(self, phase: str) -> float:
+        out = 0.0
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:], strict=False):
+            if name == phase:
+                out += a.elapsed_time(b) / 1000 if self.cuda else b - a
+        return out
 
 
 class _Progress:

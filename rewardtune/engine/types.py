@@ -78,12 +78,13 @@ class MethodOutput:
     value: ObjectiveValue | None = None  # None on steps that score nothing (denoising-loss steps)
     pixels: torch.Tensor | None = None  # detached [n,3,H,W] in [0,1], what the rewards saw
     prompts: list[str] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # floats, or 0-d device tensors
 
 
-def kl_penalty(coeff: float, kl: torch.Tensor | None, steps: int) -> tuple[torch.Tensor | float, dict[str, float]]:
-    """DRaFT+: coeff * mean over differentiable steps of mean ||eps_theta - eps_base||^2."""
+def kl_penalty(coeff: float, kl: torch.Tensor | None, steps: int) -> tuple[torch.Tensor | float, dict[str, Any]]:
+    """DRaFT+: coeff * mean over differentiable steps of mean ||eps_theta - eps_base||^2. The `kl` metric is
+    left on the device (the trainer reads all metrics in one transfer per step)."""
     if coeff <= 0 or kl is None or steps == 0:
         return 0.0, {}
     mean = kl / steps
-    return coeff * mean, {"kl": float(mean.detach())}
+    return coeff * mean, {"kl": mean.detach()}

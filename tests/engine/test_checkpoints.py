@@ -135,6 +135,25 @@ def test_non_finite_steps_are_skipped_and_bounded(tmp_path, spec_factory):
     _NAN_CALLS.update(n=0, bad=set())
 
 
+def test_non_finite_step_with_loss_scaling_leaves_the_scaler_usable(tmp_path, spec_factory):
+    """fp16 loss scaling (GradScaler, CUDA in real runs; its CPU twin here): a skipped step must close the
+    unscale it opened, or the next step fails with 'unscale_() has already been called'."""
+    spec = load_spec(spec_factory(objective=[{"reward": "test-sometimes-nan"}], train={"steps": 3}))
+    tr = build_trainer(spec, output_dir=tmp_path, progress=False)
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=True)
+    _NAN_CALLS.update(n=0, bad={1})
+    try:
+        _, _, bad1 = tr.train_step()
+        tr.step += 1
+        before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
+        m2, _, bad2 = tr.train_step()
+    finally:
+        _NAN_CALLS.update(n=0, bad=set())
+    assert bad1 and not bad2 and tr.skipped == 1 and m2["loss"] == m2["loss"]
+    after = tr.diff.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the next step trained
+
+
 def test_callbacks_receive_metrics_images_prompts_and_rewards(tmp_path, spec_factory):
     steps, evals, ends = [], [], []
 

@@ -87,9 +87,9 @@ class RankedMethod:
         loss = F.mse_loss(out, denoising_target(diff, x0, noise, t))
         if round_out is not None:
             round_out.loss = loss
-            round_out.metrics["denoise_loss"] = float(loss.detach())
+            round_out.metrics["denoise_loss"] = loss.detach()
             return round_out
-        return MethodOutput(loss, None, None, [], {"denoise_loss": float(loss.detach())})
+        return MethodOutput(loss, None, None, [], {"denoise_loss": loss.detach()})
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_latents": None if self.kept_latents is None else self.kept_latents.cpu(),

@@ -104,7 +104,7 @@ class ReFLMethod:
 
         out = unet_forward(diff, add_noise(diff, x0, noise, t), t, emb)
         mse = F.mse_loss(out, denoising_target(diff, x0, noise, t))
-        return MethodOutput(self.pretrain.weight * mse, None, None, [], {"pretrain_loss": float(mse.detach())})
+        return MethodOutput(self.pretrain.weight * mse, None, None, [], {"pretrain_loss": mse.detach()})
 
     def state_dict(self) -> dict:
         return {}
