@@ -1,12 +1,13 @@
-"""What one step of the no-grad prefix costs: rewardtune's `torch.no_grad()` vs TRL's grad + checkpoint + detach.
+"""What one step of the no-grad prefix costs: rewardtune's prefix vs TRL's grad + checkpoint + detach.
 
     python benchmarks/prefix_step_cost.py [--latents 8 16] [--threads 1]
 
-Times one CFG UNet call (batch 2 prompts x [uncond; cond]) of the tiny SD-1.x twin with LoRA r=4, three ways:
-under `torch.no_grad()` (rewardtune's prefix), with grad inside non-reentrant `torch.utils.checkpoint` and the
-output detached (TRL 0.23.1's `pipeline_step_with_grad` before its truncation point), and with grad but no
-checkpoint, detached. The ratio bounds the K=1 speed-up of `train_step_vs_trl.py` as T grows. Prints
-median (min–max) over repeats of 10 calls each, the calls interleaved across the three ways.
+Times one CFG UNet call (batch 2 prompts x [uncond; cond]) of the tiny SD-1.x twin with LoRA r=4, four ways:
+rewardtune's prefix (`torch.no_grad()` with the LoRA folded into the weights, `FoldedLora`), plain
+`torch.no_grad()` through the LoRA layers, with grad inside non-reentrant `torch.utils.checkpoint` and the output
+detached (TRL 0.23.1's `pipeline_step_with_grad` before its truncation point), and with grad but no checkpoint,
+detached. The ratio bounds the K=1 speed-up of `train_step_vs_trl.py` as T grows. Prints median (min–max) over
+repeats of 10 calls each, the calls interleaved across the four ways.
 """
 from __future__ import annotations
 
@@ -29,29 +30,35 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    print("| latent | no_grad (rewardtune) | grad + checkpoint, detached (TRL) | grad, no checkpoint, detached | "
-          "TRL / rewardtune |")
-    print("|---|---|---|---|---|")
+    print("| latent | no_grad, LoRA folded (rewardtune) | no_grad through LoRA | grad + checkpoint, detached (TRL) | "
+          "grad, no checkpoint, detached | TRL / rewardtune |")
+    print("|---|---|---|---|---|---|")
     for lat in a.latents:
         measure(lat, a.repeats)
 
 
 def measure(lat: int, repeats: int) -> None:
     import torch
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
     from torch.utils.checkpoint import checkpoint
 
-    from rewardtune.zoo import materialize
+    from rewardtune.engine.pipeline import FoldedLora, LoraSettings, load_diffusion
 
-    path = materialize("zoo:sd1" if lat == 8 else f"zoo:sd1.latent{lat}")
-    unet = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None).unet
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    # the engine's own loader: frozen weights, SDPA, LoRA r=4 alpha 4 (gaussian) on to_q/to_k/to_v/to_out.0
+    diff = load_diffusion("zoo:sd1" if lat == 8 else f"zoo:sd1.latent{lat}", lora=LoraSettings(rank=4))
+    unet = diff.unet
     x = torch.randn(4, 4, lat, lat)
     emb = torch.randn(4, 16, unet.config.cross_attention_dim)
     t = torch.tensor([500])
+    folded = FoldedLora(diff)
+    assert FoldedLora.eligible(diff)
+
+    def folded_no_grad():
+        with torch.no_grad():
+            folded.on()
+            try:
+                return unet(x, t, encoder_hidden_states=emb).sample
+            finally:
+                folded.off()
 
     def no_grad():
         with torch.no_grad():
@@ -63,7 +70,7 @@ def measure(lat: int, repeats: int) -> None:
     def grad_detached():
         return unet(x, t, encoder_hidden_states=emb).sample.detach()
 
-    ways = {"no_grad": no_grad, "trl_ckpt": trl_ckpt, "grad": grad_detached}
+    ways = {"folded": folded_no_grad, "no_grad": no_grad, "trl_ckpt": trl_ckpt, "grad": grad_detached}
     res: dict[str, list[float]] = {k: [] for k in ways}
     for rep in range(repeats + 1):
         for name, fn in ways.items():
@@ -76,8 +83,9 @@ def measure(lat: int, repeats: int) -> None:
     def f(v):
         return f"{statistics.median(v):.1f} ms ({min(v):.1f}–{max(v):.1f})"
 
-    ratio = statistics.median(res["trl_ckpt"]) / statistics.median(res["no_grad"])
-    print(f"| {lat} | {f(res['no_grad'])} | {f(res['trl_ckpt'])} | {f(res['grad'])} | {ratio:.2f}x |")
+    ratio = statistics.median(res["trl_ckpt"]) / statistics.median(res["folded"])
+    print(f"| {lat} | {f(res['folded'])} | {f(res['no_grad'])} | {f(res['trl_ckpt'])} | {f(res['grad'])} "
+          f"| {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
