@@ -185,11 +185,11 @@ def load_diffusion(pretrained: str, *, revision: str | None = None, variant: str
 class FoldedLora:
     """The UNet's LoRA folded into its frozen weights, for UNet calls that need no gradient.
 
-    With LoRA every adapted layer computes `W x + s * B (A x)`: two more small matrix products, a scale, an add
+    With LoRA every adapted layer computes `W x + s * B (A x)`: two more small matrix products, a scale, an add,
     and peft's Python around them. For a call under no_grad the same function is `W' x` with `W' = W + s * B A`.
-    `on()` computes W' once (new tensors: the frozen weights are never written) and points the base layers at it,
-    marking them merged so peft calls the base layer alone; `off()` restores the frozen tensors themselves, so
-    nothing drifts. About 15% off a tiny UNet's no-grad call on CPU (more layers adapted, more saved).
+    `on()` computes W' once per sampling call (new tensors: the frozen weights are never written), points each
+    adapted layer's base `nn.Linear` at it and puts that plain layer in the LoRA layer's place in the UNet; `off()`
+    puts the LoRA layers back and restores the frozen tensors themselves, so nothing drifts.
 
     Only for float32 computation: rounding W + s * B A to bfloat16/float16 would lose the small early LoRA update
     (it falls below the weights' rounding step), where the unfolded layer keeps it. Layers with dropout, DoRA or
@@ -198,7 +198,7 @@ class FoldedLora:
 
     def __init__(self, diff: Diffusion):
         self.diff = diff
-        self.layers = _lora_linear_layers(diff.unet)
+        self.slots = _lora_linear_slots(diff.unet)  # (parent module, attribute name, LoRA layer)
         self.folded: list[torch.Tensor] | None = None
         self.frozen: list[torch.Tensor] = []
         self.active = False
@@ -207,8 +207,8 @@ class FoldedLora:
     def eligible(diff: Diffusion) -> bool:
         if diff.lora is None or diff.needs_autocast(diff.unet) or diff.frozen_dtype(diff.unet) != torch.float32:
             return False
-        layers = _lora_linear_layers(diff.unet)
-        return bool(layers) and all(_foldable(m) for m in layers)
+        slots = _lora_linear_slots(diff.unet)
+        return bool(slots) and all(_foldable(m) for _, _, m in slots)
 
     @torch.no_grad()
     def on(self) -> None:
@@ -216,24 +216,24 @@ class FoldedLora:
             return
         if self.folded is None:  # the LoRA factors do not change within one sampling call
             self.folded = []
-            for m in self.layers:
+            for _, _, m in self.slots:
                 w = m.get_base_layer().weight
                 delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
                 self.folded.append(w + delta.to(w.dtype))
         self.frozen = []
-        for m, w in zip(self.layers, self.folded, strict=True):
+        for (parent, name, m), w in zip(self.slots, self.folded, strict=True):
             base = m.get_base_layer()
             self.frozen.append(base.weight.data)
             base.weight.data = w
-            m.merged_adapters = [a for a in m.active_adapters if a in m.lora_A]
+            parent._modules[name] = base  # the UNet calls the plain layer: no LoRA path, no peft Python
         self.active = True
 
     def off(self) -> None:
         if not self.active:
             return
-        for m, w in zip(self.layers, self.frozen, strict=True):
+        for (parent, name, m), w in zip(self.slots, self.frozen, strict=True):
             m.get_base_layer().weight.data = w
-            m.merged_adapters = []
+            parent._modules[name] = m
         self.frozen = []
         self.active = False
 
@@ -242,10 +242,11 @@ class FoldedLora:
         self.folded = None
 
 
-def _lora_linear_layers(unet: torch.nn.Module) -> list[Any]:
+def _lora_linear_slots(unet: torch.nn.Module) -> list[tuple[torch.nn.Module, str, Any]]:
     from peft.tuners.lora import LoraLayer
 
-    return [m for m in unet.modules() if isinstance(m, LoraLayer)]
+    return [(parent, name, child) for parent in unet.modules() for name, child in parent.named_children()
+            if isinstance(child, LoraLayer)]
 
 
 def _foldable(m: Any) -> bool:
