@@ -196,19 +196,28 @@ class FoldedLora:
     other variants, or a LoRA bias are never folded (`eligible` says no).
     """
 
-    def __init__(self, diff: Diffusion):
+    def __init__(self, diff: Diffusion, slots: list[tuple[torch.nn.Module, str, Any]] | None = None):
         self.diff = diff
-        self.slots = _lora_linear_slots(diff.unet)  # (parent module, attribute name, LoRA layer)
+        self.slots = _lora_linear_slots(diff.unet) if slots is None else slots  # (parent, attribute, LoRA layer)
         self.folded: list[torch.Tensor] | None = None
         self.frozen: list[torch.Tensor] = []
         self.active = False
 
     @staticmethod
     def eligible(diff: Diffusion) -> bool:
+        return FoldedLora._slots_if_eligible(diff) is not None
+
+    @classmethod
+    def if_eligible(cls, diff: Diffusion) -> FoldedLora | None:
+        slots = cls._slots_if_eligible(diff)
+        return None if slots is None else cls(diff, slots)
+
+    @staticmethod
+    def _slots_if_eligible(diff: Diffusion) -> list[tuple[torch.nn.Module, str, Any]] | None:
         if diff.lora is None or diff.needs_autocast(diff.unet) or diff.frozen_dtype(diff.unet) != torch.float32:
-            return False
+            return None
         slots = _lora_linear_slots(diff.unet)
-        return bool(slots) and all(_foldable(m) for _, _, m in slots)
+        return slots if slots and all(_foldable(m) for _, _, m in slots) else None
 
     @torch.no_grad()
     def on(self) -> None:

@@ -179,17 +179,20 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
     enabled = torch.is_grad_enabled()
     last = steps if stop_at is None else stop_at + 1
     graded = [i for i in range(last) if i in grad_steps] if enabled else []
-    folded = FoldedLora(diff) if len(graded) < last and FoldedLora.eligible(diff) else None
+    last_graded = graded[-1] if graded else None
+    folded = FoldedLora.if_eligible(diff) if len(graded) < last else None
     try:
         for i in range(last):
             t = int(ts[i])
             t_prev = prev_timestep(diff, t, steps)
             grad = enabled and i in grad_steps
-            if folded is not None:
-                folded.off() if grad else folded.on()
+            if folded is not None and grad:
+                folded.off()
+            elif folded is not None:
+                folded.on()
             with torch.set_grad_enabled(grad):  # a step outside grad_steps: its eps is computed without a graph
                 out = model_output(diff, x, t, emb, guidance, use_checkpoint=use_checkpoint and grad,
-                                   blocks=i == graded[-1] if graded else False)
+                                   blocks=i == last_graded)
                 if grad and kl:
                     base = _base_output(diff, x.detach(), t, emb, guidance)
                     term = (out - base).pow(2).mean()

@@ -93,10 +93,19 @@ def test_sampling_with_folded_prefix_matches_plain_prefix(diff, monkeypatch):
         decode(diff, res.latents).mean().backward()
         return res.latents.detach(), [p.grad.clone() for p in diff.trainable_parameters()]
 
+    calls = []
+    hook = next(m for n, m in diff.unet.named_modules() if n.endswith("lora_A.default")).register_forward_hook(
+        lambda *a: calls.append(1))
     before = _frozen(diff)
-    lat_fast, g_fast = run()
-    monkeypatch.setattr(FoldedLora, "eligible", staticmethod(lambda d: False))
-    lat_plain, g_plain = run()
+    try:
+        lat_fast, g_fast = run()
+        n_fast = len(calls)
+        monkeypatch.setattr(FoldedLora, "if_eligible", classmethod(lambda cls, d: None))
+        lat_plain, g_plain = run()
+        n_plain = len(calls) - n_fast
+    finally:
+        hook.remove()
+    assert n_fast < n_plain  # the four no-grad steps skipped the LoRA path (the grad steps and recompute did not)
     torch.testing.assert_close(lat_fast, lat_plain, rtol=1e-4, atol=1e-5)
     for a, b in zip(g_fast, g_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
