@@ -67,6 +67,17 @@ def rss_mb() -> float:
     return _status_kb("VmRSS") / 1024
 
 
+def rss_parts_mb() -> dict[str, float]:
+    """VmRSS split as Linux does: anonymous (heap, tensors, Python objects), file-backed (mapped shared libraries
+    and files: their resident pages depend on the page cache and on what other processes have touched, not on
+    what this process allocates) and shmem. NaN where /proc is missing."""
+    out = {}
+    for k in ("RssAnon", "RssFile", "RssShmem"):
+        kb = _status_kb(k)
+        out[k] = kb / 1024 if kb >= 0 else float("nan")
+    return out
+
+
 def peak_rss_mb() -> float:
     """High-water RSS since the last `reset_peak_rss()` (or process start)."""
     kb = _status_kb("VmHWM")

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
+from _harness import peak_rss_mb, reset_peak_rss, rss_mb, rss_parts_mb  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a red car", "a bowl of soup", "a dog on grass", "a watercolor of a lighthouse",
            "a bowl of ramen, studio light", "an astronaut riding a horse", "a city street at night"]
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         result["rss_before_mb"] = rss_mb()
+        result["rss_anon_before_mb"] = rss_parts_mb()["RssAnon"]
         result["hwm_reset"] = reset_peak_rss()
         times, ks = [], []
         for i in range(a.warmup + a.steps):
@@ -280,6 +281,12 @@ def main(argv: list[str] | None = None) -> None:
         result["step_s"] = times
         result["step_k"] = ks  # rewardtune: the K each timed step used (randomized truncation); TRL: NaN
         result["rss_peak_mb"] = peak_rss_mb()
+        # the peak's anonymous part, growth over the window: VmHWM less the file-backed and shmem pages mapped at
+        # the end (library pages stay mapped once touched), less the anonymous memory held before the first step
+        parts = rss_parts_mb()
+        result["rss_file_end_mb"] = parts["RssFile"]
+        result["anon_growth_mb"] = (result["rss_peak_mb"] - parts["RssFile"] - parts["RssShmem"]
+                                    - result["rss_anon_before_mb"])
         if cuda:
             result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             result["cuda_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30

@@ -109,7 +109,7 @@ def measure(a) -> dict:
                 med = sorted(res["step_s"])[len(res["step_s"]) // 2]
                 print(f"[{time.time() - t_start:6.0f}s] rep {r + 1}/{a.repeats} {key(cell):32s} {impl:10s} "
                       f"step {med:.3f}s  tensor peak {res['tensor_peak_mb']:.1f} MB  peak RSS "
-                      f"{res['rss_peak_mb']:.0f} MB", flush=True)
+                      f"{res['rss_peak_mb']:.0f} MB (anon growth {res['anon_growth_mb']:.1f})", flush=True)
     for srv in servers.values():
         srv.close()
     return {"raw": raw, "trl_python": str(trl_py), "elapsed_s": time.time() - t_start, "settings": SETTINGS,
@@ -133,12 +133,15 @@ def summarize(data: dict) -> list[dict]:
         tr_m = [x["rss_peak_mb"] for x in tr[:n]]
         rt_d = [x["rss_peak_mb"] - x["rss_before_mb"] for x in rt[:n]]
         tr_d = [x["rss_peak_mb"] - x["rss_before_mb"] for x in tr[:n]]
+        rt_a = [x.get("anon_growth_mb", float("nan")) for x in rt[:n]]
+        tr_a = [x.get("anon_growth_mb", float("nan")) for x in tr[:n]]
         rt_tm = [x["tensor_peak_mb"] for x in rt[:n]]
         tr_tm = [x["tensor_peak_mb"] for x in tr[:n]]
         rows.append(dict(key=k, cell=d["cell"], rt_time=spread(rt_t), trl_time=spread(tr_t),
                          rt_tmem=spread(rt_tm), trl_tmem=spread(tr_tm), tmem_ratio=ratio_spread(rt_tm, tr_tm),
                          speedup=ratio_spread(tr_t, rt_t), speedup_min=(min(tr_t) / min(rt_t)) if n else float("nan"), rt_mem=spread(rt_m), trl_mem=spread(tr_m),
-                         mem_ratio=ratio_spread(rt_m, tr_m), rt_dmem=spread(rt_d), trl_dmem=spread(tr_d)))
+                         mem_ratio=ratio_spread(rt_m, tr_m), rt_dmem=spread(rt_d), trl_dmem=spread(tr_d),
+                         rt_anon=spread(rt_a), trl_anon=spread(tr_a), anon_ratio=ratio_spread(rt_a, tr_a)))
     return rows
 
 
@@ -175,14 +178,17 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
         machine_block(),
         versions_block({"rewardtune venv": sys.executable, "TRL venv": data["trl_python"]}),
         "",
-        "Two memory measures. **Step tensor peak**: one extra profiled step per process "
+        "Three memory measures. **Step tensor peak**: one extra profiled step per process "
         "(`torch.profiler`, `profile_memory=True`) gives the peak of live tensor bytes the step allocated above what "
         "was live when it began: activations, gradients and temporaries, the CPU analogue of "
         "`torch.cuda.max_memory_allocated` over a step. **Peak RSS**: the process's VmHWM, reset (clear_refs) right "
-        "before the first step, so the peak during the steps with weights, libraries and imports included. On CPU "
-        "peak RSS also holds what glibc's heap keeps after the first step and one-time lazy initialisation (e.g. "
-        "TRL encodes the negative prompt in its constructor, before the window; rewardtune in its first step), "
-        "which moves it by a few MB either way; the step tensor peak is not affected by either.",
+        "before the first step, so weights, libraries and imports are included. Part of it is file-backed: pages of "
+        "the mapped shared libraries (libtorch alone is hundreds of MB), whose resident count depends on the page "
+        "cache and on which venv's copy of the same wheels is mapped, not on what the process allocates (the same "
+        "rewardtune step measured 485 MB in one venv and 566 MB in a fresh copy of it, with the same anonymous "
+        "memory). **Anonymous RSS growth**: VmHWM less the file-backed and shmem pages mapped after the steps, less "
+        "the anonymous RSS before the first step: what the steps added to the heap (tensors, allocator caches, "
+        "Python objects). The RSS ratio below is of this growth.",
         "",
     ]
     grid = [r for r in rows if r["cell"]["group"] == "grid"]
@@ -190,14 +196,15 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
         lines += ["## Grid (T = 10 sampling steps)", "",
                   "| latent | K | ckpt | rewardtune s/step | TRL s/step | speed-up (TRL/rt) | min/min | rewardtune step tensor "
                   "peak MB | TRL step tensor peak MB | ratio (rt/TRL) | rewardtune peak RSS MB | TRL peak RSS MB | "
-                  "ratio (rt/TRL) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "rewardtune anon RSS growth MB | TRL anon RSS growth MB | ratio (rt/TRL) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in grid:
             c = r["cell"]
             lines.append(f"| {c['latent']} | {c['k']} | {'on' if c['ckpt'] else 'off'} | {fmt(r['rt_time'])} | "
                          f"{fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | {r['speedup_min']:.2f} | {fmt(r['rt_tmem'])} | "
                          f"{fmt(r['trl_tmem'])} | **{fmt(r['tmem_ratio'])}** | {fmt(r['rt_mem'], 4)} | "
-                         f"{fmt(r['trl_mem'], 4)} | {fmt(r['mem_ratio'])} |")
+                         f"{fmt(r['trl_mem'], 4)} | {fmt(r['rt_anon'])} | {fmt(r['trl_anon'])} | "
+                         f"**{fmt(r['anon_ratio'])}** |")
         lines.append("")
     scal = sorted([r for r in rows if r["cell"]["group"] == "scaling" or
                    (r["cell"]["latent"] == 8 and r["cell"]["k"] == "1" and r["cell"]["ckpt"] == 1)],
@@ -205,12 +212,14 @@ def report(data: dict, rows: list[dict], out: Path) -> str:
     if any(r["cell"]["group"] == "scaling" for r in scal):
         lines += ["## Scaling with sampling steps T (latent 8, K = 1, checkpointing on)", "",
                   "| T | rewardtune s/step | TRL s/step | speed-up | min/min | rewardtune step tensor peak MB | TRL step "
-                  "tensor peak MB | rewardtune peak RSS MB | TRL peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+                  "tensor peak MB | rewardtune peak RSS MB | TRL peak RSS MB | rewardtune anon RSS growth MB | TRL anon "
+                  "RSS growth MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in scal:
             c = r["cell"]
             lines.append(f"| {c['T']} | {fmt(r['rt_time'])} | {fmt(r['trl_time'])} | **{fmt(r['speedup'])}** | "
                          f"{r['speedup_min']:.2f} | "
-                         f"{fmt(r['rt_tmem'])} | {fmt(r['trl_tmem'])} | {fmt(r['rt_mem'], 4)} | {fmt(r['trl_mem'], 4)} |")
+                         f"{fmt(r['rt_tmem'])} | {fmt(r['trl_tmem'])} | {fmt(r['rt_mem'], 4)} | {fmt(r['trl_mem'], 4)} | "
+                         f"{fmt(r['rt_anon'])} | {fmt(r['trl_anon'])} |")
         lines.append("")
     text = "\n".join(lines)
     write_text(out, text + "\n")

@@ -70,10 +70,19 @@ def encode_prompts(diff: Diffusion, prompts: list[str], guidance: float) -> torc
 
     cond = enc(list(prompts))
     if guidance > 1.0:
-        if diff.uncond_embedding is None or diff.uncond_embedding.device != cond.device:
-            diff.uncond_embedding = enc([""])
-        return torch.cat([diff.uncond_embedding.expand(len(prompts), -1, -1), cond])
+        return torch.cat([uncond_embedding(diff).expand(len(prompts), -1, -1), cond])
     return cond
+
+
+@torch.no_grad()
+def uncond_embedding(diff: Diffusion) -> torch.Tensor:
+    """The empty prompt's embedding (CFG's unconditional branch), computed once: the text encoder is frozen."""
+    if diff.uncond_embedding is None or diff.uncond_embedding.device.type != torch.device(diff.device).type:
+        tok = diff.tokenizer
+        ids = tok([""], padding="max_length", truncation=True, max_length=tok.model_max_length,
+                  return_tensors="pt").input_ids.to(diff.device)
+        diff.uncond_embedding = diff.text_encoder(ids)[0]
+    return diff.uncond_embedding
 
 
 def timesteps(diff: Diffusion, steps: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from rewardtune.engine.outputs import (
     write_run_info,
 )
 from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
-from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
+from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample, uncond_embedding
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
 from rewardtune.errors import RewardtuneError
 
@@ -145,6 +145,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(diff.device.type, enabled=fp16)
         self.ema = [p.detach().clone() for p in self.params] if s.ema_decay else None
         self.ctx = RunContext(diff, objective, sampling, self.train_prompts, self.info, s.seed, self.local_batch)
+        if sampling.guidance > 1.0:
+            uncond_embedding(diff)  # once, before the first step (the text encoder is frozen)
         self.step = 0
         self.skipped = 0
         self.resumed_from: int | None = None
