@@ -104,7 +104,7 @@ def load_pipeline_dir(pretrained: str, revision: str | None = None) -> str:
     """Hub id, local dir or `zoo:` twin -> local directory (MissingWeightsError names the fix)."""
     from rewardtune.rewards._weights import resolve_weights
 
-    return resolve_weights(pretrained, revision, what="diffusion pipeline")
+    return resolve_weights(pretrained, revision, what="diffusion pipeline", setting="model.pretrained")
 
 
 @contextlib.contextmanager

@@ -22,11 +22,13 @@ def hub_cache_dir() -> str:
 
 
 def resolve_weights(weights: str, revision: str | None = None, *, what: str = "model",
-                    allow_patterns: list[str] | None = None) -> Path:
+                    allow_patterns: list[str] | None = None, setting: str = "weights") -> Path:
     """Return a local directory holding `weights`.
 
     `weights` is a `zoo:` reference, a local directory, or a hub repo id. A missing hub checkpoint raises
-    MissingWeightsError naming the id, the cache, and how to fetch it or point the preset at a local dir.
+    MissingWeightsError naming the id, the cache, and how to fetch it or point the spec at a local dir. `setting`
+    is the spec key that holds these weights: `model.pretrained`, or a key of an objective term (`weights`,
+    `kwargs.clip_weights`, ...), shown as `objective[N].<key>`.
     """
     if weights.startswith("zoo:"):
         from rewardtune.zoo import materialize
@@ -51,6 +53,11 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
             f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are not in the local cache "
             f"({hub_cache_dir()}) and could not be downloaded ({type(e).__name__}).\n"
             f"    fix: on a machine with network access run `huggingface-cli download {weights}{rev}` "
-            f"(and copy the cache here, or set HF_HOME), or download the files to a directory and set the "
-            f"preset's weights to that directory, e.g. `objective[0].weights=/models/{weights.split('/')[-1]}`."
+            f"(and copy the cache here, or set HF_HOME), or download the files to a directory and point the spec "
+            f"at it, e.g. `{_spec_key(setting)}=/models/{weights.split('/')[-1]}`."
         ) from None
+
+
+def _spec_key(setting: str) -> str:
+    """The override that sets these weights: `model.pretrained` as is, a term's key under `objective[N]`."""
+    return setting if setting.startswith("model.") else f"objective[N].{setting}"

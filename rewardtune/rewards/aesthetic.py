@@ -82,7 +82,8 @@ class LaionAesthetic(Reward):
         self.mlp.load_state_dict(sd)
         self.mlp.to(self.device, self.dtype)
         # no clip_weights: the CLIP checkpoint sits in the same directory (tiny twins, local bundles)
-        cd = resolve_weights(self.clip_weights, self.clip_revision, what=f"{self.name} CLIP") if self.clip_weights else d
+        cd = resolve_weights(self.clip_weights, self.clip_revision, what=f"{self.name} CLIP",
+                                  setting="kwargs.clip_weights") if self.clip_weights else d
         with quiet_transformers():
             cfg = AutoConfig.from_pretrained(str(cd))
             if hasattr(cfg, "vision_config"):  # a full CLIP checkpoint: take its image tower and projection

@@ -49,7 +49,7 @@ def resolve_text_weights(weights: str, revision: str | None = None) -> Path:
         if not hasattr(mod, "get_model_path"):
             raise UsageError(f"blip2-caption: package '{module}' has no get_model_path(); 'pkg:' weights need one.")
         return Path(mod.get_model_path())
-    return resolve_weights(weights, revision, what="blip2-caption text encoder")
+    return resolve_weights(weights, revision, what="blip2-caption text encoder", setting="kwargs.text_weights")
 
 
 

@@ -47,7 +47,8 @@ class CLIPScore(Reward):
         d = resolve_weights(self.weights, self.revision, what=self.name)
         with quiet_transformers():
             self.model = CLIPModel.from_pretrained(str(d), dtype=self.dtype).to(self.device)
-        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer") if self.tokenizer_ref else d
+        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer",
+                                  setting="kwargs.tokenizer") if self.tokenizer_ref else d
         self.tokenizer = load_tokenizer(tok_dir)
         self.max_length = token_max_length(self.tokenizer, self.model.config.text_config.max_position_embeddings)
         return [self.model]

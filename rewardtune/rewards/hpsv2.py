@@ -159,7 +159,8 @@ class HPSv2(Reward):
         sd = load_torch_checkpoint(find_file(d, self.filename, self.name))
         with quiet_transformers():
             self.model = load_open_clip_into_hf(sd, oc).to(self.device, self.dtype)
-        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer") if self.tokenizer_ref else d
+        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer",
+                                  setting="kwargs.tokenizer") if self.tokenizer_ref else d
         self.tokenizer = load_tokenizer(tok_dir)
         self.context_length = int(oc["text_cfg"].get("context_length", 77))
         return [self.model]

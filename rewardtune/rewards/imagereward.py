@@ -155,7 +155,8 @@ class ImageReward(Reward):
         self.vision = model.vision_model.to(self.device, self.dtype)
         self.text = model.text_encoder.to(self.device, self.dtype)
         self.head = head.to(self.device)  # the head runs in float32, as ImageReward.score does (`.float()`)
-        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer") if self.tokenizer_ref else d
+        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer",
+                                  setting="kwargs.tokenizer") if self.tokenizer_ref else d
         self.tokenizer = load_tokenizer(tok_dir)
         return [self.vision, self.text, self.head]
 

@@ -49,7 +49,7 @@ class PickScore(Reward):
         d = resolve_weights(self.weights, self.revision, what=self.name)
         with quiet_transformers():
             self.model = CLIPModel.from_pretrained(str(d), dtype=self.dtype).to(self.device)
-        tok_dir = (resolve_weights(self.processor, self.processor_revision, what=f"{self.name} processor")
+        tok_dir = (resolve_weights(self.processor, self.processor_revision, what=f"{self.name} processor", setting="kwargs.processor")
                    if self.processor else d)
         self.tokenizer = load_tokenizer(tok_dir)
         self.max_length = token_max_length(self.tokenizer, min(self.max_length_cap,

@@ -341,8 +341,10 @@ class SamLlmReward(Reward):
         from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, SamModel
 
         sam_dir = resolve_weights(self.weights, self.revision, what="sam-llm segmenter (SAM)")
-        clip_dir = resolve_weights(self.clip_weights, self.clip_revision, what="sam-llm labeller (CLIP)")
-        llm_dir = resolve_weights(self.llm_weights, self.llm_revision, what="sam-llm judge (LLM)")
+        clip_dir = resolve_weights(self.clip_weights, self.clip_revision, what="sam-llm labeller (CLIP)",
+                                   setting="kwargs.clip_weights")
+        llm_dir = resolve_weights(self.llm_weights, self.llm_revision, what="sam-llm judge (LLM)",
+                                  setting="kwargs.llm_weights")
 
         sam = SamModel.from_pretrained(sam_dir, dtype=self.dtype).to(self.device).eval()
         size, pad, mean, std = read_sam_preprocessing(sam_dir, sam)

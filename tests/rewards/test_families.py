@@ -82,3 +82,16 @@ def test_preset_dtype_fp16_weights_and_float32_scores():
     out = r(_pixels(2), ["a cat", "soup"])
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert next(r.model.parameters()).dtype == torch.float16
+
+
+def test_missing_hub_weights_name_the_spec_key_to_set(tmp_path, monkeypatch):
+    """The fix names the key that holds those weights: the pipeline's, a term's own, or a term's kwarg."""
+    from rewardtune.engine.pipeline import load_pipeline_dir
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache; the suite runs with HF_HUB_OFFLINE=1
+    with pytest.raises(MissingWeightsError) as e:
+        load_pipeline_dir("no-such-org/no-such-pipeline")
+    assert "model.pretrained=/models/no-such-pipeline" in str(e.value) and "objective" not in str(e.value)
+    r = _with_weights("aesthetic", "no-such-org/no-such-mlp")
+    with pytest.raises(MissingWeightsError, match=r"objective\[N\]\.weights=/models/no-such-mlp"):
+        r(_pixels(1), ["a cat"])
