@@ -53,3 +53,32 @@ def test_mixed_precision_trains_fp32_lora(tmp_path, spec_factory, precision):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values())
     up = [v for k, v in w.items() if ".lora.up." in k or ".lora_B." in k]  # B starts at zero
     assert up and any(v.abs().max() > 0 for v in up), "LoRA B stayed at zero: nothing trained"
+
+
+@pytest.mark.parametrize("dtype,precision", [("bfloat16", "bf16"), ("float16", "fp16")])
+def test_half_precision_weights_train_without_autocast(tmp_path, spec_factory, dtype, precision):
+    """The usual GPU setup (frozen weights in bf16/fp16, LoRA in float32): the UNet and VAE run plainly in the
+    weights' dtype, not under autocast (which would keep float32 norm activations), and the run still trains."""
+    seen = []
+
+    def probe(module, args, out):
+        seen.append((torch.is_autocast_enabled("cuda"), out.dtype))
+
+    spec = spec_factory({"name": "draft_k", "k": 1}, model={"dtype": dtype},
+                        objective=[{"reward": "test-convnet"}], sampling={"steps": 3, "guidance_scale": 2.0},
+                        train={"steps": 3, "mixed_precision": precision, "checkpoint_every": 100})
+    from rewardtune.engine.build import build_trainer
+    from rewardtune.spec.load import load_spec
+
+    tr = build_trainer(load_spec(spec), output_dir=tmp_path, progress=False)
+    assert not tr.diff.needs_autocast(tr.diff.unet) and not tr.diff.needs_autocast(tr.diff.vae)
+    h = tr.diff.unet.conv_in.register_forward_hook(probe)
+    try:
+        res = tr.run()
+    finally:
+        h.remove()
+    half = torch.bfloat16 if dtype == "bfloat16" else torch.float16
+    assert seen and all(s == (False, half) for s in seen)
+    assert res.steps_done == 3 and res.skipped_steps == 0, res
+    w = _lora(tmp_path)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values())
