@@ -209,29 +209,10 @@ def trl_step(a: argparse.Namespace, reward):
 
 # ---------------------------------------------------------------------------------------------------- memory
 def step_tensor_peak_mb(step) -> float:
-    """Peak of live tensor bytes allocated during one step, above what was live when it started.
+    """Peak of live tensor bytes allocated during one step, above what was live when it started (CPU)."""
+    from rewardtune.engine.profiling import peak_cpu_tensor_bytes
 
-    The CPU analogue of `max_memory_allocated`: the profiler's memory events carry the running total of bytes the
-    CPU allocator handed out since profiling began, so the maximum is the step's activation/gradient/temporary
-    peak, independent of glibc's heap retention and of one-time lazy initialisation (which blur peak RSS).
-    """
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    finally:
-        os.unlink(path)
-    totals = [e["args"].get("Total Allocated", 0) for e in events
-              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
-    del torch
-    return max(totals, default=0) / 2**20
+    return peak_cpu_tensor_bytes(step) / 2**20
 
 
 # ---------------------------------------------------------------------------------------------------- FLOPs

@@ -2,14 +2,11 @@
 block-by-block checkpointing, and autocast only where the weights' dtype differs from the mixed precision dtype."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-
 import pytest
 import torch
 
 from rewardtune.engine.pipeline import FoldedLora, LoraSettings, load_diffusion
+from rewardtune.engine.profiling import peak_cpu_tensor_bytes
 from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, model_output, sample
 
 
@@ -113,24 +110,6 @@ def test_sampling_with_folded_prefix_matches_plain_prefix(diff, monkeypatch):
     assert all(torch.equal(after[n][1], v) for n, (_, v) in before.items())
 
 
-def _peak_tensor_bytes(fn) -> float:
-    """Peak of live CPU tensor bytes while fn runs (what the benchmarks call the step tensor peak)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    finally:
-        os.unlink(path)
-    return max(e["args"].get("Total Allocated", 0) for e in events
-               if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0)
-
-
 def test_block_checkpointing_same_gradients_lower_peak(diff, monkeypatch):
     """K=1: the last differentiable UNet step and the VAE decode are checkpointed block by block. The gradients
     are those of one checkpoint around each whole call; the peak of live tensors during backward is lower."""
@@ -148,11 +127,11 @@ def test_block_checkpointing_same_gradients_lower_peak(diff, monkeypatch):
 
     step()
     by_block = grads()
-    peak_block = _peak_tensor_bytes(step)
+    peak_block = peak_cpu_tensor_bytes(step)
     monkeypatch.setattr(type(diff), "supports_block_checkpointing", lambda self, m: False)
     step()
     whole = grads()
-    peak_whole = _peak_tensor_bytes(step)
+    peak_whole = peak_cpu_tensor_bytes(step)
     for a, b in zip(by_block, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert peak_block < 0.8 * peak_whole, (peak_block, peak_whole)
