@@ -246,10 +246,12 @@ class TrainSpec(Strict):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null disables.")
     seed: int = Field(0, description="Seed of Python, numpy, torch and the per-step noise.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Autocast dtype; LoRA master "
-                                                                             "weights stay float32.")
-    gradient_checkpointing: bool = Field(True, description="Checkpoint the differentiable UNet steps and the VAE "
-                                                           "decode.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Compute dtype of the UNet and VAE: modules whose frozen weights are already in it (model."
+                          "dtype) run plainly in it, others under autocast. LoRA master weights stay float32.")
+    gradient_checkpointing: bool = Field(
+        True, description="Checkpoint the differentiable UNet steps (the last block by block) and the VAE decode "
+                          "(block by block).")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms): "
                                                    "a resumed GPU run then equals an uninterrupted one bitwise, at "
                                                    "some speed cost. CPU runs are deterministic regardless.")
