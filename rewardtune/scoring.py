@@ -63,10 +63,31 @@ def parse_reward_arg(arg: str, *, tiny: bool = False) -> RewardChoice:
     return RewardChoice(name=name, preset=preset, label=arg)
 
 
+def parse_weights_args(args: Sequence[str], labels: Sequence[str]) -> dict[str, str]:
+    """`--weights LABEL=PATH` (or a bare PATH when one reward is scored) -> {label: hub id or directory}."""
+    out: dict[str, str] = {}
+    for a in args:
+        label, sep, path = a.partition("=")
+        if not sep:
+            if len(labels) != 1:
+                raise UsageError(f"--weights {a}: say which reward it is for, e.g. --weights {labels[0]}={a}")
+            label, path = labels[0], a
+        if label not in labels:
+            raise UsageError(f"--weights {a}: '{label}' is not a reward being scored ({', '.join(labels)}).")
+        if not path:
+            raise UsageError(f"--weights {a}: give a directory or hub id after '='.")
+        if label in out:
+            raise UsageError(f"--weights for {label} is given twice.")
+        out[label] = path
+    return out
+
+
 def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, device: str = "cpu",
-                 dtype: str = "float32", batch_size: int | None = None) -> RewardSet:
+                 dtype: str = "float32", batch_size: int | None = None,
+                 weights: dict[str, str] | None = None) -> RewardSet:
     """Build the rewards of `args` (names or `name:preset`) and load their weights now, so that missing weights
-    fail before any image is read. Returns {label: Reward} in argument order."""
+    fail before any image is read. `weights` maps a label to a hub id or local directory that replaces its
+    preset's weights. Returns {label: Reward} in argument order."""
     from rewardtune.registry import load_reward
 
     choices = [a if isinstance(a, RewardChoice) else parse_reward_arg(a, tiny=tiny) for a in args]
@@ -76,7 +97,8 @@ def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, devi
         raise UsageError(f"--reward {dup[0]} is given twice.")
     out = RewardSet()
     for c in choices:
-        r = load_reward(c.name, c.preset, device=device, dtype=dtype, max_batch_size=batch_size)
+        kw = {"weights": weights[c.label]} if weights and c.label in weights else {}
+        r = load_reward(c.name, c.preset, device=device, dtype=dtype, max_batch_size=batch_size, **kw)
         r.load()
         out[c.label] = r
         out.choices[c.label] = c

@@ -63,6 +63,10 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
                                  help="Score pixels as stored, ignoring the EXIF orientation tag (as reference "
                                       "scorers do)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Never show a progress bar."),
+    weights: list[str] = typer.Option(None, "--weights", "-w", metavar="[REWARD=]PATH",
+                                      help="Use these weights for a reward instead of its preset's: a local "
+                                           "directory (a downloaded copy) or a hub id. REWARD= may be left out "
+                                           "when one reward is scored. Repeat for several."),
 ) -> None:
     from rewardtune.errors import MissingDependencyError, MissingWeightsError, UsageError
     from rewardtune.images import discover_images
@@ -96,6 +100,8 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     if not files:
         raise UsageError(f"No image files found under {', '.join(str(p) for p in inputs)} "
                          "(looked for .png .jpg .jpeg .webp .bmp .gif .tif).")
+    if not any(f.exists() for f in files):  # before loading any model: there is nothing to score
+        raise UsageError(f"No such file or folder: {', '.join(str(f) for f in files)}")
 
     from rewardtune.scoring import (
         apply_min_scores,
@@ -115,6 +121,9 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     from rewardtune.scoring import parse_reward_arg
 
     cards = {c.label: get_card(c.name) for c in (parse_reward_arg(a, tiny=tiny) for a in reward_args)}
+    from rewardtune.scoring import parse_weights_args
+
+    weight_map = parse_weights_args(list(weights or []), list(cards))
     thresholds = parse_min_scores(list(min_score or []), list(cards))
     wanting = [k for k, c in cards.items() if "prompt" in c.inputs]
     if prompt is None and prompt_map is None and wanting:
@@ -123,14 +132,16 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     dev = resolve_device(device)
     try:
         with _status(err, "Loading rewards", enabled=not no_progress):
-            rewards = load_rewards(reward_args, tiny=tiny, device=dev, dtype=dtype, batch_size=batch_size)
+            rewards = load_rewards(reward_args, tiny=tiny, device=dev, dtype=dtype, batch_size=batch_size,
+                                   weights=weight_map)
     except (MissingWeightsError, MissingDependencyError) as e:
         from rewardtune.cli.common import _escape
 
         err.print("[bold red]error:[/] " + _escape(str(e)), soft_wrap=True)
         if isinstance(e, MissingWeightsError):
-            err.print("[dim]hint: --reward NAME:PRESET picks another preset of a reward (`rewardtune rewards` "
-                      "lists them); --tiny scores with the offline tiny twins.[/]", soft_wrap=True)
+            err.print("[dim]hint: --weights REWARD=DIR scores with a downloaded copy; --reward NAME:PRESET picks "
+                      "another preset of a reward (`rewardtune rewards` lists them); --tiny scores with the offline "
+                      "tiny twins.[/]", soft_wrap=True)
         raise SystemExit(EXIT_REWARD_UNAVAILABLE) from None
     labels = list(rewards)
 

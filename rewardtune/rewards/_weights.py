@@ -53,8 +53,8 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
             f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are not in the local cache "
             f"({hub_cache_dir()}) and could not be downloaded ({type(e).__name__}).\n"
             f"    fix: on a machine with network access run `huggingface-cli download {weights}{rev}` "
-            f"(and copy the cache here, or set HF_HOME), or download the files to a directory and point the spec "
-            f"at it, e.g. `{_spec_key(setting)}=/models/{weights.split('/')[-1]}`."
+            f"(and copy the cache here, or set HF_HOME), or download the files to a directory and use it as the "
+            f"weights (in a spec: `{_spec_key(setting)}=/models/{weights.split('/')[-1]}`)."
         ) from None
 
 

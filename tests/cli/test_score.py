@@ -366,6 +366,32 @@ def test_missing_weights_one_clear_message_exit_4(imgs):
     assert "Traceback" not in res.stderr and res.stdout == ""
 
 
+def test_weights_option_scores_with_a_local_copy(imgs, tmp_path):
+    """--weights points a reward at a downloaded directory (here: the tiny CLIP twin saved to a folder); a wrong
+    directory is one clear error naming it; nothing existing to score fails before any model loads."""
+    from rewardtune.zoo import materialize
+
+    local = tmp_path / "my-clip"
+    shutil.copytree(materialize("zoo:clip"), local)
+    base = score("--json", "-r", "clip:tiny", "-p", "a cat", str(imgs / "formats"))
+    via_dir = score("--json", "-r", "clip:tiny", "-w", f"clip:tiny={local}", "-p", "a cat", str(imgs / "formats"))
+    bare = score("--json", "-r", "clip:tiny", "-w", str(local), "-p", "a cat", str(imgs / "formats"))
+    assert base.exit_code == via_dir.exit_code == bare.exit_code == 0, (via_dir.stderr, bare.stderr)
+
+    def scores(res):
+        return {r["path"]: r["scores"] for r in json.loads(res.stdout)["results"]}
+
+    assert scores(via_dir) == scores(base) == scores(bare)
+    res = score("-r", "clip:tiny", "-w", f"clip:tiny={tmp_path / 'nowhere'}", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 4 and "nowhere" in res.stderr and "does not exist" in res.stderr
+    res = score("-r", "clip:tiny", "-w", "imagereward=/x", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "not a reward being scored" in res.stderr
+    res = score("-r", "clip:tiny", "-r", "score-test-red", "-w", "/x", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "say which reward" in res.stderr
+    res = score("-r", "clip", "-p", "x", str(tmp_path / "no-such-folder"))
+    assert res.exit_code == 2 and "No such file or folder" in res.stderr  # not exit 4: no model was loaded
+
+
 def test_rotated_png_found_only_when_decoded_is_still_scored(tmp_path):
     """A PNG whose EXIF orientation sits after the image data looks 24x16 in its header and is 16x24 once
     decoded: it leaves its same-size batch and is scored on its own, with the right pixels."""
