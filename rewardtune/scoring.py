@@ -95,13 +95,16 @@ def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, devi
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UsageError(f"--reward {dup[0]} is given twice.")
+    from rewardtune.rewards._shared import sharing
+
     out = RewardSet()
-    for c in choices:
-        kw = {"weights": weights[c.label]} if weights and c.label in weights else {}
-        r = load_reward(c.name, c.preset, device=device, dtype=dtype, max_batch_size=batch_size, **kw)
-        r.load()
-        out[c.label] = r
-        out.choices[c.label] = c
+    with sharing():  # rewards that need the same frozen tower get one copy
+        for c in choices:
+            kw = {"weights": weights[c.label]} if weights and c.label in weights else {}
+            r = load_reward(c.name, c.preset, device=device, dtype=dtype, max_batch_size=batch_size, **kw)
+            r.load()
+            out[c.label] = r
+            out.choices[c.label] = c
     return out
 
 

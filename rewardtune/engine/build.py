@@ -53,20 +53,27 @@ def build_diffusion(spec: Any, device: torch.device) -> Diffusion:
 
 
 def build_objective(spec: Any, device: torch.device, info: DistInfo) -> Objective:
+    """The objective's rewards, loaded now (missing weights fail here, before any step) and together, so that
+    rewards needing the same frozen tower share one copy (`rewards._shared`)."""
     from rewardtune.registry import get_card, load_reward
+    from rewardtune.rewards._shared import sharing
 
     amp = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[spec.train.mixed_precision]
     terms = []
-    for t in spec.objective:
-        card = get_card(t.reward)
-        dtype = t.dtype or (amp if device.type == "cuda" else "float32")
-        kw: dict[str, Any] = dict(t.kwargs)
-        if t.weights:
-            kw["weights"] = t.weights
-        reward = load_reward(t.reward, t.preset, device=str(device), dtype=dtype, max_batch_size=t.max_batch_size,
-                             **kw)
-        terms.append(ObjectiveTerm(label=t.label, reward=reward, weight=t.weight, role=t.role, normalize=t.normalize,
-                                   combine=t.combine, sign=-1.0 if card.direction == "lower" else 1.0))
+    with sharing():
+        for t in spec.objective:
+            card = get_card(t.reward)
+            dtype = t.dtype or (amp if device.type == "cuda" else "float32")
+            kw: dict[str, Any] = dict(t.kwargs)
+            if t.weights:
+                kw["weights"] = t.weights
+            reward = load_reward(t.reward, t.preset, device=str(device), dtype=dtype,
+                                 max_batch_size=t.max_batch_size, **kw)
+            if hasattr(reward, "load"):  # plain-callable rewards have nothing to load
+                reward.load()
+            terms.append(ObjectiveTerm(label=t.label, reward=reward, weight=t.weight, role=t.role,
+                                       normalize=t.normalize, combine=t.combine,
+                                       sign=-1.0 if card.direction == "lower" else 1.0))
     return Objective(terms, info)
 
 

@@ -19,7 +19,6 @@ from rewardtune.rewards._util import (
     find_file,
     l2_normalize,
     load_torch_checkpoint,
-    quiet_transformers,
 )
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
@@ -74,7 +73,7 @@ class LaionAesthetic(Reward):
         self.interpolation, self.crop_rounding = interpolation, crop_rounding
 
     def _load(self) -> list[torch.nn.Module]:
-        from transformers import AutoConfig, CLIPVisionModelWithProjection
+        from rewardtune.rewards._shared import clip_image_tower
 
         d = resolve_weights(self.weights, self.revision, what=self.name)
         sd = convert_mlp_state_dict(load_torch_checkpoint(find_file(d, self.filename, self.name)))
@@ -84,14 +83,7 @@ class LaionAesthetic(Reward):
         # no clip_weights: the CLIP checkpoint sits in the same directory (tiny twins, local bundles)
         cd = resolve_weights(self.clip_weights, self.clip_revision, what=f"{self.name} CLIP",
                                   setting="kwargs.clip_weights") if self.clip_weights else d
-        with quiet_transformers():
-            cfg = AutoConfig.from_pretrained(str(cd))
-            if hasattr(cfg, "vision_config"):  # a full CLIP checkpoint: take its image tower and projection
-                vcfg = cfg.vision_config
-                vcfg.projection_dim = cfg.projection_dim  # older configs leave the sub-config's default (512)
-            else:
-                vcfg = cfg
-            self.clip = CLIPVisionModelWithProjection.from_pretrained(str(cd), config=vcfg, dtype=self.dtype).to(self.device)
+        self.clip = clip_image_tower(cd, self.dtype, self.device)  # one copy with sam-llm's labeller (FineRewards)
         return [self.clip, self.mlp]
 
     def pixel_values(self, pixels: torch.Tensor) -> torch.Tensor:

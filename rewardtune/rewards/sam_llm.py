@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from rewardtune.errors import MissingDependencyError, UsageError
 from rewardtune.rewards._sam_amg import SamMaskGenerator, read_sam_preprocessing
+from rewardtune.rewards._shared import clip_image_tower
 from rewardtune.rewards._util import quiet_transformers
 from rewardtune.rewards._weights import resolve_weights
 from rewardtune.rewards.base import Reward
@@ -106,11 +107,15 @@ def _features(out) -> torch.Tensor:
 
 
 class ClipLabeller:
-    """Zero-shot CLIP classification of masked region crops over a fixed vocabulary."""
+    """Zero-shot CLIP classification of masked region crops over a fixed vocabulary.
+
+    The vocabulary's text embeddings are computed once, from the full CLIP model, which is then no longer needed:
+    at run time only the image tower (`CLIPVisionModelWithProjection`) runs, and it can be the very one another
+    reward loaded (see `rewards._shared`)."""
 
     def __init__(self, model, tokenizer, vocabulary: list[str], *, image_size: int, mean, std,
-                 template: str = "a photo of a {}.", text_batch: int = 256):
-        self.model, self.vocabulary = model, vocabulary
+                 template: str = "a photo of a {}.", text_batch: int = 256, image_tower=None):
+        self.vocabulary = vocabulary
         self.image_size, self.mean, self.std = int(image_size), list(mean), list(std)
         dev = next(model.parameters()).device
         max_len = int(model.config.text_config.max_position_embeddings)
@@ -122,6 +127,7 @@ class ClipLabeller:
                 feats.append(F.normalize(_features(model.get_text_features(**t)).float(), dim=-1))
         self.text_features = torch.cat(feats)  # [V, D]
         self.scale = float(model.logit_scale.detach().exp())
+        self.model = image_tower if image_tower is not None else model
 
     def crops(self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Masked, square-padded crops [N,3,S,S] normalized for CLIP; outside the mask is the mean colour."""
@@ -147,7 +153,11 @@ class ClipLabeller:
     def __call__(self, crops: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """Top-1 label and its softmax confidence over the vocabulary for each crop."""
         dtype = next(self.model.parameters()).dtype
-        img = F.normalize(_features(self.model.get_image_features(pixel_values=crops.to(dtype))).float(), dim=-1)
+        if hasattr(self.model, "get_image_features"):  # the full CLIP model
+            emb = _features(self.model.get_image_features(pixel_values=crops.to(dtype)))
+        else:  # the image tower alone
+            emb = self.model(pixel_values=crops.to(dtype)).image_embeds
+        img = F.normalize(emb.float(), dim=-1)
         if self.text_features.device != img.device:  # the reward was moved with .to()
             self.text_features = self.text_features.to(img.device)
         probs = (self.scale * img @ self.text_features.T).softmax(dim=-1)
@@ -352,8 +362,11 @@ class SamLlmReward(Reward):
 
         clip = CLIPModel.from_pretrained(clip_dir, dtype=self.dtype).to(self.device).eval()
         isize, cmean, cstd = self._clip_preprocessing(clip_dir, clip)
+        tower = clip_image_tower(clip_dir, self.dtype, self.device)  # shared with the aesthetic predictor's
         self.labeller = ClipLabeller(clip, AutoTokenizer.from_pretrained(clip_dir), self.vocabulary,
-                                     image_size=isize, mean=cmean, std=cstd, template=self.label_template)
+                                     image_size=isize, mean=cmean, std=cstd, template=self.label_template,
+                                     image_tower=tower)
+        del clip  # the vocabulary is embedded; the text tower is not needed again
 
         qc = self._quantization_config()
         if qc is not None:
@@ -364,7 +377,7 @@ class SamLlmReward(Reward):
         llm.eval()
         self.judge = LlmJudge(llm, AutoTokenizer.from_pretrained(llm_dir), answer_mode=self.answer_mode,
                               calibrate=self.calibrate, use_chat_template=self.use_chat_template)
-        return [sam, clip, llm]
+        return [sam, tower, llm]
 
     @staticmethod
     def _clip_preprocessing(clip_dir: Path, clip) -> tuple[int, list[float], list[float]]:
