@@ -69,7 +69,7 @@ def build_objective(spec: Any, device: torch.device, info: DistInfo) -> Objectiv
                 kw["weights"] = t.weights
             reward = load_reward(t.reward, t.preset, device=str(device), dtype=dtype,
                                  max_batch_size=t.max_batch_size, **kw)
-            if hasattr(reward, "load"):  # plain-callable rewards have nothing to load
+            if hasattr(reward, "load"):  # a plugin's class need not derive from Reward
                 reward.load()
             terms.append(ObjectiveTerm(label=t.label, reward=reward, weight=t.weight, role=t.role,
                                        normalize=t.normalize, combine=t.combine,

@@ -38,6 +38,7 @@ class Diffusion:
     uncond_embedding: torch.Tensor | None = field(default=None, repr=False)
     _frozen_dtypes: dict[int, torch.dtype] = field(default_factory=dict, repr=False)
     _ckpt_modules: dict[int, list[torch.nn.Module]] = field(default_factory=dict, repr=False)
+    _lora_slots: list[tuple[torch.nn.Module, str, Any]] | None = field(default=None, repr=False)
 
     @property
     def prediction_type(self) -> str:
@@ -198,7 +199,7 @@ class FoldedLora:
 
     def __init__(self, diff: Diffusion, slots: list[tuple[torch.nn.Module, str, Any]] | None = None):
         self.diff = diff
-        self.slots = _lora_linear_slots(diff.unet) if slots is None else slots  # (parent, attribute, LoRA layer)
+        self.slots = _lora_linear_slots(diff) if slots is None else slots  # (parent, attribute, LoRA layer)
         self.folded: list[torch.Tensor] | None = None
         self.frozen: list[torch.Tensor] = []
         self.active = False
@@ -216,7 +217,7 @@ class FoldedLora:
     def _slots_if_eligible(diff: Diffusion) -> list[tuple[torch.nn.Module, str, Any]] | None:
         if diff.lora is None or diff.needs_autocast(diff.unet) or diff.frozen_dtype(diff.unet) != torch.float32:
             return None
-        slots = _lora_linear_slots(diff.unet)
+        slots = _lora_linear_slots(diff)
         return slots if slots and all(_foldable(m) for _, _, m in slots) else None
 
     @torch.no_grad()
@@ -251,11 +252,15 @@ class FoldedLora:
         self.folded = None
 
 
-def _lora_linear_slots(unet: torch.nn.Module) -> list[tuple[torch.nn.Module, str, Any]]:
-    from peft.tuners.lora import LoraLayer
+def _lora_linear_slots(diff: Diffusion) -> list[tuple[torch.nn.Module, str, Any]]:
+    """(parent, attribute, LoRA layer) for every LoRA layer of the UNet, found once: the adapters are added at
+    load time and never change afterwards."""
+    if diff._lora_slots is None:
+        from peft.tuners.lora import LoraLayer
 
-    return [(parent, name, child) for parent in unet.modules() for name, child in parent.named_children()
-            if isinstance(child, LoraLayer)]
+        diff._lora_slots = [(parent, name, child) for parent in diff.unet.modules()
+                            for name, child in parent.named_children() if isinstance(child, LoraLayer)]
+    return diff._lora_slots
 
 
 def _foldable(m: Any) -> bool:

@@ -61,27 +61,24 @@ def unet_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, emb: torch.T
 @torch.no_grad()
 def encode_prompts(diff: Diffusion, prompts: list[str], guidance: float) -> torch.Tensor:
     """Text embeddings; with CFG (guidance > 1) the batch is [uncond; cond] so one UNet call does both."""
-    tok = diff.tokenizer
-
-    def enc(texts: list[str]) -> torch.Tensor:
-        ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-                  return_tensors="pt").input_ids.to(diff.device)
-        return diff.text_encoder(ids)[0]
-
-    cond = enc(list(prompts))
+    cond = _encode_texts(diff, list(prompts))
     if guidance > 1.0:
         return torch.cat([uncond_embedding(diff).expand(len(prompts), -1, -1), cond])
     return cond
+
+
+def _encode_texts(diff: Diffusion, texts: list[str]) -> torch.Tensor:
+    tok = diff.tokenizer
+    ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+              return_tensors="pt").input_ids.to(diff.device)
+    return diff.text_encoder(ids)[0]
 
 
 @torch.no_grad()
 def uncond_embedding(diff: Diffusion) -> torch.Tensor:
     """The empty prompt's embedding (CFG's unconditional branch), computed once: the text encoder is frozen."""
     if diff.uncond_embedding is None or diff.uncond_embedding.device.type != torch.device(diff.device).type:
-        tok = diff.tokenizer
-        ids = tok([""], padding="max_length", truncation=True, max_length=tok.model_max_length,
-                  return_tensors="pt").input_ids.to(diff.device)
-        diff.uncond_embedding = diff.text_encoder(ids)[0]
+        diff.uncond_embedding = _encode_texts(diff, [""])
     return diff.uncond_embedding
 
 

@@ -47,9 +47,11 @@ def shared(kind: str, path: str | Path, dtype: torch.dtype, device: torch.device
     return pool[key]
 
 
-def clip_image_tower(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> Any:
+def clip_image_tower(path: str | Path, dtype: torch.dtype, device: torch.device | str, *,
+                     from_model: Any = None) -> Any:
     """CLIP's image tower with its projection (`CLIPVisionModelWithProjection`) from a full CLIP checkpoint or an
-    image-tower one, shared within `sharing()`."""
+    image-tower one, shared within `sharing()`. `from_model`, a full `CLIPModel` already loaded from `path`, gives
+    the tower its own modules instead of reading the checkpoint again when no shared tower exists yet."""
 
     def load() -> Any:
         from transformers import AutoConfig, CLIPVisionModelWithProjection
@@ -57,13 +59,19 @@ def clip_image_tower(path: str | Path, dtype: torch.dtype, device: torch.device 
         from rewardtune.rewards._util import quiet_transformers
 
         with quiet_transformers():
-            cfg = AutoConfig.from_pretrained(str(path))
+            cfg = from_model.config if from_model is not None else AutoConfig.from_pretrained(str(path))
             if hasattr(cfg, "vision_config"):  # a full CLIP checkpoint: take its image tower and projection
                 vcfg = cfg.vision_config
                 vcfg.projection_dim = cfg.projection_dim  # older configs leave the sub-config's default (512)
             else:
                 vcfg = cfg
-            tower = CLIPVisionModelWithProjection.from_pretrained(str(path), config=vcfg, dtype=dtype)
+            if from_model is not None:
+                with torch.device("meta"):  # an empty shell: its two parts are the loaded model's own
+                    tower = CLIPVisionModelWithProjection(vcfg)
+                tower.vision_model = from_model.vision_model
+                tower.visual_projection = from_model.visual_projection
+            else:
+                tower = CLIPVisionModelWithProjection.from_pretrained(str(path), config=vcfg, dtype=dtype)
         return tower.to(device).eval().requires_grad_(False)
 
     return shared("clip-image-tower", path, dtype, device, load)

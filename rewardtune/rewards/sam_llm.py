@@ -362,7 +362,8 @@ class SamLlmReward(Reward):
 
         clip = CLIPModel.from_pretrained(clip_dir, dtype=self.dtype).to(self.device).eval()
         isize, cmean, cstd = self._clip_preprocessing(clip_dir, clip)
-        tower = clip_image_tower(clip_dir, self.dtype, self.device)  # shared with the aesthetic predictor's
+        # the aesthetic predictor's tower when it is loaded alongside, else this model's own (no second read)
+        tower = clip_image_tower(clip_dir, self.dtype, self.device, from_model=clip)
         self.labeller = ClipLabeller(clip, AutoTokenizer.from_pretrained(clip_dir), self.vocabulary,
                                      image_size=isize, mean=cmean, std=cstd, template=self.label_template,
                                      image_tower=tower)

@@ -84,11 +84,11 @@ def test_preset_dtype_fp16_weights_and_float32_scores():
     assert next(r.model.parameters()).dtype == torch.float16
 
 
-def test_missing_hub_weights_name_the_spec_key_to_set(tmp_path, monkeypatch):
-    """The fix names the key that holds those weights: the pipeline's, a term's own, or a term's kwarg."""
+def test_missing_hub_weights_name_the_spec_key_to_set():
+    """The fix names the key that holds those weights: the pipeline's, a term's own, or a term's kwarg (the suite
+    runs with HF_HUB_OFFLINE=1, and no cache holds these ids)."""
     from rewardtune.engine.pipeline import load_pipeline_dir
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache; the suite runs with HF_HUB_OFFLINE=1
     with pytest.raises(MissingWeightsError) as e:
         load_pipeline_dir("no-such-org/no-such-pipeline")
     assert "model.pretrained=/models/no-such-pipeline" in str(e.value) and "objective" not in str(e.value)
