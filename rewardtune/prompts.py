@@ -12,6 +12,8 @@ BUILTIN_SETS = {
     "everyday-eval": "everyday-eval.txt",
     "animals": "animals.txt",
     "imagereward-benchmark": "imagereward-benchmark.txt",
+    "shapes": "shapes.txt",
+    "shapes-eval": "shapes-eval.txt",
 }
 
 

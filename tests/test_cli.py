@@ -24,7 +24,7 @@ def test_help_lists_verbs():
 def test_rewards_table_and_json():
     p = rt("rewards")
     assert p.returncode == 0, p.stderr
-    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm"):
+    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm", "shapes-eval"):
         assert name in p.stdout
     assert "openai/clip-vit-large-patch14" in p.stdout
     data = json.loads(rt("rewards", "--json").stdout)

@@ -40,7 +40,7 @@ def test_wheel_ships_cards_and_specs(installed: Path):
     assert str(installed / "venv") in p.stdout, p.stdout + p.stderr
     p = _run(installed, "rewardtune", "rewards", "--json")
     assert p.returncode == 0, p.stderr
-    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm"):
+    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm", "shapes-eval"):
         assert f'"{name}"' in p.stdout
     shipped = sorted(p.name for p in (ROOT / "specs").rglob("*.yaml"))
     assert shipped, "no shipped specs"
