@@ -67,9 +67,8 @@ def COMMAND(  # noqa: N802
         raise typer.Exit(3)
     if result.resumed_from is not None:
         out.print(f"resumed from step {result.resumed_from}")
-    for k, v in result.eval_after.items():
-        b = result.eval_before.get(k)
-        out.print(f"eval {k}: " + (f"{b:.4g} -> " if b is not None else "") + f"{v:.4g}")
+    if result.eval_after:
+        out.print(eval_table(result.eval_before, result.eval_after, result.steps_done))
     out.print(f"[green]done[/] {result.steps_done} steps; outputs in {result.output_dir}")
     grids = [p for p in (result.output_dir / "images" / "before.png", result.output_dir / "images" / "after.png")
              if p.exists()]
@@ -77,3 +76,22 @@ def COMMAND(  # noqa: N802
         out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:
         out.print(f"weights: {result.weights_path}")
+
+
+def eval_table(before: dict[str, float], after: dict[str, float], steps: int):
+    """The held-out eval before and after training, one row per term (and per explained field, indented)."""
+    from rich.table import Table
+
+    t = Table(title=f"held-out eval, before and after {steps} steps", title_justify="left", box=None,
+              pad_edge=False)
+    t.add_column("term")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    t.add_column("change", justify="right")
+    for k, v in after.items():
+        b = before.get(k)
+        name = k if "/" not in k else "  " + k.split("/", 1)[1]
+        change = "" if b is None else f"{v - b:+.4g}"
+        style = "" if b is None or v == b else ("green" if v > b else "red")
+        t.add_row(name, "" if b is None else f"{b:.4g}", f"{v:.4g}", f"[{style}]{change}[/]" if style else change)
+    return t

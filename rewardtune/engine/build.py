@@ -92,7 +92,7 @@ def train_settings(spec: Any, eval_prompts: list[str]) -> TrainSettings:
         warmup_steps=t.warmup_steps, optimizer=t.optimizer, weight_decay=t.weight_decay, betas=tuple(t.betas),
         grad_clip=t.grad_clip, seed=t.seed, mixed_precision=t.mixed_precision, max_nonfinite=t.max_nonfinite,
         checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, log_every=lg.every,
-        images_every=lg.images_every, eval_prompts=tuple(eval_prompts[:lg.eval_prompts]),
+        images_every=lg.images_every, eval_prompts=tuple(eval_prompts[:lg.eval_prompts]) * lg.eval_images_per_prompt,
         tensorboard=lg.tensorboard, progress=lg.progress, ema_decay=ema.decay if ema else None,
         ema_every=ema.update_every if ema else 1)
 

@@ -128,29 +128,78 @@ class MetricsWriter:
 
 
 # --------------------------------------------------------------------------------------------------------- grids
-def captioned_grid(images: torch.Tensor, prompts: list[str], rewards: dict[str, list[float]], *, cell: int = 192,
-                   cols: int = 4, title: str = ""):
-    """A PIL grid: each image upscaled to `cell` px, with its prompt and rewards written under it."""
+def captioned_grid(images: torch.Tensor, prompts: list[str], rewards: dict[str, list[float]], *, cell: int | None = None,
+                   cols: int | None = None, title: str = "", verdicts: dict[str, list[str]] | None = None,
+                   ok: list[bool | None] | None = None):
+    """A PIL grid: each image upscaled to `cell` px (nearest, so small images stay sharp), with its prompt
+    (wrapped at word boundaries), any verdicts (e.g. the shapes judge's "saw red circle: ok") and the rewards of
+    the other terms written under it. `ok[i]` colours image i's verdict line green (True) or red (False)."""
+    import textwrap
+
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     n = images.shape[0]
-    cols = max(1, min(cols, n))
+    cols = max(1, min(cols or (8 if n > 16 else 4), n))
+    cell = cell or (128 if cols > 4 else 192)
     rows = math.ceil(n / cols)
-    lines_per = 2 + len(rewards)
-    text_h = 12 * lines_per + 4
-    head = 16 if title else 0
+    chars = max(8, (cell - 6) // 6)  # the default bitmap font is 6 px per character
+    verdicts = verdicts or {}
+
+    def lines_of(i: int) -> list[tuple[str, str]]:
+        out = [(ln, "black") for ln in textwrap.wrap(prompts[i], chars, break_long_words=True)[:3]]
+        for v in verdicts.values():
+            colour = "black" if ok is None or ok[i] is None else ("#1a7f37" if ok[i] else "#cf222e")
+            out += [(ln, colour) for ln in textwrap.wrap(v[i], chars)[:2]]
+        out += [(f"{k}: {v[i]:.4g}"[:chars], "#444444") for k, v in rewards.items() if k not in verdicts]
+        return out
+
+    per = [lines_of(i) for i in range(n)]
+    text_h = 12 * max((len(p) for p in per), default=1) + 6
+    head = 18 if title else 0
     grid = Image.new("RGB", (cols * cell, head + rows * (cell + text_h)), "white")
     draw = ImageDraw.Draw(grid)
     if title:
-        draw.text((4, 2), title, fill="black", font=font)
+        draw.text((4, 3), title, fill="black", font=font)
     arr = (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype("uint8")
-    chars = max(8, cell // 6)
     for i in range(n):
         x0, y0 = (i % cols) * cell, head + (i // cols) * (cell + text_h)
-        grid.paste(Image.fromarray(arr[i]).resize((cell, cell), Image.NEAREST), (x0, y0))
-        p = prompts[i]
-        text = [p[:chars], p[chars:2 * chars]] + [f"{k}: {v[i]:.4g}" for k, v in rewards.items()]
-        for j, line in enumerate(text):
-            draw.text((x0 + 3, y0 + cell + 2 + 12 * j), line, fill="black", font=font)
+        grid.paste(Image.fromarray(arr[i]).resize((cell - 4, cell - 4), Image.NEAREST), (x0 + 2, y0 + 2))
+        for j, (line, colour) in enumerate(per[i]):
+            draw.text((x0 + 3, y0 + cell + 2 + 12 * j), line, fill=colour, font=font)
+    return grid
+
+
+def comparison_grid(before, after, *, n: int = 16, cols: int = 8, cell: int = 96, title: str = ""):
+    """Before/after pairs of the same prompts on the same noise: a row of `before` images above the matching row
+    of `after` images. Each side is `(pixels, prompts, labels, ok)`: `labels[i]` (e.g. what the shapes judge saw)
+    is written under image i, green when `ok[i]`, red when not."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    n = min(n, before[0].shape[0], after[0].shape[0])
+    pairs = math.ceil(n / cols)
+    label_w = 56
+    band = cell + 28
+    head = 18 if title else 0
+    grid = Image.new("RGB", (label_w + cols * cell, head + pairs * (2 * band + 10)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((4, 3), title, fill="black", font=font)
+    for side, (pix, prompts, verdicts, ok) in enumerate((before, after)):
+        arr = (pix[:n].detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype("uint8")
+        for i in range(n):
+            r, c = divmod(i, cols)
+            x0 = label_w + c * cell
+            y0 = head + r * (2 * band + 10) + side * band
+            if c == 0:
+                draw.text((4, y0 + cell // 2 - 6), ("before", "after")[side], fill="black", font=font)
+            grid.paste(Image.fromarray(arr[i]).resize((cell - 4, cell - 4), Image.NEAREST), (x0 + 2, y0 + 2))
+            if side == 0:
+                draw.text((x0 + 3, y0 + cell), prompts[i].removeprefix("a ").removeprefix("an ")[:(cell - 6) // 6],
+                          fill="black", font=font)
+            if verdicts is not None:
+                colour = "black" if ok is None or ok[i] is None else ("#1a7f37" if ok[i] else "#cf222e")
+                draw.text((x0 + 3, y0 + cell + 12 - 12 * (side == 1)), verdicts[i][:(cell - 6) // 6], fill=colour,
+                          font=font)
     return grid

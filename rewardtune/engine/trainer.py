@@ -150,6 +150,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.resumed_from: int | None = None
+        self._eval_views: dict[str, tuple] = {}  # tag -> what the grid showed (for the before/after comparison)
 
     # ------------------------------------------------------------------------------------------------ batches
     def make_batch(self, step: int, micro: int) -> Batch:
@@ -240,14 +241,56 @@ class Trainer:
         out = {f"eval/{k}": float(np.mean(v)) for k, v in rewards.items()}
         out["eval/objective"] = float(sum(t.weight * t.sign * np.mean(rewards[t.label])
                                           for t in self.objective.terms if t.role == "optimize"))
+        verdicts, ok = self._explained(pixels, prompts, out)
         img_dir = self.out / "images"
         img_dir.mkdir(parents=True, exist_ok=True)
         path = img_dir / f"{tag}.png"
-        captioned_grid(pixels.cpu(), prompts, rewards, title=f"{tag} (step {self.step})").save(path)
+        captioned_grid(pixels.cpu(), prompts, rewards, title=f"{tag} (step {self.step}): {eval_summary(out)}",
+                       verdicts=verdicts, ok=ok).save(path)
         if writer is not None:
             writer.add_image(f"eval/{'grid'}", path, self.step)
+        self._eval_views[tag] = (pixels.cpu(), prompts, verdicts, ok)
+        if tag == "after" and "before" in self._eval_views:
+            self._write_comparison(img_dir)
         self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
         return out
+
+    def _explained(self, pixels: torch.Tensor, prompts: list[str], out: dict[str, float]):
+        """Per-image details of the terms whose reward asks for them at eval (`explain_in_eval`, e.g. the shapes
+        judge): their numeric fields are averaged into `out` as `eval/<term>/<field>`, their `verdict` strings
+        go under the images of the grid, coloured by `both_ok` when there is one."""
+        verdicts: dict[str, list[str]] = {}
+        ok: list[bool | None] | None = None
+        for t in self.objective.terms:
+            if not getattr(t.reward, "explain_in_eval", False):
+                continue
+            details = t.reward.explain(pixels, prompts)
+            if not details:
+                continue
+            for key in details[0]:
+                vals = [d.get(key) for d in details]
+                if all(isinstance(v, bool | int | float) for v in vals):
+                    out[f"eval/{t.label}/{key}"] = float(np.mean([float(v) for v in vals]))
+            if all("verdict" in d for d in details):
+                verdicts[t.label] = [str(d["verdict"]) for d in details]
+                if ok is None and all(isinstance(d.get("both_ok"), bool) for d in details):
+                    ok = [d["both_ok"] for d in details]
+        return verdicts, ok
+
+    def _write_comparison(self, img_dir: Path) -> None:
+        """images/compare.png: the first eval prompts before and after training, on the same noise."""
+        from rewardtune.engine.outputs import comparison_grid
+
+        sides = []
+        for tag in ("before", "after"):
+            pix, prompts, verdicts, ok = self._eval_views[tag]
+            labels = next(iter(verdicts.values()), None)
+            if labels is not None:
+                labels = [v.removeprefix("saw ").split(":")[0].replace("? ?", "nothing clear") for v in labels]
+            sides.append((pix, prompts, labels, ok))
+        comparison_grid(sides[0], sides[1], n=16, title=f"before -> after {self.step} steps "
+                        "(under each image: what the judge saw; green = the prompt's colour and shape)").save(
+            img_dir / "compare.png")
 
     def _logged_before(self) -> dict[str, float]:
         """The 'before' eval of the run being resumed, as logged at step 0."""
@@ -374,6 +417,7 @@ class Trainer:
         if before and writer is not None and self.resumed_from is None:
             writer.write(0, before)
         progress = _Progress(s.progress and info.main, s.steps, self.step)
+        progress.last_eval = {k.removeprefix("eval/"): v for k, v in before.items() if k != "eval/objective"}
         last_metrics: dict[str, float] = {}
         stopped, reason = False, ""
         try:
@@ -443,6 +487,19 @@ class Trainer:
         return path
 
 
+def eval_summary(m: dict[str, float]) -> str:
+    """`clip 0.91, shapes-eval 0.84 (colour_ok 0.97, shape_ok 0.86)`: each term's mean, then its explained
+    fields (ones that repeat the term's own value, such as both_ok for the shapes judge, left out)."""
+    parts = []
+    for k, v in m.items():
+        name = k.removeprefix("eval/")
+        if "/" in name or name == "objective":
+            continue
+        subs = [f"{s.split('/', 1)[1]} {x:.3g}" for s, x in m.items() if s.startswith(f"eval/{name}/") and x != v]
+        parts.append(f"{name} {v:.3g}" + (f" ({', '.join(subs)})" if subs else ""))
+    return ", ".join(parts)
+
+
 class _PhaseTimer:
     """Wall time per phase of a step without waiting on the device: CUDA events on a GPU (read after the step's
     one synchronization), perf_counter on a CPU."""
@@ -473,6 +530,7 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, start: int):
         self.enabled, self.total, self.start = enabled, total, start
         self.p = None
+        self.last_eval: dict[str, float] = {}  # shown until the next eval: a monitor next to the optimized reward
 
     def __enter__(self):
         if self.enabled:
@@ -490,6 +548,12 @@ class _Progress:
         parts = []
         if "objective" in m:
             parts.append(f"reward {m['objective']:.4g}")
+        evals = {k.removeprefix("eval/"): v for k, v in m.items() if k.startswith("eval/") and k != "eval/objective"}
+        if evals:
+            self.last_eval = evals
+        if self.last_eval:
+            parts.append("[cyan]eval " + " ".join(f"{k} {v:.3g}" for k, v in self.last_eval.items()
+                                                 if k.count("/") == 0) + "[/]")
         parts.append(f"loss {m['loss']:.4g}")
         parts.append(f"{m['time/step_s']:.2f}s/step")
         parts.append(f"{m['memory/peak_mb']:.0f}MB")

@@ -266,6 +266,9 @@ class LoggingSpec(Strict):
                                                     "(0 = only before and after).")
     tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard).")
     eval_prompts: int = Field(4, ge=1, description="Evaluation prompts in each image grid (the first N).")
+    eval_images_per_prompt: int = Field(
+        1, ge=1, description="Images per eval prompt, each on its own fixed noise: the eval set is the prompts "
+                             "repeated this many times (more images, steadier numbers).")
     progress: bool = Field(True, description="Show the live progress bar (rank 0 only).")
 
 
