@@ -7,8 +7,9 @@ import typer
 
 from rewardtune.cli.common import console, guarded, report_error
 
-HELP = ("Validate experiment specs: prints 'valid' or every problem at once (exit 2). A spec is code: its "
-        "`imports:` run unless --no-imports.")
+HELP = ("Validate experiment specs: prints 'valid' or every problem at once (exit 2; 4 when only an extra is "
+        "missing). Also checks what a run would reject on this machine (prompt files, local weights, extras, "
+        "device). A spec is code: its `imports:` run unless --no-imports.")
 
 
 def _escape(s: str) -> str:
@@ -36,6 +37,7 @@ def COMMAND(  # noqa: N802
 ) -> None:
     from rewardtune.errors import SpecError
     from rewardtune.spec.load import load_spec, unresolved_names
+    from rewardtune.spec.preflight import preflight
 
     files: list[Path] = []
     overrides: list[str] = []
@@ -55,6 +57,7 @@ def COMMAND(  # noqa: N802
     for f in files:
         try:
             spec = load_spec(f, overrides=overrides, tiny=tiny, imports=not no_imports)
+            preflight(spec)
         except SpecError as e:
             worst = max(worst, report_error(e))
             continue
