@@ -35,6 +35,7 @@ def COMMAND(  # noqa: N802
                                                                 "and `module:Class` rewards, and list the names "
                                                                 "left unchecked."),
 ) -> None:
+    from rewardtune.cli.rewards import print_plugin_warnings
     from rewardtune.errors import SpecError
     from rewardtune.spec.load import load_spec, unresolved_names
     from rewardtune.spec.preflight import preflight
@@ -73,5 +74,6 @@ def COMMAND(  # noqa: N802
             import yaml
 
             out.print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), markup=False)
+    print_plugin_warnings()
     if worst:
         raise typer.Exit(worst)

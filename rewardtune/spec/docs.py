@@ -38,7 +38,7 @@ infinity are refused in every number field (and in a term's `kwargs`). An overri
 `rewardtune validate`, `rewardtune submit --dry-run` and `rewardtune run`. Check a spec from someone else with
 `rewardtune validate --no-imports SPEC` (and `submit --dry-run --no-imports`): it runs none of that code and lists
 the names it therefore could not check. Installed reward plugins (the `rewardtune.rewards` entry points) are
-installed code and are loaded as usual.
+installed code and are loaded as usual; one that fails to load is reported and skipped.
 
 This page is generated from `rewardtune/spec/schema.py` by `python -m rewardtune.spec.docs > docs/spec.md`;
 a test fails when it is out of date.
