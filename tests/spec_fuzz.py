@@ -146,8 +146,17 @@ def run(cases: int, seed: int, time_limit: float) -> dict:
             failures.append({"case": case, "from": name, "error": f"took {dt:.2f} s",
                              "data": data.decode("utf-8", "replace")[:2000], "overrides": overrides})
     return {"cases": cases, "seed": seed, "outcomes": outcomes, "slowest_s": round(slowest[0], 4),
-            "slowest_case": slowest[1], "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "slowest_case": slowest[1], "peak_rss_kb": peak_rss_kb(),
             "torch_imported": "torch" in sys.modules, "failures": failures[:20], "n_failures": len(failures)}
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident memory. Not ru_maxrss: on Linux that keeps the parent's peak across fork and
+    exec, so a child of a big pytest process would report pytest's memory."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: no fork-inherited peak there
 
 
 def mutated_files(n: int, seed: int, folder: Path) -> list[Path]:
