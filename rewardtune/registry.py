@@ -77,28 +77,134 @@ class Card:
         return out
 
 
-_CARD_KEYS = {"name", "implementation", "differentiable", "inputs", "presets", "default_preset", "description",
-              "direction", "typical_range", "params", "requires", "citation", "license"}
+class CardError(UsageError):
+    """A reward card that does not follow the card format; the message names the card and each fix."""
 
 
-def card_from_dict(data: dict[str, Any], origin: str) -> Card:
-    unknown = set(data) - _CARD_KEYS
-    missing = {"name", "implementation", "differentiable", "presets"} - set(data)
-    if unknown or missing:
-        raise RegistryConflictError(f"Reward card {origin}: " + "; ".join(
-            ([f"unknown keys {sorted(unknown)}"] if unknown else []) + ([f"missing keys {sorted(missing)}"] if missing else [])))
-    presets = data["presets"] or {}
-    default = data.get("default_preset", "default")
-    if default not in presets:
-        raise RegistryConflictError(f"Reward card {origin}: default_preset '{default}' is not among its presets")
-    rng = data.get("typical_range")
+@lru_cache(maxsize=1)
+def _card_model():
+    """The card format as a strict pydantic model (built on first use: importing the registry stays cheap)."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+
+    strict = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    class Param(BaseModel):
+        model_config = strict
+        type: StrictStr
+        default: Any = None
+        help: StrictStr = ""
+
+    class Requirement(BaseModel):
+        model_config = strict
+        package: StrictStr
+        extra: StrictStr | None = None
+        module: StrictStr | None = None
+
+    class CardData(BaseModel):
+        model_config = strict
+        name: StrictStr = Field(min_length=1)
+        implementation: StrictStr = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+        differentiable: StrictBool
+        inputs: tuple[Literal["pixels", "prompt"], ...] = Field(("pixels", "prompt"), min_length=1)
+        presets: dict[StrictStr, dict[StrictStr, Any] | None] = Field(min_length=1)
+        default_preset: StrictStr = "default"
+        description: StrictStr | None = None
+        direction: Literal["higher", "lower"] = "higher"
+        typical_range: tuple[float, float] | None = None
+        params: dict[StrictStr, Param] | None = None
+        requires: tuple[Requirement, ...] | None = None
+        citation: StrictStr | None = None
+        license: StrictStr | None = None
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            if self.default_preset not in self.presets:
+                raise ValueError(f"default_preset '{self.default_preset}' is not among its presets "
+                                 f"({', '.join(self.presets)})")
+            if self.typical_range is not None and self.typical_range[0] > self.typical_range[1]:
+                raise ValueError("typical_range must be [low, high] with low <= high")
+            return self
+
+    return CardData
+
+
+def _card_error_line(err: dict[str, Any], fields: list[str]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "<card>"
+    given = err.get("input")
+    typ = err["type"]
+    if typ == "bool_type":
+        return (f"{loc}: must be true or false, got {given!r}"
+                + (" (text: write it without quotes)" if isinstance(given, str) else ""))
+    if typ == "literal_error":
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",") if o.strip()]
+        guess = did_you_mean(str(given), options)
+        return (f"{loc}: {given!r} is not allowed" + (f". Did you mean '{guess}'?" if guess else "")
+                + f" Use one of: {', '.join(options)}")
+    if typ == "extra_forbidden":
+        guess = did_you_mean(str(err["loc"][-1]), fields) if len(err["loc"]) == 1 else None
+        return f"{loc}: unknown key" + (f". Did you mean '{guess}'?" if guess else "") + (
+            f" Card keys: {', '.join(fields)}" if len(err["loc"]) == 1 else "")
+    if typ == "missing":
+        return f"{loc}: required key is missing; add `{err['loc'][-1]}:`"
+    if typ == "value_error":  # a check across keys: its message names them
+        return err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {err['msg']} (got {given!r})"
+
+
+def card_from_dict(data: Any, origin: str) -> Card:
+    """Validate a card (strictly: `differentiable: "false"` or `direction: lowr` are errors) and build it."""
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise CardError(f"Reward card {origin}: must be a mapping of key: value (got {type(data).__name__}). "
+                        "Start from a card in rewards/.")
+    model = _card_model()
+    try:
+        c = model.model_validate(data)
+    except ValidationError as e:
+        lines = [_card_error_line(err, list(model.model_fields)) for err in e.errors()]
+        raise CardError(f"Reward card {origin} is invalid ({len(lines)} problem{'s' if len(lines) != 1 else ''}):\n"
+                        + "\n".join("  " + line for line in lines)) from None
     return Card(
-        name=str(data["name"]), implementation=str(data["implementation"]), differentiable=bool(data["differentiable"]),
-        inputs=tuple(data.get("inputs") or ("pixels", "prompt")), presets={k: dict(v or {}) for k, v in presets.items()},
-        default_preset=default, description=str(data.get("description") or ""),
-        direction=str(data.get("direction") or "higher"), typical_range=tuple(rng) if rng else None,
-        params=dict(data.get("params") or {}), requires=tuple(data.get("requires") or ()),
-        citation=str(data.get("citation") or ""), license=str(data.get("license") or ""), origin=origin)
+        name=c.name, implementation=c.implementation, differentiable=c.differentiable, inputs=tuple(c.inputs),
+        presets={k: dict(v or {}) for k, v in c.presets.items()}, default_preset=c.default_preset,
+        description=c.description or "", direction=c.direction, typical_range=c.typical_range,
+        params={k: p.model_dump() for k, p in (c.params or {}).items()},
+        requires=tuple({k: v for k, v in r.model_dump().items() if v is not None} for r in c.requires or ()),
+        citation=c.citation or "", license=c.license or "", origin=origin)
+
+
+def load_card_file(path: Path, origin: str | None = None) -> Card:
+    """Read and validate a card file (the spec's YAML rules: UTF-8, no duplicate keys, no YAML bombs)."""
+    from rewardtune.errors import SpecError
+    from rewardtune.spec.load import source_from_bytes
+
+    try:
+        src = source_from_bytes(path.read_bytes(), name=str(path))
+    except SpecError as e:
+        raise CardError(f"Reward card {path}: " + "; ".join(p.format() for p in e.problems)) from None
+    except OSError as e:
+        raise CardError(f"Reward card {path} cannot be read: {e.strerror or e}") from None
+    if src.problems:
+        raise CardError(f"Reward card {path}: " + "; ".join(p.format() for p in src.problems))
+    return card_from_dict(src.data, origin or str(path))
+
+
+@dataclass(frozen=True)
+class SkippedPlugin:
+    """An entry point of the `rewardtune.rewards` group that failed to load."""
+
+    name: str
+    value: str
+    dist: str
+    error: str
+
+    def message(self) -> str:
+        return (f"reward plugin '{self.name}' ({self.value}) of {self.dist} failed to load and was skipped: "
+                f"{self.error}")
 
 
 class Registry:
@@ -106,6 +212,7 @@ class Registry:
         self._cards: dict[str, Card] = {}
         self._loaded_builtin = False
         self._loaded_plugins = False
+        self.skipped: list[SkippedPlugin] = []  # plugins that failed to load (reported, not fatal)
 
     # -- loading -------------------------------------------------------------------------------------------
     def _add(self, card: Card) -> None:
@@ -119,17 +226,21 @@ class Registry:
     def _ensure(self) -> None:
         if not self._loaded_builtin:
             self._loaded_builtin = True
-            import yaml
-
             for path in sorted(bundled_dir("rewards").glob("*.yaml")):
-                with open(path) as f:
-                    self._add(card_from_dict(yaml.safe_load(f), origin=f"built-in card {path.name}"))
+                self._add(load_card_file(path, origin=f"built-in card {path.name}"))
         if not self._loaded_plugins:
             self._loaded_plugins = True
             from importlib.metadata import entry_points
 
             for ep in entry_points(group=ENTRY_POINT_GROUP):
-                self._add(self._card_from_entry_point(ep))
+                try:
+                    card = self._card_from_entry_point(ep)
+                except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may raise anything on import;
+                    # one broken plugin must not break every command: it is reported (`skipped`) and left out
+                    self.skipped.append(SkippedPlugin(ep.name, ep.value, getattr(ep.dist, "name", None) or "?",
+                                                      f"{type(e).__name__}: {e}"))
+                    continue
+                self._add(card)
 
     def _card_from_entry_point(self, ep) -> Card:
         origin = f"entry point '{ep.name}' ({ep.value}) of {getattr(ep.dist, 'name', '?')}"
@@ -163,6 +274,10 @@ class Registry:
         if ":" in name:  # module:Class used directly in a spec
             return Card(name=name, implementation=name, differentiable=True, inputs=("pixels", "prompt"),
                         presets={"default": {}}, origin=f"module path {name}")
+        broken = [p for p in self.skipped if p.name == name]
+        if broken:
+            raise UnknownRewardError(f"Reward '{name}' is not available: its {broken[0].message()}. Fix or "
+                                     f"reinstall {broken[0].dist}.")
         raise UnknownRewardError(unknown_reward_message(name, self.names()))
 
 

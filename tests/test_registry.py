@@ -133,3 +133,82 @@ def test_listing_and_validating_do_not_import_torch():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
     assert "HEAVY []" in out, out[-2000:]
+
+
+def test_cards_are_validated_strictly(tmp_path: Path):
+    """`differentiable: "false"` was read as true, and `direction: lowr` passed."""
+    from rewardtune.registry import CardError, load_card_file
+
+    good = yaml.safe_load((ROOT / "rewards/clip.yaml").read_text())
+    cases = {
+        "differentiable": ("false", "differentiable: must be true or false, got 'false' (text: write it without "
+                                    "quotes)"),
+        "direction": ("lowr", "direction: 'lowr' is not allowed. Did you mean 'lower'? Use one of: higher, lower"),
+        "implementation": ("rewardtune.rewards.clip.CLIPScore", "implementation: String should match pattern"),
+        "default_preset": ("big", "\n  default_preset 'big' is not among its presets ("),
+        "typical_range": ([".nan", 1], "typical_range.0: Input should be a finite number"),
+        "diferentiable": (True, "diferentiable: unknown key. Did you mean 'differentiable'?"),
+    }
+    for key, (value, msg) in cases.items():
+        data = {**good, key: value}
+        if key == "typical_range":
+            data[key] = [float("nan"), 1.0]
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(CardError) as ei:
+            load_card_file(path)
+        assert str(path) in str(ei.value) and msg in str(ei.value), str(ei.value)
+        assert ei.value.exit_code == 2
+    path = tmp_path / "dup.yaml"
+    path.write_text((ROOT / "rewards/clip.yaml").read_text() + "differentiable: false\n")
+    with pytest.raises(CardError, match="duplicate key 'differentiable'"):
+        load_card_file(path)
+    card = load_card_file(ROOT / "rewards/sam-llm.yaml")
+    assert card.differentiable is False and card.direction == "higher" and card.params["cache_size"]["type"] == "int"
+
+
+_PLUGINS = {
+    "plugin-good": ("rt_good_mod:brightness", "def brightness(pixels, prompts):\n    return pixels.mean()\n"),
+    "plugin-missing": ("rt_no_such_module:thing", None),
+    "plugin-raises": ("rt_raising_mod:thing", "raise RuntimeError('plugin import blew up')\n"),
+    "plugin-exits": ("rt_exiting_mod:thing", "import sys\nsys.exit(3)\n"),
+    "plugin-badcard": ("rt_badcard_mod:Thing", "class Thing:\n    card = {'implementation': 'rt_badcard_mod:Thing',"
+                                               " 'differentiable': 'false', 'presets': {'default': {}}}\n"),
+}
+
+
+def test_broken_plugins_are_reported_and_skipped(tmp_path: Path):
+    """A throwaway distribution (dist-info with entry points) on the path of real subprocesses: one plugin that
+    loads and four that do not. `rewards` and `validate` still work, and name each broken plugin and its error."""
+    import subprocess
+
+    dist = tmp_path / "rt_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rt-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[rewardtune.rewards]\n" + "".join(
+        f"{name} = {value}\n" for name, (value, _) in _PLUGINS.items()))
+    for value, src in _PLUGINS.values():
+        if src is not None:
+            (tmp_path / f"{value.partition(':')[0]}.py").write_text(src)
+    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{tmp_path}", "HF_HUB_OFFLINE": "1"}
+
+    def rt(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=120)
+
+    expected = {"plugin-missing": "ModuleNotFoundError: No module named 'rt_no_such_module'",
+                "plugin-raises": "RuntimeError: plugin import blew up", "plugin-exits": "SystemExit: 3",
+                "plugin-badcard": "differentiable: must be true or false, got 'false'"}
+    for args in (["rewards"], ["validate", "specs/demo.yaml"]):
+        proc = rt(*args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        err = " ".join(proc.stderr.split())
+        for name, msg in expected.items():
+            assert f"warning: reward plugin '{name}'" in err and "of rt-plugins failed to load and was skipped" in err
+            assert msg in err, (name, err)
+        assert "Traceback" not in proc.stderr
+    listing = rt("rewards", "--json")
+    names = {c["name"] for c in __import__("json").loads(listing.stdout)}
+    assert "plugin-good" in names and "clip" in names and not names & set(expected)
+    proc = rt("rewards", "plugin-raises")
+    assert proc.returncode == 2 and "Reward 'plugin-raises' is not available" in " ".join(proc.stderr.split())

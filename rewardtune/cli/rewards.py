@@ -16,10 +16,11 @@ def COMMAND(  # noqa: N802
     from rewardtune.registry import registry
 
     reg = registry()
+    cards = reg.cards()
+    print_plugin_warnings()
     if name:
         _show_card(reg.get(name), as_json)
         return
-    cards = reg.cards()
     if as_json:
         import json
 
@@ -38,6 +39,17 @@ def COMMAND(  # noqa: N802
     console().print(t)
     console().print("[dim]`rewardtune rewards NAME` shows a card in full. Use a reward in a spec with "
                     "`objective: [{reward: NAME, preset: PRESET}]`.[/]")
+
+
+def print_plugin_warnings() -> None:
+    """One warning line (stderr) per reward plugin that failed to load: it is skipped, not fatal."""
+    from rich.markup import escape
+
+    from rewardtune.registry import registry
+
+    err = console(stderr=True)
+    for p in registry().skipped:
+        err.print("[yellow]warning:[/] " + escape(p.message()), soft_wrap=True)
 
 
 def _status(card) -> str:

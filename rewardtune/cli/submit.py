@@ -37,6 +37,8 @@ def COMMAND(  # noqa: N802
     tiny: bool = typer.Option(False, "--tiny", help="Swap every model for its tiny offline twin."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run directory's last checkpoint."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the sbatch script; submit nothing."),
+    no_imports: bool = typer.Option(False, "--no-imports", help="With --dry-run: run no code from the spec (its "
+                                                                "`imports:`, `module:Class` rewards)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end and report its result."),
 ) -> None:
     import shutil
@@ -44,12 +46,16 @@ def COMMAND(  # noqa: N802
 
     from rewardtune.errors import UsageError
     from rewardtune.launch import slurm as L
-    from rewardtune.spec.load import load_spec
+    from rewardtune.spec.load import load_spec, unresolved_names
 
     if cluster not in L.CLUSTERS:
         raise UsageError(f"--cluster must be one of {', '.join(L.CLUSTERS)} (got '{cluster}')")
     overrides = list(overrides or [])
-    s = load_spec(spec, overrides=overrides, tiny=tiny)
+    if no_imports and not dry_run:
+        raise UsageError("--no-imports goes with --dry-run: a submitted job imports the spec's code when it runs")
+    s = load_spec(spec, overrides=overrides, tiny=tiny, imports=not no_imports)
+    for name in unresolved_names(s):
+        console(stderr=True).print(f"note: not checked (--no-imports): {name}", markup=False, soft_wrap=True)
     launcher = L.launcher_with(
         s.launcher, partition=partition, account=account, qos=qos,
         time_min=L.parse_time(time) if time is not None else None, nodes=nodes, gpus_per_node=gpus_per_node,

@@ -102,7 +102,10 @@ def build_trainer(spec: Any, *, output_dir: str | Path | None = None, callbacks:
     """Everything a run needs, built from a validated spec."""
     from rewardtune.prompts import resolve_prompts
     from rewardtune.spec.load import spec_base_dir
+    from rewardtune.spec.preflight import preflight
 
+    preflight(spec)  # what `validate` checks on this machine (prompt files, local weights, extras, device): before
+    # any model loads
     info = dist_info()
     seed_everything(spec.train.seed)
     if spec.train.deterministic:

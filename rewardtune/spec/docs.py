@@ -20,6 +20,26 @@ duplicate keys are errors, and `rewardtune validate SPEC` reports every problem 
 Override any field from the command line with `key=value` (`train.lr=3e-4`, `objective[0].weight=2`); overrides
 go through the same validation. Each run writes its resolved spec to `OUTPUT_DIR/spec.yaml`.
 
+Beyond the schema, `validate` checks what a run would reject on this machine, and `run` checks the same before it
+loads any model: prompt files that are missing, empty or malformed; local weights directories (`model.pretrained`,
+a term's `weights`) that do not exist; `logging.tensorboard` without tensorboard and `train.optimizer: adamw8bit`
+without bitsandbytes (exit 4: install the extra named); a `launcher.device` this machine lacks. Exit codes: 0
+valid, 2 bad input, 4 only an extra missing.
+
+Limits: a spec is UTF-8 text (a byte-order mark is fine; UTF-16, Latin-1 and binary files are refused) of at most
+1 MiB, nested at most 64 levels deep. YAML aliases may not expand to more than 10,000 values beyond those written
+out (a "billion laughs" bomb is refused before anything is built), and merge keys (`<<`), tags (`!foo`,
+`!!python/...`, `!!set`), keys that are not plain text and integers of more than 100 digits are errors. NaN and
+infinity are refused in every number field (and in a term's `kwargs`). An override must name a field that exists
+(`train.steps.x=1` and `objective.weight=5` are errors, with a did-you-mean).
+
+**A spec is code, like a Python config.** Its `imports:` are imported (their top-level code runs) and a
+`reward: "package.module:Class"` is looked up, which imports `package`, whenever the spec is validated: by
+`rewardtune validate`, `rewardtune submit --dry-run` and `rewardtune run`. Check a spec from someone else with
+`rewardtune validate --no-imports SPEC` (and `submit --dry-run --no-imports`): it runs none of that code and lists
+the names it therefore could not check. Installed reward plugins (the `rewardtune.rewards` entry points) are
+installed code and are loaded as usual; one that fails to load is reported and skipped.
+
 This page is generated from `rewardtune/spec/schema.py` by `python -m rewardtune.spec.docs > docs/spec.md`;
 a test fails when it is out of date.
 """

@@ -108,10 +108,11 @@ def test_adamw8bit_without_bitsandbytes_names_the_extra(tmp_path, spec_factory):
 
     if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed")
-    from rewardtune.errors import MissingDependencyError
+    from rewardtune.spec.preflight import PreflightError
 
-    with pytest.raises(MissingDependencyError, match=r"rewardtune\[bnb\]"):
+    with pytest.raises(PreflightError, match=r"rewardtune\[bnb\]") as ei:  # checked before any model loads
         api.run(spec_factory(train={"steps": 1, "optimizer": "adamw8bit"}), output_dir=tmp_path, progress=False)
+    assert ei.value.exit_code == 4
 
 
 def test_resumed_run_reports_the_original_before_eval(tmp_path, spec_factory):
