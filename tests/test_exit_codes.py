@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from rewardtune.errors import (
+    CheckpointError,
     MissingDependencyError,
     MissingWeightsError,
+    OutputDirError,
     RegistryConflictError,
+    RunInterrupted,
     SpecError,
     UsageError,
 )
@@ -39,6 +42,8 @@ CASES = [
     ("run", "bad-input", lambda t: ["run", "no-such-spec", "-o", str(t / "o")], 2, "not found"),
     ("run", "bad-override", lambda t: ["run", "demo", "--tiny", "train.stpes=3", "-o", str(t / "o")], 2,
      "train.stpes"),
+    ("run", "bad-output-dir", lambda t: ["run", "demo", "--tiny", "-o", str(Path(_image(t)))], 2,
+     "is a file, not a directory"),
     ("run", "missing-weights", lambda t: ["run", "demo", f"model.pretrained={NOT_CACHED}", "-o", str(t / "o"),
                                           "--no-progress"], 4, NOT_CACHED),
     ("run", "missing-extra", lambda t: ["run", "demo", "--tiny", "train.optimizer=adamw8bit", "-o", str(t / "o"),
@@ -77,7 +82,8 @@ def test_exit_code_per_cause(tmp_path, capsys, verb, cause, args, code, needle):
 
 def test_error_classes_carry_the_policy():
     """The CLI exits with an error's `exit_code`: the classes are the policy."""
-    for cls in (UsageError, SpecError, RegistryConflictError):
+    for cls in (UsageError, SpecError, OutputDirError, CheckpointError, RegistryConflictError):
         assert cls.exit_code == 2, cls
+    assert RunInterrupted.exit_code == 3
     assert MissingWeightsError.exit_code == MissingDependencyError.exit_code == 4
 
