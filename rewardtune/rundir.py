@@ -271,6 +271,13 @@ class RunDir:
         """Who holds the lock now (pid, host, started, command), or None when no process does."""
         return RunLock(self.lock_file).holder()
 
+    def check_not_running(self) -> None:
+        """OutputDirError naming the process when a run holds this directory now."""
+        holder = self.lock_holder()
+        if holder is not None:
+            raise OutputDirError(f"output directory {self.path} is in use by a run ({_describe(holder)}). Wait for "
+                                 "that run to end or stop it, or choose another output directory.")
+
     # ------------------------------------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
         """Where a run stands, from its files alone: running (and by whom), its last result, steps, checkpoints."""

@@ -559,6 +559,7 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
     lau = launcher or launcher_with(spec.launcher, **launcher_flags)
     run_dir = Path(output_dir or spec.resolved_output_dir).resolve()
     _refuse_live_job(run_dir)
+    RunDir(run_dir).check_not_running()
     if not resume and not lau.array and _has_checkpoint(str(run_dir)):
         raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another output_dir (-o).")
@@ -567,6 +568,7 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
         raise UsageError(f"train.batch_size={spec.train.batch_size} is the global batch: it must split evenly over the "
                          f"{world} processes ({lau.nodes} node(s) x {num_tasks_per_node(lau)}); use a multiple of "
                          f"{world}")
+    RunDir(run_dir).check_writable()  # before anything is submitted: the job and its records write there
     ex = make_executor(lau, spec.name, run_dir, cluster)
     seeds = [spec.train.seed + i for i in range(lau.array)] if lau.array else [None]
     jobs_in = []
