@@ -225,8 +225,11 @@ def test_second_run_in_a_busy_output_dir_is_refused_naming_the_holder(tmp_path, 
         assert "Traceback" not in second.stderr
         _wait_for(lambda: RunDir(out).last_logged_step() is not None, first, what="the first run to train")
         assert first.poll() is None, "the first run must go on"
-        first.send_signal(signal.SIGTERM)
+        # `rewardtune cancel` stops a local run: SIGTERM to the lock's holder, which checkpoints and exits 3
+        cancel = subprocess.run(CLI + ["cancel", str(out)], env=_env(), capture_output=True, text=True, timeout=120)
+        assert cancel.returncode == 0 and f"stop requested for pid {first.pid}" in cancel.stdout, cancel.stderr
         assert first.wait(timeout=120) == 3  # interrupted, resumable
+        assert RunDir(out).read_result()["outcome"] == "stopped"
     finally:
         if first.poll() is None:
             first.kill()
