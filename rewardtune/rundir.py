@@ -159,7 +159,7 @@ class RunDir:
         return bool(self.checkpoints() or self.legacy_checkpoints())
 
     def clear_outputs(self) -> None:
-        """Remove what a previous run wrote (for a fresh start); keeps the lock and any job records."""
+        """Remove what a previous run wrote (to start over in its directory); keeps the lock and job records."""
         for name in self.OUTPUTS:
             p = self.path / name
             if p.is_dir() and not p.is_symlink():

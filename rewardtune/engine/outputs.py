@@ -320,7 +320,7 @@ class RunStart:
     run: RunDir
     lock: RunLock | None
     resume_from: Resumable | None
-    fresh: bool  # no checkpoint to continue from: previous outputs are cleared when the run starts
+    clear: bool = False  # overwrite a run: its outputs are removed once the models have loaded
 
     def release(self) -> None:
         if self.lock is not None:
@@ -384,8 +384,7 @@ def open_run_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, spec:
     checkpoint to resume from."""
     run = RunDir(output_dir)
     if not main:
-        found = latest_resumable(run) if resume else None
-        return RunStart(run, None, found, found is None)
+        return RunStart(run, None, latest_resumable(run) if resume else None)
     run.check_writable()
     lock = run.lock()
     try:
@@ -396,14 +395,14 @@ def open_run_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, spec:
                 check_resume_spec(run, spec)
         elif run.has_run() and not overwrite:
             raise ExistingRunError(f"{run.path} already holds checkpoints of a run. Resume it, start over in it "
-                                 "(overwrite), or choose another output directory.")
+                                   "(overwrite), or choose another output directory.")
     except BaseException:
         lock.release()
         raise
     # this attempt's result replaces the last one's; until it is written, `status` sees a run without a result
     with contextlib.suppress(FileNotFoundError):
         run.result_file.unlink()
-    return RunStart(run, lock, found, found is None)
+    return RunStart(run, lock, found, clear=not resume and overwrite and run.has_run())
 
 
 # ------------------------------------------------------------------------------------------------------- metrics

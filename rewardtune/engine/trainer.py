@@ -137,10 +137,10 @@ class Trainer:
         g = s.images_per_prompt
         if s.batch_size % g:
             raise UsageError(f"train.batch_size={s.batch_size} must be a multiple of "
-                                  f"sampling.images_per_prompt={g}")
+                             f"sampling.images_per_prompt={g}")
         if s.batch_size % (self.info.world * g):
             raise UsageError(f"train.batch_size={s.batch_size} must split into {self.info.world} ranks of whole "
-                                  f"prompt groups ({g} images per prompt)")
+                             f"prompt groups ({g} images per prompt)")
         self.local_batch = s.batch_size // self.info.world
         self.params = diff.trainable_parameters()
         if not self.params:
@@ -385,8 +385,8 @@ class Trainer:
                                       f"{s.steps}: it belongs to a longer run. Resume it with its own spec.")
             if info.main and start.resume_from.skipped:
                 set_aside(run, [ref for ref, _ in start.resume_from.skipped])
-        elif info.main:
-            run.clear_outputs()  # a fresh start (overwrite, or nothing to resume): no output of an earlier run stays
+        elif info.main and start.clear:
+            run.clear_outputs()  # overwrite: no output of the earlier run stays
         barrier(info)
         writer = None
         if info.main:

@@ -495,3 +495,14 @@ def test_status_of_a_local_run_reads_its_files(tmp_path, spec_factory, capsys):
     assert _cli(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert "run: COMPLETED (step 2 of 2)" in text and "weights:" in text
+
+
+def test_a_fresh_run_in_an_existing_directory_deletes_nothing_of_the_users(tmp_path, spec_factory):
+    """Only --overwrite of a directory that holds a run removes outputs; other files are never touched."""
+    mine = tmp_path / "images" / "mine.png"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's own file")
+    api.run(spec_factory(train={"steps": 1}), output_dir=tmp_path, progress=False)
+    assert mine.read_bytes() == b"the user's own file"
+    api.run(spec_factory(train={"steps": 1}), output_dir=tmp_path, progress=False, overwrite=True)
+    assert not mine.exists()  # overwrite starts over: images/ belonged to the run it replaces
