@@ -71,9 +71,6 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
     # ---------------------------------------------------------------------------------------------- paths
     @property
     def spec_file(self) -> Path:
@@ -169,12 +166,26 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------- spec, metrics
     def read_spec(self) -> dict[str, Any] | None:
-        """The spec the run was started with, as saved (None when there is none)."""
+        """The spec the run was started with, as saved (None when there is none). rewardtune writes it without
+        anchors or aliases, so a file that has any (an alias bomb) or is huge was not written by it: refused
+        before anything is expanded."""
         import yaml
+
+        from rewardtune.errors import CheckpointError
 
         if not self.spec_file.is_file():
             return None
-        data = yaml.safe_load(self.spec_file.read_text(encoding="utf-8"))
+        bad = f"{self.spec_file} was not written by rewardtune"
+        if self.spec_file.stat().st_size > 16 * 2**20:
+            raise CheckpointError(f"{bad} (over 16 MB). Restore it, or start the run over.")
+        try:
+            text = self.spec_file.read_text(encoding="utf-8")
+            if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise CheckpointError(f"{bad} (it uses YAML aliases). Restore it, or start the run over.")
+            data = yaml.safe_load(text)
+        except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+            raise CheckpointError(f"{bad} or was damaged ({type(e).__name__}). Restore it, or start the run "
+                                  "over.") from None
         return data if isinstance(data, dict) else None
 
     def metrics(self) -> list[dict[str, Any]]:

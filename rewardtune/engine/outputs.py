@@ -54,20 +54,29 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _spec_yaml(spec: Any) -> str:
+    """spec.yaml's text: plain YAML without anchors or aliases (`RunDir.read_spec` refuses files that have any)."""
+    import yaml
+
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(spec.model_dump(mode="json"), Dumper=NoAliases, sort_keys=False)
+
+
 def spec_data(spec: Any) -> dict[str, Any]:
     """A validated spec as saved in spec.yaml (and compared on resume): plain YAML data."""
     import yaml
 
-    return yaml.safe_load(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    return yaml.safe_load(_spec_yaml(spec))
 
 
 def write_run_info(run: RunDir, spec: Any, *, write_spec: bool = True) -> None:
     """versions.json for this attempt; spec.yaml when the run starts (a resumed run keeps the one it began with)."""
-    import yaml
-
     run.path.mkdir(parents=True, exist_ok=True)
     if write_spec and spec is not None:
-        atomic_write_bytes(run.spec_file, yaml.safe_dump(spec_data(spec), sort_keys=False).encode(), "spec.yaml")
+        atomic_write_bytes(run.spec_file, _spec_yaml(spec).encode(), "spec.yaml")
     atomic_write_bytes(run.versions_file, json.dumps(library_versions(), indent=2).encode(), "versions.json")
 
 

@@ -506,3 +506,18 @@ def test_a_fresh_run_in_an_existing_directory_deletes_nothing_of_the_users(tmp_p
     assert mine.read_bytes() == b"the user's own file"
     api.run(spec_factory(train={"steps": 1}), output_dir=tmp_path, progress=False, overwrite=True)
     assert not mine.exists()  # overwrite starts over: images/ belonged to the run it replaces
+
+
+def test_a_run_dirs_spec_yaml_with_aliases_is_refused_before_expanding(tmp_path, spec_factory, capsys):
+    """rewardtune writes spec.yaml without aliases; an alias bomb planted there is refused, not expanded."""
+    p = _spec_file(tmp_path, spec_factory(train={"steps": 2}))
+    out = tmp_path / "out"
+    api.run(str(p), output_dir=out, progress=False, callbacks=[lambda ev: control.request_stop("test")])
+    assert "&" not in (out / "spec.yaml").read_text() and "*" not in (out / "spec.yaml").read_text()
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]  # 10^6 leaves if expanded
+    (out / "spec.yaml").write_text("\n".join(levels) + "\n")
+    capsys.readouterr()
+    assert _cli(["run", str(p), "-o", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "was not written by rewardtune (it uses YAML aliases)" in err and "Traceback" not in err
