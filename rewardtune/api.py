@@ -14,9 +14,14 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     `spec_or_path`: a YAML path, a dict or a `Spec`. `overrides`: `key=value` strings, validated like the spec.
     `callbacks`: callables receiving a `StepEvent` after each step, or objects with `on_step` / `on_eval` /
     `on_train_start` / `on_train_end`. `tiny`: swap every model for its offline tiny twin. `resume`: continue from
-    the newest checkpoint in the output directory (a fresh start when there is none). `overwrite`: start over in
-    an output directory that holds a previous run (otherwise that is an error). Tiny runs without an explicit
-    `output_dir` go to the spec's output_dir + `-tiny` and replace the previous tiny run there.
+    the newest readable checkpoint in the output directory (a fresh start when there is none; CheckpointError when
+    there are some and none can be read, or when the spec differs from the run's saved spec.yaml). `overwrite`:
+    start over in an output directory that holds a previous run (otherwise that is an error). Tiny runs without an
+    explicit `output_dir` go to the spec's output_dir + `-tiny` and replace the previous tiny run there.
+
+    The output directory is checked (a writable directory) and locked (one run at a time) before any model
+    loads; OutputDirError says what is wrong. A run stopped by a signal or `request_stop` returns a result with
+    `stopped_early` set, after writing a checkpoint of its last finished step.
 
         result = rewardtune.run("specs/demo.yaml", ["train.steps=20"], tiny=True)
         print(result.eval_before, result.eval_after, result.weights_path)
@@ -24,6 +29,7 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     import torch
 
     from rewardtune.engine.build import build_trainer
+    from rewardtune.engine.distributed import dist_info
     from rewardtune.spec.load import load_spec
 
     spec = load_spec(spec_or_path, overrides=list(overrides), tiny=tiny)
@@ -34,8 +40,72 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
         # tiny runs are throwaway smoke runs: keep them apart from real runs, and let them be re-run
         output_dir = spec.resolved_output_dir.rstrip("/") + "-tiny"
         overwrite = overwrite or not resume
+    out = Path(output_dir) if output_dir is not None else Path.cwd() / spec.resolved_output_dir
+    info = dist_info()
+    # the output directory is checked and locked before any model loads: a bad one fails in a second, not after
+    # minutes of loading
+    start = _open_run_dir(out, resume=resume, overwrite=overwrite, spec=spec, info=info)
     try:
-        trainer = build_trainer(spec, output_dir=output_dir, callbacks=callbacks, progress=progress)
-        return trainer.run(resume=resume, overwrite=overwrite)
+        trainer = build_trainer(spec, output_dir=out, callbacks=callbacks, progress=progress)
+        result = trainer.run(resume=resume, overwrite=overwrite, start=start)
+    except BaseException as e:
+        if info.main:
+            from rewardtune.errors import RewardtuneError
+
+            code = e.exit_code if isinstance(e, RewardtuneError) else 130 if isinstance(e, KeyboardInterrupt) else 1
+            _record_result(start.run, {"outcome": "failed", "exit_code": code, "error": f"{type(e).__name__}: {e}",
+                                       "steps": spec.train.steps, "last_logged_step": start.run.last_logged_step()})
+        raise
+    else:
+        if info.main:
+            _record_result(start.run, {
+                "outcome": "stopped" if result.stopped_early else "done", "exit_code": 3 if result.stopped_early else 0,
+                "steps_done": result.steps_done,
+                "steps": spec.train.steps, "stop_reason": result.stop_reason, "resumed_from": result.resumed_from,
+                "weights": None if result.weights_path is None else str(result.weights_path),
+                "skipped_steps": result.skipped_steps, "eval_before": result.eval_before,
+                "eval_after": result.eval_after})
+        return result
     finally:
+        start.release()
         torch.set_num_threads(threads)
+
+
+def _open_run_dir(out: Path, *, resume: bool, overwrite: bool, spec: Any, info: Any):
+    """`open_run_dir` on every rank; when it fails on any, it fails on all (so none waits for the others)."""
+    from rewardtune.engine.outputs import open_run_dir
+    from rewardtune.errors import RewardtuneError
+
+    err: RewardtuneError | None = None
+    start = None
+    try:
+        start = open_run_dir(out, resume=resume, overwrite=overwrite, spec=spec, main=info.main)
+    except RewardtuneError as e:
+        err = e
+    if info.world > 1:
+        import torch
+        import torch.distributed as dist
+
+        from rewardtune.engine.distributed import any_flag
+
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        failed = any_flag(err is not None, info, dev)
+    else:
+        failed = err is not None
+    if failed:
+        if start is not None:
+            start.release()
+        raise err or RewardtuneError(f"rank 0 could not use the output directory {out}; see its error")
+    assert start is not None
+    return start
+
+
+def _record_result(run: Any, result: dict[str, Any]) -> None:
+    """result.json: how this attempt ended, for `rewardtune status` (best effort: a full disk must not hide the
+    run's own error behind this one)."""
+    import contextlib
+
+    from rewardtune.errors import OutputDirError
+
+    with contextlib.suppress(OSError, OutputDirError):
+        run.write_result(result)

@@ -1,4 +1,14 @@
-"""Errors that carry their fix. Importing this module is cheap (no torch)."""
+"""Errors that carry their fix. Importing this module is cheap (no torch).
+
+Exit codes (the same cause gets the same code in every verb):
+
+    0  ok
+    1  an internal bug (a traceback with --debug); never raised on purpose
+    2  bad input: a spec, an override, an option, a path, an image, an unusable output directory   UsageError
+    3  interrupted, resumable: a checkpoint of the last finished step was written                  RunInterrupted
+    4  missing weights, or an optional dependency (extra) that is not installed      MissingWeightsError,
+                                                                                      MissingDependencyError
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,12 +60,14 @@ class UnknownRewardError(UsageError):
     pass
 
 
-class RegistryConflictError(RewardtuneError):
-    pass
+class RegistryConflictError(UsageError):
+    """Two rewards registered under one name, or a malformed reward card (bad input: exit 2)."""
 
 
 class MissingDependencyError(RewardtuneError):
-    """An optional dependency is missing; the message names the extra to install."""
+    """An optional dependency is missing; the message names the extra to install. Exit code 4."""
+
+    exit_code = 4
 
     def __init__(self, package: str, extra: str | None, purpose: str):
         hint = f"pip install 'rewardtune[{extra}]'" if extra else f"pip install {package}"
@@ -63,4 +75,30 @@ class MissingDependencyError(RewardtuneError):
 
 
 class MissingWeightsError(RewardtuneError):
-    """Model weights could not be found locally and could not be downloaded."""
+    """Model weights could not be found locally and could not be downloaded. Exit code 4."""
+
+    exit_code = 4
+
+
+class RunInterrupted(RewardtuneError):
+    """A run was asked to stop (a signal, a time limit, `request_stop`) in the middle of sampling. The training
+    loop catches it, writes a checkpoint of its last finished step and returns a result marked stopped: resuming
+    continues the run. Exit code 3 if it ever reaches the command line."""
+
+    exit_code = 3
+
+
+class OutputDirError(UsageError):
+    """The output directory cannot be used: not a directory, not writable, full, or held by another run."""
+
+
+class ExistingRunError(OutputDirError):
+    """The output directory holds a run, and the new run was asked neither to resume it nor to start over."""
+
+
+class CheckpointError(UsageError):
+    """A run cannot be resumed from its checkpoints (all unreadable, an unsafe format, past its steps)."""
+
+
+class ResumeSpecError(CheckpointError):
+    """The spec given to resume a run differs from the one the run was started with."""

@@ -39,11 +39,13 @@ def COMMAND(  # noqa: N802
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an output dir that holds a run."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar."),
 ) -> None:
-    from rewardtune.errors import UsageError
+    from rewardtune.errors import CheckpointError, ExistingRunError, ResumeSpecError, UsageError
 
     bad = [o for o in overrides or [] if "=" not in o]
     if bad:
         raise UsageError(f"overrides must look like key=value (got {bad[0]!r})")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
     path = find_spec(spec)
     out = console()
     import signal
@@ -51,27 +53,39 @@ def COMMAND(  # noqa: N802
     from rewardtune.api import run
     from rewardtune.engine import control
 
-    # SLURM preemption (USR2), kill (TERM) and a first Ctrl-C: checkpoint after the current step, then stop
+    # SLURM preemption (USR2), kill (TERM) and a first Ctrl-C: stop within one UNet call, checkpoint the last
+    # finished step, exit 3 (a second Ctrl-C aborts at once)
     previous = control.install_signal_handlers((signal.SIGUSR2, signal.SIGTERM, signal.SIGINT))
     try:
-        if resume and overwrite:
-            raise UsageError("--resume and --overwrite contradict each other; pick one")
         result = run(path, overrides=list(overrides or []), tiny=tiny, resume=resume, output_dir=output_dir,
                      progress=False if no_progress else None, overwrite=overwrite)
+    except ExistingRunError as e:
+        raise UsageError(f"{e}\n  --resume continues it, --overwrite starts over in it, -o DIR runs elsewhere.") from None
+    except ResumeSpecError as e:
+        raise UsageError(f"{e}\n  Resume with the command that started the run (its spec, overrides and --tiny) "
+                         "plus --resume.") from None
+    except CheckpointError as e:
+        raise UsageError(f"{e}\n  --overwrite starts over in this directory; -o DIR runs elsewhere.") from None
     finally:
         control.restore_signal_handlers(previous)
     if result.stopped_early:
-        out.print(f"[yellow]stopped[/] after step {result.steps_done} ({result.stop_reason}); checkpoint written. "
-                  f"Continue with: rewardtune run {spec} --resume" + (f" --output-dir {output_dir}" if output_dir
-                                                                     else ""))
+        again = ["rewardtune", "run", spec, *(overrides or []), *(["--tiny"] if tiny else []), "--resume",
+                 "--output-dir", str(result.output_dir)]
+        import shlex
+
+        out.print(f"[yellow]stopped[/] after step {result.steps_done} ({result.stop_reason}); checkpoint written.",
+                  soft_wrap=True)
+        out.print("Continue with: " + shlex.join(again), markup=False, soft_wrap=True)
         raise typer.Exit(3)
     if result.resumed_from is not None:
         out.print(f"resumed from step {result.resumed_from}")
     if result.eval_after:
         out.print(eval_table(result.eval_before, result.eval_after, result.steps_done))
     out.print(f"[green]done[/] {result.steps_done} steps; outputs in {result.output_dir}")
-    grids = [p for p in (result.output_dir / "images" / "before.png", result.output_dir / "images" / "after.png")
-             if p.exists()]
+    from rewardtune.rundir import RunDir
+
+    images = RunDir(result.output_dir).images_dir
+    grids = [p for p in (images / "before.png", images / "after.png") if p.exists()]
     if grids:
         out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:

@@ -1,15 +1,23 @@
-"""Ask a running training loop to write a checkpoint and stop (preemption, SLURM's SIGUSR2, time limits).
+"""Ask a running training loop to write a checkpoint and stop (preemption, SLURM's SIGUSR2, time limits, Ctrl-C).
 
-The loop checks the flag between optimizer steps, so a request never interrupts a step or a checkpoint write.
-Signal handlers only set the flag.
+Signal handlers only set a flag. The loop checks it between optimizer steps, and the sampler checks it between
+UNet calls inside `abortable()` sections (evaluation, and a single process's training step), which then raise
+`RunInterrupted`: a long evaluation or sampling loop stops within one UNet call. The trainer catches that, drops
+the unfinished step and writes a checkpoint of the last finished one. A request never interrupts a checkpoint
+write.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
+
+from rewardtune.errors import RunInterrupted
 
 _STOP = threading.Event()
 _REASON: list[str] = []
+_ABORTABLE = [0]  # depth of abortable() sections entered
 
 
 def request_stop(reason: str = "requested") -> None:
@@ -29,6 +37,26 @@ def stop_reason() -> str:
 def clear_stop() -> None:
     _STOP.clear()
     _REASON.clear()
+
+
+@contextlib.contextmanager
+def abortable(enabled: bool = True) -> Iterator[None]:
+    """Inside this block, `check_abort()` raises RunInterrupted once a stop was requested. The caller must be able
+    to drop the work in progress (nothing it changed may be half-done)."""
+    if not enabled:
+        yield
+        return
+    _ABORTABLE[0] += 1
+    try:
+        yield
+    finally:
+        _ABORTABLE[0] -= 1
+
+
+def check_abort() -> None:
+    """Called between UNet calls: raise RunInterrupted when a stop was requested inside an abortable() section."""
+    if _ABORTABLE[0] and _STOP.is_set():
+        raise RunInterrupted(f"stopped ({stop_reason() or 'requested'})")
 
 
 def _handler(sig: int, frame) -> None:

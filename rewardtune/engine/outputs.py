@@ -1,19 +1,45 @@
 """Everything a run writes: resolved spec and versions, metrics (JSONL + tensorboard), captioned image grids,
-and atomic checkpoints (temp file, fsync, rename: a kill -9 mid-save leaves the previous checkpoint usable)."""
+and checkpoints. Where each file goes is `rewardtune.rundir.RunDir`'s business; this module writes and reads them.
+
+Checkpoints hold no pickle: tensors go to a safetensors file and everything else (step, optimizer
+hyperparameters, running statistics, RNG states, ...) to JSON, so loading one can never run code. Each is one
+directory, written under a temporary name, fsynced and renamed into place: a kill -9 or a full disk mid-save
+leaves the previous checkpoints as they were and no partial file.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
 import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CKPT_RE = re.compile(r"^step_(\d{8})\.pt$")
+from rewardtune.errors import CheckpointError, ExistingRunError, OutputDirError, ResumeSpecError
+from rewardtune.rundir import (
+    CheckpointRef,
+    RunDir,
+    RunLock,
+    atomic_write_bytes,
+    fsync_dir,
+    iter_tmp,
+    tmp_name,
+    write_error,
+)
+
+log = logging.getLogger("rewardtune.engine")
+
+CHECKPOINT_FORMAT = "rewardtune-checkpoint/1"
+STATE_FILE = "state.json"
+TENSORS_FILE = "tensors.safetensors"
 
 
 def library_versions() -> dict[str, str]:
@@ -28,71 +54,383 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_run_info(out: Path, spec: Any) -> None:
+def _spec_yaml(spec: Any) -> str:
+    """spec.yaml's text: plain YAML without anchors or aliases (`RunDir.read_spec` refuses files that have any)."""
     import yaml
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode())
-    atomic_write_bytes(out / "versions.json", json.dumps(library_versions(), indent=2).encode())
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(spec.model_dump(mode="json"), Dumper=NoAliases, sort_keys=False)
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write `step_XXXXXXXX.pt` atomically, then prune to the `keep` newest."""
-    import io
+def spec_data(spec: Any) -> dict[str, Any]:
+    """A validated spec as saved in spec.yaml (and compared on resume): plain YAML data."""
+    import yaml
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    path = ckpt_dir / f"step_{step:08d}.pt"
-    atomic_write_bytes(path, buf.getvalue())
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
+    return yaml.safe_load(_spec_yaml(spec))
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if CKPT_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+def write_run_info(run: RunDir, spec: Any, *, write_spec: bool = True) -> None:
+    """versions.json for this attempt; spec.yaml when the run starts (a resumed run keeps the one it began with)."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    if write_spec and spec is not None:
+        atomic_write_bytes(run.spec_file, _spec_yaml(spec).encode(), "spec.yaml")
+    atomic_write_bytes(run.versions_file, json.dumps(library_versions(), indent=2).encode(), "versions.json")
 
 
-def load_latest_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """Newest checkpoint that loads; a truncated or corrupt newest one is skipped for the one before."""
-    for path in reversed(list_checkpoints(ckpt_dir)):
+# ---------------------------------------------------------------------------------------- state <-> JSON
+def encode_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """A checkpoint's state as JSON data; every tensor goes to `tensors`, named by its path in the state.
+
+    Plain dicts with string keys stay dicts; other dicts, tuples, numpy arrays, tensors and non-finite floats
+    become `{"$kind": ...}` markers, so that `decode_state` gives back the same types and the same values."""
+    return _Encoder(tensors).encode(obj, "")
+
+
+class _Encoder:
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+        self.storages: set[int] = set()
+
+    def encode(self, obj: Any, path: str) -> Any:
+        import numpy as np
+
+        if obj is None or isinstance(obj, bool | str):
+            return obj
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            return obj if math.isfinite(obj) else {"$float": repr(obj)}
+        if isinstance(obj, torch.Tensor):
+            return {"$tensor": self.tensor(obj, path or ".")}
+        if isinstance(obj, np.ndarray):
+            return {"$ndarray": {"dtype": str(obj.dtype), "shape": list(obj.shape), "data": obj.reshape(-1).tolist()}}
+        if isinstance(obj, np.generic):
+            return self.encode(obj.item(), path)
+        if isinstance(obj, tuple):
+            return {"$tuple": [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+                return {k: self.encode(v, f"{path}/{k}") for k, v in obj.items()}
+            return {"$dict": [[self.encode(k, f"{path}/key{i}"), self.encode(v, f"{path}/{k}")]
+                              for i, (k, v) in enumerate(obj.items())]}
+        raise TypeError(f"a checkpoint holds tensors, numbers, strings, lists, tuples and dicts only; "
+                        f"found {type(obj).__name__} at '{path or '.'}'")
+
+    def tensor(self, t: torch.Tensor, name: str) -> str:
+        while name in self.tensors:
+            name += "'"
+        t = t.detach().to("cpu")
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in self.storages:
+            t = t.clone()  # safetensors refuses tensors that share memory
+        self.storages.add(t.untyped_storage().data_ptr())
+        self.tensors[name] = t.contiguous()
+        return name
+
+
+def decode_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    import numpy as np
+
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        (kind, val), = obj.items()
+        if kind == "$tensor":
+            if val not in tensors:
+                raise ValueError(f"tensor '{val}' is missing from {TENSORS_FILE}")
+            return tensors[val]
+        if kind == "$tuple":
+            return tuple(decode_state(v, tensors) for v in val)
+        if kind == "$dict":
+            return {_hashable(decode_state(k, tensors)): decode_state(v, tensors) for k, v in val}
+        if kind == "$float":
+            if val not in ("nan", "inf", "-inf"):
+                raise ValueError(f"bad float '{val}'")
+            return float(val)
+        if kind == "$ndarray":
+            return np.asarray(val["data"], dtype=np.dtype(val["dtype"])).reshape(val["shape"])
+    if any(isinstance(k, str) and k.startswith("$") for k in obj):
+        raise ValueError(f"unknown entry {sorted(obj)} in {STATE_FILE}")
+    return {k: decode_state(v, tensors) for k, v in obj.items()}
+
+
+def _hashable(k: Any) -> Any:
+    return tuple(_hashable(x) for x in k) if isinstance(k, list) else k
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(run: RunDir, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step_XXXXXXXX/ atomically (temp directory, fsync, rename), then prune to the `keep`
+    newest. A failure leaves the previous checkpoints untouched and no temp directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    ck = run.checkpoints_dir
+    what = f"the checkpoint of step {step}"
+    try:
+        ck.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, ck, what) from None
+    for stale in iter_tmp(ck):  # left by a crash mid-save (the run lock says nobody else writes here)
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = encode_state(state, tensors)
+    token = uuid.uuid4().hex  # ties state.json to its tensors file
+    final = run.checkpoint_dir(step)
+    tmp = tmp_name(final)
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise write_error(e, ck, what) from None
+    try:
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001  (partial file from a crash: fall back)
+            save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": CHECKPOINT_FORMAT, "token": token})
+        except SafetensorError as e:  # its I/O errors (a full disk) carry their errno only in the text
+            raise _io_error(e) from e
+        _fsync_file(tmp / TENSORS_FILE)
+        manifest = {"format": CHECKPOINT_FORMAT, "step": step, "token": token, "state": tree}
+        with open(tmp / STATE_FILE, "wb") as f:
+            f.write(json.dumps(manifest, allow_nan=False).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # the same step again: swap, so a crash leaves one of the two complete
+            old = tmp_name(final, ".old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(ck)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise write_error(e, final, what) from None
+        raise
+    for old in run.checkpoints()[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def _io_error(e: Exception) -> Exception:
+    """safetensors reports I/O failures as 'SafetensorError: ... (os error 28)': recover the errno."""
+    m = re.search(r"os error (\d+)", str(e))
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    return e
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint directory that cannot be read back (cut by a crash, edited, or not one of ours)."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint directory written by `save_checkpoint`. Only JSON and safetensors are parsed: nothing in
+    it can run code. Raises CorruptCheckpoint with the reason."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        manifest = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CorruptCheckpoint(f"{STATE_FILE} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise CorruptCheckpoint(f"{STATE_FILE} is not a {CHECKPOINT_FORMAT} manifest")
+    tfile = path / TENSORS_FILE
+    try:
+        with safe_open(str(tfile), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(tfile))
+    except (OSError, SafetensorError) as e:
+        raise CorruptCheckpoint(f"{TENSORS_FILE} is unreadable ({e})") from None
+    if meta.get("token") != manifest.get("token"):
+        raise CorruptCheckpoint(f"{STATE_FILE} and {TENSORS_FILE} come from different saves")
+    try:
+        state = decode_state(manifest["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise CorruptCheckpoint(f"{STATE_FILE} does not describe a state ({e})") from None
+    if not isinstance(state, dict) or state.get("step") != manifest.get("step"):
+        raise CorruptCheckpoint(f"{STATE_FILE} holds no state of step {manifest.get('step')}")
+    return state
+
+
+@dataclass
+class Resumable:
+    """The checkpoint a run resumes from, and the newer ones that could not be read (skipped)."""
+
+    ref: CheckpointRef
+    state: dict[str, Any]
+    skipped: list[tuple[CheckpointRef, str]] = field(default_factory=list)
+
+
+def latest_resumable(run: RunDir) -> Resumable | None:
+    """The newest checkpoint that loads (a corrupt newer one is skipped for the one before). None when the run
+    has no checkpoint; CheckpointError when it has some and none can be used (the files are left as they are)."""
+    found = run.checkpoints()
+    legacy = run.legacy_checkpoints()
+    skipped: list[tuple[CheckpointRef, str]] = []
+    for ref in reversed(found):
+        try:
+            state = load_checkpoint(ref.path)
+        except CorruptCheckpoint as e:
+            skipped.append((ref, str(e)))
             continue
-    return None
+        for bad, why in skipped:
+            log.warning("checkpoint %s cannot be read (%s); resuming from step %d instead", bad.path, why, ref.step)
+        if legacy:
+            log.warning("ignoring %d pickle checkpoint file(s) in %s (never loaded: unpickling can run code)",
+                        len(legacy), run.checkpoints_dir)
+        return Resumable(ref, state, skipped)
+    if not found and not legacy:
+        return None
+    lines = [f"  {ref.path.name}: {why}" for ref, why in reversed(skipped)]
+    lines += [f"  {p.name}: a pickle file (an older rewardtune's format, or planted): never loaded, since "
+              "unpickling can run code" for p in legacy]
+    raise CheckpointError(
+        f"cannot resume the run in {run.path}: none of its checkpoints can be used:\n" + "\n".join(lines) + "\n"
+        "Nothing was changed. Start the run over in this directory (overwrite), choose another output directory, "
+        f"or remove the unusable entries from {run.checkpoints_dir} if an older usable checkpoint remains.")
+
+
+def set_aside(run: RunDir, refs: list[CheckpointRef]) -> None:
+    """Rename unreadable checkpoints newer than the one resumed from out of the way (kept, for a post-mortem), so
+    that pruning never deletes a good checkpoint in favour of a broken one."""
+    for ref in refs:
+        target = ref.path.with_name(f"corrupt-{ref.path.name}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = ref.path.with_name(f"corrupt{n}-{ref.path.name}")
+        os.replace(ref.path, target)
+
+
+# ------------------------------------------------------------------------------------------ starting a run
+@dataclass
+class RunStart:
+    """A run directory made ready for a run: checked, locked, and (on resume) the checkpoint to continue from."""
+
+    run: RunDir
+    lock: RunLock | None
+    resume_from: Resumable | None
+    clear: bool = False  # overwrite a run: its outputs are removed once the models have loaded
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+ALLOWED_SPEC_CHANGES = ("launcher", "logging.progress", "output_dir")
+
+
+def spec_differences(saved: Any, given: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, saved, given) for each leaf where two spec dumps differ, except ALLOWED_SPEC_CHANGES."""
+    if path in ALLOWED_SPEC_CHANGES:
+        return []
+    if isinstance(saved, dict) and isinstance(given, dict):
+        out = []
+        for k in list(saved) + [k for k in given if k not in saved]:
+            out += spec_differences(saved.get(k), given.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(saved, list) and isinstance(given, list) and len(saved) == len(given):
+        out = []
+        for i, (a, b) in enumerate(zip(saved, given, strict=True)):
+            out += spec_differences(a, b, f"{path}[{i}]")
+        return out
+    return [] if saved == given else [(path, saved, given)]
+
+
+def check_resume_spec(run: RunDir, spec: Any) -> None:
+    """A resumed run continues the run it resumes: its spec must be the one saved in spec.yaml, but for
+    ALLOWED_SPEC_CHANGES (where it runs, and how progress shows). CheckpointError listing the differences."""
+    saved = run.read_spec()
+    if saved is None or spec is None:
+        return
+    diffs = spec_differences(saved, spec_data(spec))
+    if not diffs:
+        return
+
+    def short(v: Any) -> str:
+        text = json.dumps(v, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    lines = [f"  {p}: {short(a)} in the run, {short(b)} now" for p, a, b in diffs[:12]]
+    if len(diffs) > 12:
+        lines.append(f"  ... and {len(diffs) - 12} more")
+    hint = ""
+    pre_saved = str((saved.get("model") or {}).get("pretrained", ""))
+    pre_given = str(spec_data(spec).get("model", {}).get("pretrained", ""))
+    if pre_saved.startswith("zoo:") != pre_given.startswith("zoo:"):
+        hint = (" This run was started " + ("on the tiny twins: resume it on them too." if pre_saved.startswith("zoo:")
+                                             else "on real weights: resume it without tiny twins."))
+    raise ResumeSpecError(
+        f"the spec given to resume {run.path} differs from the one the run was started with "
+        f"({run.spec_file}):\n" + "\n".join(lines) + "\n"
+        "Resume with the same spec and overrides, or start a new run in another output directory." + hint)
+
+
+def open_run_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, spec: Any = None,
+                 main: bool = True) -> RunStart:
+    """Everything about the output directory that can fail, checked before any model is loaded: it is a writable
+    directory, no other process runs in it (lock, held until `release`), it holds no run unless resuming or
+    overwriting, and a resume has a readable checkpoint and the same spec. Ranks other than 0 only read the
+    checkpoint to resume from."""
+    run = RunDir(output_dir)
+    if not main:
+        return RunStart(run, None, latest_resumable(run) if resume else None)
+    run.check_writable()
+    lock = run.lock()
+    try:
+        found = None
+        if resume:
+            found = latest_resumable(run)
+            if found is not None:
+                check_resume_spec(run, spec)
+        elif run.has_run() and not overwrite:
+            raise ExistingRunError(f"{run.path} already holds checkpoints of a run. Resume it, start over in it "
+                                   "(overwrite), or choose another output directory.")
+    except BaseException:
+        lock.release()
+        raise
+    # this attempt's result replaces the last one's; until it is written, `status` sees a run without a result
+    with contextlib.suppress(FileNotFoundError):
+        run.result_file.unlink()
+    return RunStart(run, lock, found, clear=not resume and overwrite and run.has_run())
 
 
 # ------------------------------------------------------------------------------------------------------- metrics
 class MetricsWriter:
-    def __init__(self, out: Path, tensorboard: bool, resume_from_step: int | None = None):
-        self.path = out / "metrics.jsonl"
+    """metrics.jsonl, one line per logged step (and tensorboard). A resumed run first drops the lines after the
+    step it resumes from, so every step appears once."""
+
+    def __init__(self, run: RunDir, tensorboard: bool, resume_from_step: int | None = None):
+        self.path = run.metrics_file
         if resume_from_step is not None and self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_from_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-            atomic_write_bytes(self.path, ("\n".join(kept) + ("\n" if kept else "")).encode())
+            kept = [json.dumps(rec) for rec in run.metrics() if rec.get("step", 0) <= resume_from_step]
+            atomic_write_bytes(self.path, ("\n".join(kept) + ("\n" if kept else "")).encode(), "metrics.jsonl")
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()
-        self.f = open(self.path, "a")  # noqa: SIM115  (kept open for the run; closed in close())
+        try:
+            # unbuffered: a line reaches the file at once, and a failed write leaves nothing to flush at close
+            self.f = open(self.path, "ab", buffering=0)  # noqa: SIM115  (kept open for the run; closed in close())
+        except OSError as e:
+            raise write_error(e, self.path, "metrics.jsonl") from None
         self.tb = None
         if tensorboard:
             try:
@@ -101,13 +439,15 @@ class MetricsWriter:
                 from rewardtune.errors import MissingDependencyError
 
                 raise MissingDependencyError("tensorboard", "tensorboard", "logging.tensorboard") from e
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_from_step)
+            self.tb = SummaryWriter(str(run.tensorboard_dir), purge_step=resume_from_step)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         rec = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                 for k, v in metrics.items()}}
-        self.f.write(json.dumps(rec) + "\n")
-        self.f.flush()
+        try:
+            self.f.write((json.dumps(rec) + "\n").encode())
+        except OSError as e:
+            raise write_error(e, self.path, f"the metrics of step {step}") from None
         if self.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, int | float) and math.isfinite(float(v)):
@@ -125,6 +465,11 @@ class MetricsWriter:
         self.f.close()
         if self.tb is not None:
             self.tb.close()
+
+
+__all__ = ["CHECKPOINT_FORMAT", "CorruptCheckpoint", "MetricsWriter", "OutputDirError", "Resumable", "RunStart",
+           "captioned_grid", "check_resume_spec", "latest_resumable", "load_checkpoint", "open_run_dir",
+           "save_checkpoint", "spec_differences", "write_run_info"]
 
 
 # --------------------------------------------------------------------------------------------------------- grids

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rewardtune.engine.control import check_abort
 from rewardtune.engine.pipeline import Diffusion, FoldedLora
 
 
@@ -189,6 +190,7 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
     folded = FoldedLora.if_eligible(diff) if len(graded) < last else None
     try:
         for i in range(last):
+            check_abort()  # a stop request ends an abortable sampling loop within one UNet call
             t = int(ts[i])
             t_prev = prev_timestep(diff, t, steps)
             grad = enabled and i in grad_steps

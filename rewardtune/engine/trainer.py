@@ -6,6 +6,7 @@ uninterrupted run would have done (bitwise on CPU).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -23,22 +24,25 @@ from rewardtune.engine.distributed import DistInfo, all_reduce_sum, any_flag, av
 from rewardtune.engine.objective import Objective
 from rewardtune.engine.outputs import (
     MetricsWriter,
+    RunStart,
     captioned_grid,
-    list_checkpoints,
-    load_latest_checkpoint,
+    open_run_dir,
     save_checkpoint,
+    set_aside,
     write_run_info,
 )
 from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
 from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample, uncond_embedding
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
-from rewardtune.errors import RewardtuneError
+from rewardtune.errors import CheckpointError, RewardtuneError, RunInterrupted, UsageError
+from rewardtune.rundir import RunDir
 
 log = logging.getLogger("rewardtune.engine")
 
 
-class NonFiniteError(RewardtuneError):
-    """Too many steps had a non-finite reward, loss or gradient."""
+class NonFiniteError(UsageError):
+    """Too many steps had a non-finite reward, loss or gradient: the spec's settings (learning rate, clipping) or a
+    reward do not suit each other (exit 2, like other bad input; the last finished step is checkpointed)."""
 
 
 @dataclass(frozen=True)
@@ -125,21 +129,22 @@ class Trainer:
         self.sampling, self.s = sampling, settings
         self.train_prompts = list(train_prompts)
         self.out = Path(output_dir)
+        self.run_dir = RunDir(self.out)
         self.spec = spec
         self.callbacks = CallbackList(callbacks)
         self.info = info or DistInfo()
         s = settings
         g = s.images_per_prompt
         if s.batch_size % g:
-            raise RewardtuneError(f"train.batch_size={s.batch_size} must be a multiple of "
-                                  f"sampling.images_per_prompt={g}")
+            raise UsageError(f"train.batch_size={s.batch_size} must be a multiple of "
+                             f"sampling.images_per_prompt={g}")
         if s.batch_size % (self.info.world * g):
-            raise RewardtuneError(f"train.batch_size={s.batch_size} must split into {self.info.world} ranks of whole "
-                                  f"prompt groups ({g} images per prompt)")
+            raise UsageError(f"train.batch_size={s.batch_size} must split into {self.info.world} ranks of whole "
+                             f"prompt groups ({g} images per prompt)")
         self.local_batch = s.batch_size // self.info.world
         self.params = diff.trainable_parameters()
         if not self.params:
-            raise RewardtuneError("nothing to train: the UNet has no trainable parameters")
+            raise UsageError("nothing to train: the UNet has no trainable parameters")
         self.opt = make_optimizer(self.params, s)
         fp16 = s.mixed_precision == "fp16" and diff.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(diff.device.type, enabled=fp16)
@@ -151,6 +156,8 @@ class Trainer:
         self.skipped = 0
         self.resumed_from: int | None = None
         self._eval_views: dict[str, tuple] = {}  # tag -> what the grid showed (for the before/after comparison)
+        self._saved_step: int | None = None  # step of the newest checkpoint on disk that this run wrote or loaded
+        self._before_step: dict[str, Any] | None = None  # state as the unfinished step found it (when aborted)
 
     # ------------------------------------------------------------------------------------------------ batches
     def make_batch(self, step: int, micro: int) -> Batch:
@@ -189,20 +196,26 @@ class Trainer:
         torch.set_rng_state(sd["rng"]["torch"])
         self.step = int(sd["step"])
 
+    def step_snapshot(self) -> dict[str, Any]:
+        """What a step can change before its optimizer update: the objective's running statistics, the method's
+        state and the RNG states. An aborted step checkpoints these as the step found them, so a resume replays
+        it exactly."""
+        return {"objective": copy.deepcopy(self.objective.state_dict()),
+                "method": copy.deepcopy(self.method.state_dict()),
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()}}
+
     def checkpoint(self) -> Path | None:
+        """Checkpoint the last finished step (once: a step already on disk is not written again)."""
         path = None
-        if self.info.main:
-            path = save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(), self.s.keep_checkpoints)
+        if self.info.main and self._saved_step != self.step:
+            state = self.state_dict()
+            if self._before_step is not None:
+                state.update(self._before_step)
+            path = save_checkpoint(self.run_dir, self.step, state, self.s.keep_checkpoints)
+        self._saved_step = self.step
         barrier(self.info)
         return path
-
-    def try_resume(self) -> bool:
-        found = load_latest_checkpoint(self.out / "checkpoints")
-        if found is None:
-            return False
-        self.load_state_dict(found[1])
-        self.resumed_from = self.step
-        return True
 
     # -------------------------------------------------------------------------------------------------- eval
     def _swap_ema(self) -> None:
@@ -294,16 +307,9 @@ class Trainer:
 
     def _logged_before(self) -> dict[str, float]:
         """The 'before' eval of the run being resumed, as logged at step 0."""
-        import json
-
-        path = self.out / "metrics.jsonl"
-        if not self.info.main or not path.exists():
+        if not self.info.main:
             return {}
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in self.run_dir.metrics():
             if rec.get("step") == 0:
                 return {k: v for k, v in rec.items() if k.startswith("eval/") and isinstance(v, int | float)}
         return {}
@@ -391,35 +397,56 @@ class Trainer:
         last = outs[-1] if outs else None
         return metrics, last, bad
 
-    def run(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        s, info = self.s, self.info
-        if resume:
-            self.try_resume()
-        elif any_flag(info.main and bool(list_checkpoints(self.out / "checkpoints")), info, self.diff.device):
-            if not overwrite:  # every rank raises, so none waits for the others
-                raise RewardtuneError(f"{self.out} already holds checkpoints of a run. Pass --resume to continue "
-                                      "it, --overwrite to start over in it, or choose another output_dir.")
-            import shutil
+    def run(self, resume: bool = False, overwrite: bool = False, start: RunStart | None = None) -> TrainResult:
+        """Train to `steps`. `start`: the output directory as `open_run_dir` prepared it (checked, locked, the
+        checkpoint to resume from); without it the directory is opened (and released) here."""
+        own = start is None
+        if start is None:
+            err: RewardtuneError | None = None
+            try:
+                start = open_run_dir(self.out, resume=resume, overwrite=overwrite, spec=self.spec,
+                                     main=self.info.main)
+            except RewardtuneError as e:
+                err = e
+            if any_flag(err is not None, self.info, self.diff.device):  # every rank raises: none waits for the others
+                raise err or RewardtuneError(f"another rank could not open {self.out}; see rank 0's error")
+        assert start is not None
+        try:
+            return self._run(start)
+        finally:
+            if own:
+                start.release()
 
-            if info.main:
-                for sub in ("checkpoints", "lora", "unet", "images", "tensorboard"):
-                    shutil.rmtree(self.out / sub, ignore_errors=True)
+    def _run(self, start: RunStart) -> TrainResult:
+        s, info = self.s, self.info
+        run = start.run
+        if start.resume_from is not None:
+            self.load_state_dict(start.resume_from.state)
+            self.resumed_from = self._saved_step = self.step
+            if self.step > s.steps:
+                raise CheckpointError(f"{run.path} holds a checkpoint of step {self.step}, past train.steps="
+                                      f"{s.steps}: it belongs to a longer run. Resume it with its own spec.")
+            if info.main and start.resume_from.skipped:
+                set_aside(run, [ref for ref, _ in start.resume_from.skipped])
+        elif info.main and start.clear:
+            run.clear_outputs()  # overwrite: no output of the earlier run stays
         barrier(info)
         writer = None
         if info.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if self.spec is not None:
-                write_run_info(self.out, self.spec)
-            writer = MetricsWriter(self.out, s.tensorboard, resume_from_step=self.resumed_from)
+            write_run_info(run, self.spec, write_spec=self.resumed_from is None)
+            writer = MetricsWriter(run, s.tensorboard, resume_from_step=self.resumed_from)
         self.callbacks.train_start({"output_dir": str(self.out), "start_step": self.step, "steps": s.steps,
                                     "rank": info.rank, "world": info.world})
-        before = self.evaluate("before", writer) if self.resumed_from is None else self._logged_before()
-        if before and writer is not None and self.resumed_from is None:
-            writer.write(0, before)
+        before = self._logged_before() if self.resumed_from is not None else {}
+        if self.resumed_from is None or (self.resumed_from == 0 and not before):
+            before = self._abortable_eval("before", writer) or {}  # interrupted: the loop stops at its first check
+            if before and writer is not None:
+                writer.write(0, before)
         progress = _Progress(s.progress and info.main, s.steps, self.step)
         progress.last_eval = {k.removeprefix("eval/"): v for k, v in before.items() if k != "eval/objective"}
         last_metrics: dict[str, float] = {}
         stopped, reason = False, ""
+        abort_steps = info.world == 1  # several ranks must finish a step together (its collectives)
         try:
             with progress:
                 while self.step < s.steps:
@@ -427,7 +454,15 @@ class Trainer:
                         stopped, reason = True, control.stop_reason() or "stop requested on another rank"
                         control.clear_stop()
                         break
-                    metrics, out, bad = self.train_step()
+                    snapshot = self.step_snapshot() if abort_steps else None
+                    try:
+                        with control.abortable(abort_steps):
+                            metrics, out, bad = self.train_step()
+                    except RunInterrupted:
+                        self._before_step = snapshot  # the unfinished step is dropped
+                        stopped, reason = True, control.stop_reason() or "stop requested"
+                        control.clear_stop()
+                        break
                     self.step += 1
                     last_metrics = metrics
                     if bad and info.main:
@@ -440,7 +475,8 @@ class Trainer:
                             f"train.max_nonfinite={s.max_nonfinite}); the weights were not updated on those steps. "
                             "Lower train.lr, enable train.grad_clip, or check the rewards.")
                     if s.images_every and self.step % s.images_every == 0 and self.step < s.steps:
-                        metrics.update(self.evaluate(f"step_{self.step:06d}", writer))
+                        # interrupted: this step's metrics and checkpoint are still written, then the loop stops
+                        metrics.update(self._abortable_eval(f"step_{self.step:06d}", writer) or {})
                     if writer is not None and (self.step % s.log_every == 0 or bad or self.step == s.steps):
                         writer.write(self.step, metrics)
                     if info.main:
@@ -457,10 +493,14 @@ class Trainer:
             after: dict[str, float] = {}
             weights = None
             if not stopped:
-                after = self.evaluate("after", writer)
-                if after and writer is not None:
-                    writer.write(self.step, after)
-                weights = self.export()
+                evaluated = self._abortable_eval("after", writer)
+                if any_flag(evaluated is None, info, self.diff.device):
+                    stopped, reason = True, control.stop_reason() or "stop requested on another rank"
+                else:
+                    after = evaluated or {}
+                    if after and writer is not None:
+                        writer.write(self.step, after)
+                    weights = self.export()
         finally:
             control.clear_stop()  # a request that came as the last step ended must not stop the next run
             if writer is not None:
@@ -471,6 +511,15 @@ class Trainer:
         self.callbacks.train_end(result)
         return result
 
+    def _abortable_eval(self, tag: str, writer: MetricsWriter | None) -> dict[str, float] | None:
+        """`evaluate`, stopping within one UNet call when a stop is requested; None when it was (the stop request
+        stays set, for the loop to act on)."""
+        try:
+            with control.abortable():
+                return self.evaluate(tag, writer)
+        except RunInterrupted:
+            return None
+
     def export(self) -> Path | None:
         """Final weights: LoRA safetensors loadable by `load_lora_weights(dir)`, or the full UNet."""
         path = None
@@ -478,9 +527,9 @@ class Trainer:
             self._swap_ema()
             try:
                 if self.diff.lora is not None:
-                    path = Path(lora_save(self.diff, str(self.out / "lora")))
+                    path = Path(lora_save(self.diff, str(self.run_dir.lora_dir)))
                 else:
-                    path = Path(full_unet_save(self.diff, str(self.out)))
+                    path = Path(full_unet_save(self.diff, str(self.run_dir.path)))  # writes RunDir.unet_dir
             finally:
                 self._swap_ema()
         barrier(self.info)

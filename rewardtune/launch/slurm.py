@@ -2,12 +2,16 @@
 overrides), one task per GPU with torch.distributed, checkpoint-and-requeue on preemption or time limit, and job
 metadata in the run directory so `rewardtune status RUN_DIR` / `rewardtune cancel RUN_DIR` work later.
 
-Layout of a submitted run directory::
+Layout of a submitted run directory (`rewardtune.rundir.RunDir` owns it)::
 
     RUN_DIR/                    the engine's outputs (metrics.jsonl, checkpoints/, final weights, ...)
     RUN_DIR/slurm/job.json      job ids, cluster, log paths, command line, the spec it ran
-    RUN_DIR/slurm/events.jsonl  one line per attempt start, preemption, requeue, failure, completion
-    RUN_DIR/slurm/<job id>/     submitit's folder: sbatch script, pickles, <job id>_<task>_log.{out,err}
+    RUN_DIR/slurm/events.jsonl  one line per attempt start, preemption, requeue, failure (with its traceback),
+                                completion
+    RUN_DIR/slurm/<job id>/     submitit's folder: sbatch script, its pickles, <job id>_<task>_log.{out,err}
+
+What this module reads back from a run directory is JSON it wrote itself (job.json, events.jsonl) and the logs:
+never a pickle. submitit's pickles are its own transport between the submitting process and the job.
 
 Importing this module costs submitit (~0.1 s); torch is imported inside the job only.
 """
@@ -30,12 +34,13 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from rewardtune.errors import RewardtuneError, UsageError
+from rewardtune.rundir import RunDir
 from rewardtune.spec.schema import SlurmLauncher
 
 CLUSTERS = ("slurm", "local", "debug")
-JOB_FILE = "job.json"
-EVENTS_FILE = "events.jsonl"
-SLURM_DIR = "slurm"
+JOB_FILE = RunDir.JOB
+EVENTS_FILE = RunDir.EVENTS
+SLURM_DIR = RunDir.SLURM
 
 
 class JobFailedError(RewardtuneError):
@@ -174,7 +179,7 @@ def sbatch_script(launcher: SlurmLauncher, job_name: str, run_dir: Path | str) -
 
 
 def job_folder_pattern(run_dir: Path | str) -> Path:
-    return Path(run_dir) / SLURM_DIR / "%j"
+    return RunDir(run_dir).slurm_dir / "%j"
 
 
 def make_executor(launcher: SlurmLauncher, job_name: str, run_dir: Path | str, cluster: str = "slurm"):
@@ -203,46 +208,40 @@ def make_executor(launcher: SlurmLauncher, job_name: str, run_dir: Path | str, c
 
 # ------------------------------------------------------------------------------------------------- records
 def slurm_dir(run_dir: Path | str) -> Path:
-    return Path(run_dir) / SLURM_DIR
+    return RunDir(run_dir).slurm_dir
 
 
 def append_event(run_dir: Path | str, event: str, **data: Any) -> None:
     """One JSON line in RUN_DIR/slurm/events.jsonl (appends are atomic for lines this short)."""
-    d = slurm_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **data}
-    with open(d / EVENTS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec, default=str) + "\n")
+    RunDir(run_dir).append_event(event, **data)
 
 
 def read_events(run_dir: Path | str) -> list[dict[str, Any]]:
-    p = slurm_dir(run_dir) / EVENTS_FILE
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return out
+    return RunDir(run_dir).read_events()
 
 
 def write_job_record(run_dir: Path | str, record: Mapping[str, Any]) -> Path:
-    d = slurm_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (JOB_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, d / JOB_FILE)
-    return d / JOB_FILE
+    from rewardtune.rundir import atomic_write_bytes
+
+    rd = RunDir(run_dir)
+    rd.slurm_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(rd.job_file, (json.dumps(record, indent=2, default=str) + "\n").encode(), "the job record")
+    return rd.job_file
 
 
 def read_job_record(run_dir: Path | str) -> dict[str, Any]:
-    p = slurm_dir(run_dir) / JOB_FILE
+    p = RunDir(run_dir).job_file
     if not p.exists():
         raise UsageError(f"no submitted job recorded in '{run_dir}' (looked for {p}). Give the run directory that "
                          "`rewardtune submit` printed.")
-    return json.loads(p.read_text(encoding="utf-8"))
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"the job record {p} cannot be read ({type(e).__name__}: {e}). It is written by "
+                         "`rewardtune submit`; resubmit, or fix the file.") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("job_ids"), list):
+        raise UsageError(f"the job record {p} is not one `rewardtune submit` wrote (no job_ids).")
+    return rec
 
 
 # ---------------------------------------------------------------------------------------------------- the job
@@ -311,7 +310,11 @@ class TrainingJob(Checkpointable):
             result = _engine_run(self.spec_path, self.overrides, self.tiny, resume, self.output_dir)
         except BaseException as e:
             if rank == 0 and not isinstance(e, SystemExit):
-                append_event(self.output_dir, "failed", job_id=env.job_id, error=f"{type(e).__name__}: {e}")
+                import traceback
+
+                # the traceback travels in JSON: `status` never reads submitit's result pickle
+                append_event(self.output_dir, "failed", job_id=env.job_id, error=f"{type(e).__name__}: {e}",
+                             traceback="".join(traceback.format_exception(type(e), e, e.__traceback__)))
             raise
         finally:
             if pg is not None:
@@ -405,13 +408,12 @@ def _sha256(path: str | Path) -> str:
 
 
 def _latest_checkpoint(output_dir: str) -> str | None:
-    d = Path(output_dir) / "checkpoints"
-    found = sorted(d.glob("step_*.pt")) if d.is_dir() else []
-    return str(found[-1]) if found else None
+    latest = RunDir(output_dir).latest_checkpoint()
+    return None if latest is None else str(latest.path)
 
 
 def _has_checkpoint(output_dir: str) -> bool:
-    return _latest_checkpoint(output_dir) is not None
+    return RunDir(output_dir).has_run()
 
 
 def _last_step(result: Any) -> int | None:
@@ -557,6 +559,7 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
     lau = launcher or launcher_with(spec.launcher, **launcher_flags)
     run_dir = Path(output_dir or spec.resolved_output_dir).resolve()
     _refuse_live_job(run_dir)
+    RunDir(run_dir).check_not_running()
     if not resume and not lau.array and _has_checkpoint(str(run_dir)):
         raise UsageError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another output_dir (-o).")
@@ -565,6 +568,7 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
         raise UsageError(f"train.batch_size={spec.train.batch_size} is the global batch: it must split evenly over the "
                          f"{world} processes ({lau.nodes} node(s) x {num_tasks_per_node(lau)}); use a multiple of "
                          f"{world}")
+    RunDir(run_dir).check_writable()  # before anything is submitted: the job and its records write there
     ex = make_executor(lau, spec.name, run_dir, cluster)
     seeds = [spec.train.seed + i for i in range(lau.array)] if lau.array else [None]
     jobs_in = []
@@ -611,7 +615,7 @@ def _record(run_dir: Path, cluster: str, spec_path: Any, overrides: Sequence[str
 
 
 def _refuse_live_job(run_dir: Path) -> None:
-    p = slurm_dir(run_dir) / JOB_FILE
+    p = RunDir(run_dir).job_file
     if not p.exists():
         return
     try:
@@ -685,7 +689,7 @@ def status(run_dir: str | Path) -> list[JobStatus]:
         events = read_events(rd)
         requeues = sum(1 for e in events if e.get("event") == "requeued")
         steps = [e.get("step") for e in events if e.get("step") is not None]
-        logged = _last_logged_step(rd)
+        logged = RunDir(rd).last_logged_step()
         if logged is not None:
             steps.append(logged)
         state = states.get(jid, "UNKNOWN")
@@ -695,25 +699,6 @@ def status(run_dir: str | Path) -> list[JobStatus]:
         out.append(JobStatus(jid, state, rd, rec["stdout"][i], rec["stderr"][i], requeues,
                              max(steps) if steps else None, err))
     return out
-
-
-def _last_logged_step(run_dir: str | Path) -> int | None:
-    """The newest step in the engine's metrics.jsonl (read from its end: the file grows with the run)."""
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
-        return None
-    with open(p, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 16384))
-        tail = f.read().decode("utf-8", errors="replace").splitlines()
-    for line in reversed(tail):
-        try:
-            step = json.loads(line).get("step")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(step, int):
-            return step
-    return None
 
 
 def _local_state(run_dir: str | Path) -> str:
@@ -729,18 +714,14 @@ def _local_state(run_dir: str | Path) -> str:
 
 
 def _remote_error(rec: Mapping[str, Any], i: int, jid: str, run_dir: str) -> str | None:
-    """The remote traceback from submitit's result pickle, else the end of the job's stderr."""
-    from submitit.core.utils import JobPaths, pickle_load
-
-    folder = Path(rec["folders"][i])
-    result = JobPaths(folder, job_id=jid, task_id=0).result_pickle
-    if result.exists():
-        try:
-            kind, payload = pickle_load(result)
-        except Exception:  # noqa: BLE001  (a half-written pickle: fall back to the log)
-            kind, payload = "", ""
-        if kind == "error":
-            return explain_failure(str(payload), jid, Path(rec["stderr"][i]), Path(run_dir))
+    """Why a job failed: the traceback its rank 0 recorded in events.jsonl (JSON this package wrote: never
+    submitit's result pickle, which unpickling would let run code), else the end of the job's stderr (a job killed
+    before it could record anything: out of memory, a node failure, an error outside the engine)."""
+    base = jid.split("_")[0]
+    failed = [e for e in read_events(run_dir) if e.get("event") == "failed"
+              and str(e.get("job_id", "")).split("_")[0] == base and isinstance(e.get("traceback"), str)]
+    if failed:
+        return explain_failure(failed[-1]["traceback"], jid, Path(rec["stderr"][i]), Path(run_dir))
     err = Path(rec["stderr"][i])
     if err.exists():
         tail = err.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]

@@ -17,7 +17,7 @@ def hub_cache_dir() -> str:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         return str(HF_HUB_CACHE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
+    except ImportError:  # pragma: no cover - very old huggingface_hub
         return os.path.expanduser("~/.cache/huggingface/hub")
 
 

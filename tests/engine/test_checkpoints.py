@@ -16,10 +16,15 @@ from safetensors.torch import load_file
 import rewardtune.api as api
 from rewardtune.engine import control
 from rewardtune.engine.build import build_trainer
-from rewardtune.engine.outputs import list_checkpoints, load_latest_checkpoint
+from rewardtune.engine.outputs import latest_resumable
 from rewardtune.engine.trainer import NonFiniteError
 from rewardtune.registry import register_reward
+from rewardtune.rundir import RunDir
 from rewardtune.spec.load import load_spec
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [c.step for c in RunDir(run_dir).checkpoints()]
 
 
 def _resume_spec(spec_factory):
@@ -62,7 +67,7 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
 
     part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at_3])
     assert part.stopped_early and part.steps_done == 3 and part.weights_path is None
-    assert [p.name for p in list_checkpoints(tmp_path / "part" / "checkpoints")][-1] == "step_00000003.pt"
+    assert _steps(tmp_path / "part")[-1] == 3
     resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert resumed.resumed_from == 3 and resumed.steps_done == 6
     _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "part"))
@@ -70,8 +75,8 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
     steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [s for s in steps if s > 0]
     assert sorted(set(train_steps)) == [1, 2, 3, 4, 5, 6]
-    full_ck = load_latest_checkpoint(tmp_path / "full" / "checkpoints")[1]
-    part_ck = load_latest_checkpoint(tmp_path / "part" / "checkpoints")[1]
+    full_ck = latest_resumable(RunDir(tmp_path / "full")).state
+    part_ck = latest_resumable(RunDir(tmp_path / "part")).state
     assert full_ck["objective"] == part_ck["objective"]  # running z-score stats saved and restored
     assert full_ck["method"].keys() == part_ck["method"].keys()
 
@@ -79,24 +84,29 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory):
     spec = _resume_spec(spec_factory)
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
-    ck = tmp_path / "full" / "checkpoints"
-    names = [p.name for p in list_checkpoints(ck)]
-    assert names == ["step_00000004.pt", "step_00000006.pt"]  # keep_checkpoints=2 pruned step 2
-    # what a kill -9 can leave: a half-written temp file, and (were rename not atomic) a truncated newest file
-    (ck / "step_00000008.pt.tmp").write_bytes(b"partial")
-    newest = ck / "step_00000006.pt"
+    run = RunDir(tmp_path / "full")
+    assert _steps(run.path) == [4, 6]  # keep_checkpoints=2 pruned step 2
+    # what a kill -9 can leave: a half-written temp directory, and (were rename not atomic) a truncated newest file
+    (run.checkpoints_dir / ".tmp-step_00000008.x1y2").mkdir()
+    (run.checkpoints_dir / ".tmp-step_00000008.x1y2" / "tensors.safetensors").write_bytes(b"partial")
+    newest = run.checkpoint_dir(6) / "tensors.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    path, state = load_latest_checkpoint(ck)
-    assert path.name == "step_00000004.pt" and state["step"] == 4
+    found = latest_resumable(run)
+    assert found.ref.step == 4 and found.state["step"] == 4 and [r.step for r, _ in found.skipped] == [6]
     resumed = api.run(spec, output_dir=tmp_path / "full", progress=False, resume=True)
-    assert resumed.resumed_from == 4
+    assert resumed.resumed_from == 4 and resumed.steps_done == 6
     assert full.weights_path is not None
+    # the unreadable checkpoint was set aside (kept, never pruned in favour of), the crash's temp dir removed
+    assert _steps(run.path) == [4, 6] and (run.checkpoints_dir / "corrupt-step_00000006").is_dir()
+    assert not [p for p in run.checkpoints_dir.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, spec_factory):
     spec = spec_factory(train={"steps": 1})
     api.run(spec, output_dir=tmp_path, progress=False)
-    with pytest.raises(Exception, match="--resume"):
+    from rewardtune.errors import ExistingRunError
+
+    with pytest.raises(ExistingRunError, match="Resume it"):
         api.run(spec, output_dir=tmp_path, progress=False)
 
 
@@ -223,8 +233,7 @@ def test_kill_9_mid_run_then_resume_is_bitwise_equal(tmp_path, spec_factory):
     subprocess.run(cmd + ["-o", str(tmp_path / "full")], check=True, env=env, capture_output=True)
     proc = subprocess.Popen(cmd + ["-o", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ck = tmp_path / "killed" / "checkpoints"
-    while proc.poll() is None and len(list_checkpoints(ck)) < 2:
+    while proc.poll() is None and len(_steps(tmp_path / "killed")) < 2:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

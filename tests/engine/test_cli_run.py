@@ -47,8 +47,9 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, spec_factory, capsys):
     p = _write(tmp_path, spec_factory(train={"steps": 1}))
     out = str(tmp_path / "o")
     assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 0
-    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 1
-    assert "--resume" in capsys.readouterr().err
+    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 2  # bad input: the directory holds a run
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
     assert _cli(["run", str(p), "-o", out, "--no-progress", "--overwrite"]) == 0
     assert _cli(["run", str(p), "-o", out, "--no-progress", "--resume"]) == 0  # already done: re-exports
 
@@ -64,7 +65,7 @@ def test_sigusr2_checkpoints_and_stops_then_resume_finishes(tmp_path, spec_facto
     finally:
         control.restore_signal_handlers(previous)
     assert r.stopped_early and r.steps_done == 2 and "SIGUSR2" in r.stop_reason
-    assert (tmp_path / "checkpoints" / "step_00000002.pt").exists()
+    assert (tmp_path / "checkpoints" / "step_00000002" / "state.json").exists()
     r2 = api.run(spec_factory(train={"steps": 4}), output_dir=tmp_path, progress=False, resume=True)
     assert r2.resumed_from == 2 and r2.steps_done == 4 and not r2.stopped_early
 
