@@ -7,15 +7,24 @@
         print(row.rank, row.path, row.scores)
 
 How files are scored:
+- Folders are searched with `rewardtune.images.discover`: symbolic links inside them are not followed unless
+  `follow_symlinks` (they are listed in the result's `skipped_links`), and a folder that cannot be listed gets an
+  error row.
 - Headers are read first (`rewardtune.images.inspect_image`): unusable files (missing, empty, not an image,
-  oversized) get an error row and are never decoded.
-- The remaining files are grouped by size and scored in batches of `batch_size`. Each image is decoded once and
-  the same pixels go to every reward. Same-size batching leaves every score equal to scoring that image alone
-  (only floating-point summation order differs); images are never resized to fit a batch.
+  oversized, more elongated than MAX_ASPECT) get an error row and are never decoded.
+- Large images are downscaled while they are decoded, to what the rewards can use (`decode_short_side`): the
+  rewards resize every image to their input size anyway (224 px for most), so decoding 8000 x 8000 pixels to
+  float only to shrink them there cost gigabytes. Images whose shorter side is at most 1024 px (2048 when a
+  reward does not declare its input size) are decoded exactly as stored.
+- The files are grouped by decoded size and scored in batches of at most `batch_size` images and
+  `BATCH_PIXELS` pixels. Each image is decoded once and the same pixels go to every reward. Same-size batching
+  leaves every score equal to scoring that image alone (only floating-point summation order differs); images are
+  never resized to fit a batch.
 - A file that fails to decode (corrupt or truncated data) gets its own error row; the rest of its batch is still
   scored. If a reward raises on a batch, the batch is retried image by image so only the offending file fails.
-- Files are decoded to uint8 in a few threads, one batch ahead of the rewards, and converted to float on the
-  rewards' device.
+- Files are decoded to uint8 in a few threads, one batch ahead of the rewards (and at most `DECODE_PIXELS` full
+  size pixels at once), and converted to float on the rewards' device. Peak memory stays near 1 GB above the
+  models' own whatever the files (measured: tests/cli/test_score_memory.py).
 """
 from __future__ import annotations
 
@@ -29,14 +38,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewardtune.errors import UsageError
-from rewardtune.images import DEFAULT_MAX_PIXELS, ImageFileError, discover_images, inspect_image, load_uint8
+from rewardtune.errors import UnknownRewardError, UsageError
+from rewardtune.images import (
+    DEFAULT_MAX_PIXELS,
+    Discovery,
+    ImageFileError,
+    decode_size,
+    discover,
+    inspect_image,
+    load_uint8,
+)
+
+#: at most this many pixels (after decode-time downscaling) in one batch: 16 MP is 200 MB as float32
+BATCH_PIXELS = 16 * 1024 * 1024
+#: at most this many full-size (header) pixels decoded at once across the decoding threads; one image larger than
+#: this is decoded alone
+DECODE_PIXELS = 64 * 1024 * 1024
+#: images with more pixels than this are decoded by a single thread of their own (see score_files)
+LARGE_IMAGE_PIXELS = 2048 * 2048
+#: decode-time downscaling: the shorter side is kept at >= this many times the largest reward input size ...
+DECODE_FACTOR = 4
+#: ... and never below this; rewards that do not declare an input size (`image_size`) get UNKNOWN_SHORT_SIDE
+MIN_SHORT_SIDE = 1024
+UNKNOWN_SHORT_SIDE = 2048
+#: images more elongated than this get an error row: rewards scale the shorter side up to their input size, so a
+#: 30000 x 1 image would become 224 x 6.7 million pixels (80 GB as float) inside a CLIP-family reward
+MAX_ASPECT = 32
+#: the error of a file scored without a prompt (a caller may add how to give one)
+NO_PROMPT = "no prompt for this file: give a prompt for every file, or this file's own prompt"
+
+
+class ArgumentError(UsageError):
+    """A bad argument value. `param` is the argument's name (e.g. "weights"), `value` what was given and `detail`
+    what is wrong and how to fix it, so a caller (the CLI) can name its own option instead."""
+
+    def __init__(self, param: str, value: Any, detail: str):
+        self.param, self.value, self.detail = param, value, detail
+        super().__init__(f"{param}={value!r}: {detail}" if value is not None else f"{param}: {detail}")
 
 
 # ------------------------------------------------------------------------------------------ reward selection
 @dataclass(frozen=True)
 class RewardChoice:
-    """One `--reward` argument: registry name, preset (None = the card's default) and the column label."""
+    """One reward to score with: registry name, preset (None = the card's default) and the column label."""
 
     name: str
     preset: str | None
@@ -53,7 +97,8 @@ def parse_reward_arg(arg: str, *, tiny: bool = False) -> RewardChoice:
 
     arg = arg.strip()
     if not arg:
-        raise UsageError("--reward needs a name, e.g. --reward imagereward or --reward clip:tiny")
+        raise ArgumentError("reward", arg, "the name is empty; give a registered name such as 'imagereward', "
+                                           "or NAME:PRESET such as 'clip:tiny'")
     name, preset = arg, None
     head, sep, tail = arg.rpartition(":")
     if sep and head in registry().names():
@@ -64,20 +109,21 @@ def parse_reward_arg(arg: str, *, tiny: bool = False) -> RewardChoice:
 
 
 def parse_weights_args(args: Sequence[str], labels: Sequence[str]) -> dict[str, str]:
-    """`--weights LABEL=PATH` (or a bare PATH when one reward is scored) -> {label: hub id or directory}."""
+    """`LABEL=PATH` items (or a bare PATH when one reward is scored) -> {label: hub id or directory}."""
     out: dict[str, str] = {}
     for a in args:
         label, sep, path = a.partition("=")
         if not sep:
             if len(labels) != 1:
-                raise UsageError(f"--weights {a}: say which reward it is for, e.g. --weights {labels[0]}={a}")
+                raise ArgumentError("weights", a, f"say which reward these weights are for, as REWARD=PATH "
+                                                  f"(e.g. {labels[0]}={a})")
             label, path = labels[0], a
         if label not in labels:
-            raise UsageError(f"--weights {a}: '{label}' is not a reward being scored ({', '.join(labels)}).")
+            raise ArgumentError("weights", a, f"'{label}' is not a reward being scored ({', '.join(labels)})")
         if not path:
-            raise UsageError(f"--weights {a}: give a directory or hub id after '='.")
+            raise ArgumentError("weights", a, "give a directory or hub id after '='")
         if label in out:
-            raise UsageError(f"--weights for {label} is given twice.")
+            raise ArgumentError("weights", a, f"weights for {label} are given twice; give them once")
         out[label] = path
     return out
 
@@ -94,7 +140,7 @@ def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, devi
     labels = [c.label for c in choices]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
-        raise UsageError(f"--reward {dup[0]} is given twice.")
+        raise ArgumentError("reward", dup[0], "given twice; give each reward once (labels must differ)")
     from rewardtune.rewards._shared import sharing
 
     out = RewardSet()
@@ -129,9 +175,16 @@ def resolve_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UsageError(f"Unknown device '{device}'. Use auto, cpu, cuda, cuda:N or mps.") from None
+        raise ArgumentError("device", device, "unknown device: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available in this torch build or on this machine.")
+        raise ArgumentError("device", device, "CUDA is not available in this torch build or on this machine; "
+                                              "use cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ArgumentError("device", device, f"this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                              f"numbered from 0")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                  and torch.backends.mps.is_available()):
+        raise ArgumentError("device", device, "MPS is not available on this machine; use cpu (or auto)")
     return device
 
 
@@ -142,7 +195,7 @@ def needs_prompt(reward: Any) -> bool:
 
     try:
         inputs = get_card(reward.name).inputs
-    except Exception:  # noqa: BLE001 - a reward built outside the registry
+    except (UnknownRewardError, AttributeError):  # a reward built outside the registry, or without a name
         inputs = getattr(reward, "inputs", ("pixels", "prompt"))
     return "prompt" in tuple(inputs)
 
@@ -159,18 +212,32 @@ def read_prompts_file(path: str | Path) -> dict[Path, str]:
     Relative image paths are taken relative to the prompts file's folder. Returns {path: prompt} in file order.
     """
     src = Path(path)
+
+    def bad(detail: str) -> ArgumentError:
+        return ArgumentError("prompts_file", str(src), detail)
+
     if not src.is_file():
-        raise UsageError(f"--prompts-file {src}: file not found.")
+        raise bad("no such file" if not src.exists() else "not a file")
     base = src.parent
     entries: list[tuple[str, str, str]] = []  # (path, prompt, where: "line 3" / "entry 3")
-    text = src.read_text(encoding="utf-8-sig")
+    try:
+        text = src.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise bad(f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise bad(f"cannot read it ({e.strerror or e})") from None
     is_json = src.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith(("{", "["))
     if is_json:
         if text.lstrip().startswith("["):  # a JSON array of objects
             try:
-                items = [(f"entry {i + 1}", o) for i, o in enumerate(json.loads(text))]
+                items = json.loads(text)
             except json.JSONDecodeError as e:
-                raise UsageError(f"--prompts-file {src}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+                raise bad(f"line {e.lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise bad("JSON nested too deeply") from None
+            if not isinstance(items, list):
+                raise bad("expected a JSON array of objects with 'path' and 'prompt'")
+            items = [(f"entry {i + 1}", o) for i, o in enumerate(items)]
         else:
             items = []
             for n, line in enumerate(text.splitlines(), 1):
@@ -179,15 +246,16 @@ def read_prompts_file(path: str | Path) -> dict[Path, str]:
                 try:
                     items.append((f"line {n}", json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise UsageError(f"--prompts-file {src}, line {n}: not valid JSON ({e.msg}).") from None
+                    raise bad(f"line {n}: not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise bad(f"line {n}: JSON nested too deeply") from None
         for n, obj in items:
             if not isinstance(obj, dict):
-                raise UsageError(f"--prompts-file {src}, {n}: expected an object with 'path' and 'prompt'.")
+                raise bad(f"{n}: expected an object with 'path' and 'prompt'")
             p = obj.get("path", obj.get("image", obj.get("file")))
             t = obj.get("prompt", obj.get("text"))
             if not isinstance(p, str) or not isinstance(t, str):
-                raise UsageError(f"--prompts-file {src}, {n}: needs string fields 'path' and 'prompt', "
-                                 f"got keys {sorted(obj)}.")
+                raise bad(f"{n}: needs string fields 'path' and 'prompt', got keys {sorted(obj)}")
             entries.append((p, t, n))
     else:
         dialect = "excel-tab" if src.suffix.lower() == ".tsv" else "excel"
@@ -201,23 +269,23 @@ def read_prompts_file(path: str | Path) -> dict[Path, str]:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) <= max(pi, ti):
-                raise UsageError(f"--prompts-file {src}, line {n}: expected 'path,prompt', got {row!r}.")
+                raise bad(f"line {n}: expected 'path,prompt', got {row!r}")
             entries.append((row[pi].strip(), row[ti], f"line {n}"))
     out: dict[Path, str] = {}
     keys: dict[str, tuple[str, str]] = {}
     for p, t, n in entries:
         if not p:
-            raise UsageError(f"--prompts-file {src}, {n}: empty path.")
+            raise bad(f"{n}: empty path")
         full = Path(os.path.expanduser(p))
         if not full.is_absolute():
             full = base / full
         k = _key(full)
         if k in keys and keys[k][0] != t:
-            raise UsageError(f"--prompts-file {src}, {n}: '{p}' already has a different prompt ({keys[k][1]}).")
+            raise bad(f"{n}: '{p}' already has a different prompt ({keys[k][1]}); give each file one prompt")
         keys[k] = (t, n)
         out.setdefault(full, t)
     if not out:
-        raise UsageError(f"--prompts-file {src}: no entries.")
+        raise bad("no entries: list one image per line as path,prompt")
     return out
 
 
@@ -288,33 +356,90 @@ def _run_rewards(rows: list[Row], pixels, rewards: Mapping[str, Any], explain: b
                     row.explain[label] = d
 
 
-def score_files(paths: Iterable[str | Path], rewards: Mapping[str, Any], *, prompt: str | None = None,
+class Rows(list):
+    """The rows of `score_files`, one per file in discovery order, plus `skipped_links`: the symbolic links found
+    inside the folders and not followed (see `rewardtune.images.discover`)."""
+
+    def __init__(self, rows: Iterable[Row] = (), skipped_links: Sequence[Path] = ()) -> None:
+        super().__init__(rows)
+        self.skipped_links = list(skipped_links)
+
+
+def decode_short_side(rewards: Mapping[str, Any]) -> int:
+    """How far `score_files` downscales large images while decoding them: the shorter side is kept at
+    DECODE_FACTOR times the largest input size the rewards declare (`image_size`: 224 for CLIP-family rewards,
+    ImageReward, BLIP-2), and at least MIN_SHORT_SIDE; UNKNOWN_SHORT_SIDE when a reward declares none (plain
+    callables, sam-llm's region crops). Every reward resizes its input to its own size with an antialiased filter,
+    so what it sees changes by far less than 8-bit rounding (docs/scoring.md has the measured numbers)."""
+    sizes = [getattr(r, "image_size", None) for r in rewards.values()]
+    if not sizes or not all(isinstance(v, int) and v > 0 for v in sizes):
+        return UNKNOWN_SHORT_SIDE
+    return max(MIN_SHORT_SIDE, DECODE_FACTOR * max(sizes))
+
+
+@dataclass(frozen=True)
+class _Failed:
+    message: str
+
+
+class _PixelBudget:
+    """A counting gate on pixels being decoded: waits until `n` more fit under `limit` (or nothing else is in)."""
+
+    def __init__(self, limit: int) -> None:
+        import threading
+
+        self.limit, self.used, self.cond = limit, 0, threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            while self.used and self.used + n > self.limit:
+                self.cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+def score_files(paths: Iterable[str | Path] | Discovery, rewards: Mapping[str, Any], *, prompt: str | None = None,
                 prompts: Mapping[str | Path, str] | None = None, batch_size: int = 16, explain: bool = False,
                 max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True,
-                progress: Callable[[int, int], None] | None = None, decode_workers: int | None = None) -> list[Row]:
-    """Score every image under `paths` (files or folders, recursively) with every reward in `rewards`.
+                progress: Callable[[int, int], None] | None = None, decode_workers: int | None = None,
+                follow_symlinks: bool = False, max_short_side: int | None | str = "auto") -> Rows:
+    """Score every image under `paths` (files or folders, recursively; or what `discover` already found) with
+    every reward in `rewards`.
 
     The prompt of a file comes from `prompts` (path -> prompt) and falls back to `prompt`. Returns one Row per
-    file in discovery order (use `rank_rows` to order them); a file that could not be scored has `error` set.
-    `progress(done, total)` is called after each batch. Files are decoded by `decode_workers` threads
-    (default: up to 8, one batch ahead of the rewards).
+    file in discovery order (use `rank_rows` to order them); a file that could not be scored has `error` set, and
+    so has a row for each folder that could not be listed. Symbolic links inside folders are followed only with
+    `follow_symlinks`; the others are in the result's `skipped_links`. `progress(done, total)` is called after each
+    batch. Files are decoded by `decode_workers` threads (default: up to 8, one batch ahead of the rewards).
+    `max_short_side`: "auto" downscales large images at decode time as far as the rewards allow
+    (`decode_short_side`), an int sets the shorter side, None decodes every image at full size.
     """
     import torch
 
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}.")
+        raise ArgumentError("batch_size", batch_size, "must be at least 1")
     if not rewards:
-        raise UsageError("No reward given. Pass --reward NAME (see `rewardtune rewards`).")
-    files = discover_images(paths)
+        raise ArgumentError("rewards", None, "no reward given: pass at least one")
+    if max_short_side == "auto":
+        max_short_side = decode_short_side(rewards)
+    elif max_short_side is not None and (not isinstance(max_short_side, int) or max_short_side < 1):
+        raise ArgumentError("max_short_side", max_short_side, "use 'auto', None, or a positive number of pixels")
+    found = paths if isinstance(paths, Discovery) else discover(paths, follow_symlinks=follow_symlinks)
     by_key = {_key(p): t for p, t in (prompts or {}).items()}
     wants_prompt = any(needs_prompt(r) for r in rewards.values())
-    rows: list[Row] = []
-    groups: dict[tuple[int, int], list[Row]] = {}
-    for i, f in enumerate(files):
+    rows = Rows(skipped_links=found.skipped_links)
+    groups: dict[tuple[int, int], list[Row]] = {}  # by decoded size
+    header_pixels: dict[int, int] = {}
+    decoded: dict[int, tuple[int, int]] = {}
+    for i, f in enumerate(found.files):
         row = Row(index=i, path=f, prompt=by_key.get(_key(f), prompt))
         rows.append(row)
         if wants_prompt and row.prompt is None:
-            row.error = "no prompt for this file (give --prompt, or list the file in --prompts-file)"
+            row.error = NO_PROMPT
             continue
         try:
             info = inspect_image(f, max_pixels=max_pixels, exif_transpose=exif_transpose)
@@ -322,44 +447,75 @@ def score_files(paths: Iterable[str | Path], rewards: Mapping[str, Any], *, prom
             row.error = str(e)
             continue
         row.size = info.size
-        groups.setdefault(info.size, []).append(row)
+        w, h = info.size
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            row.error = (f"aspect ratio {max(w, h) / min(w, h):.0f}:1 is beyond {MAX_ASPECT}:1: rewards scale the "
+                         "shorter side up to their input size, which would take gigabytes here; crop the image")
+            continue
+        header_pixels[row.index] = w * h
+        decoded[row.index] = decode_size(info.size, max_short_side)
+        groups.setdefault(decoded[row.index], []).append(row)
+    for folder, why in found.unreadable:
+        rows.append(Row(index=len(rows), path=folder, prompt=None,
+                        error=f"cannot list this folder ({why}); the images in it were not scored"))
 
     total, done = len(rows), sum(1 for r in rows if r.error)
     if progress:
         progress(done, total)
-    chunks = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    chunks = []
+    for (w, h), g in groups.items():  # at most batch_size images and BATCH_PIXELS pixels (one image at least)
+        n = max(1, min(batch_size, BATCH_PIXELS // max(1, w * h)))
+        chunks += [g[i:i + n] for i in range(0, len(g), n)]
     if not chunks:
         return rows
     device = getattr(next(iter(rewards.values())), "device", "cpu")
+    budget = _PixelBudget(DECODE_PIXELS)
 
     def decode(row: Row):
+        n = header_pixels[row.index]
+        budget.acquire(n)
         try:
-            return load_uint8(row.path, max_pixels=max_pixels, exif_transpose=exif_transpose)
+            return load_uint8(row.path, max_pixels=max_pixels, exif_transpose=exif_transpose,
+                              max_short_side=max_short_side)
         except ImageFileError as e:
-            return e
+            return _Failed(str(e))  # the message only: the exception's traceback would keep decoder frames alive
+        finally:
+            budget.release(n)
 
     # Decoding runs in threads (PIL releases the GIL) one batch ahead of the rewards, so reading files overlaps
-    # with the forward passes; at most two batches of uint8 pixels are in memory.
+    # with the forward passes; at most two batches of uint8 pixels are in memory. Large images are decoded by one
+    # thread of their own: malloc keeps an arena per thread, and each arena kept the high-water mark of the large
+    # images it had decoded (eight threads held 1.5 GB where one held 0.8).
     workers = max(1, min(batch_size, decode_workers or min(8, os.cpu_count() or 1)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewardtune-decode") as pool:
-        pending = [pool.submit(decode, r) for r in chunks[0]]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewardtune-decode") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardtune-decode-large") as large:
+
+        def submit(row: Row):
+            return (large if header_pixels[row.index] > LARGE_IMAGE_PIXELS else pool).submit(decode, row)
+
+        pending = [submit(r) for r in chunks[0]]
         for ci, chunk in enumerate(chunks):
             results = [f.result() for f in pending]
-            pending = [pool.submit(decode, r) for r in chunks[ci + 1]] if ci + 1 < len(chunks) else []
+            pending = [submit(r) for r in chunks[ci + 1]] if ci + 1 < len(chunks) else []
             ok, pix, odd = [], [], []
             for row, x in zip(chunk, results, strict=True):
-                if isinstance(x, ImageFileError):
-                    row.error = str(x)
-                elif tuple(x.shape[-2:]) != (row.size[1], row.size[0]):
+                if isinstance(x, _Failed):
+                    row.error = x.message
+                elif tuple(x.shape[-2:]) != decoded[row.index][::-1]:
                     # orientation only known after decoding (PNG with a late eXIf chunk): score it on its own
-                    row.size = (int(x.shape[-1]), int(x.shape[-2]))
+                    got = (int(x.shape[-1]), int(x.shape[-2]))
+                    row.size = (row.size[1], row.size[0]) if got == decoded[row.index][::-1] else got
                     odd.append((row, x))
                 else:
                     ok.append(row)
                     pix.append(x)
+            del results
             # uint8 -> float on the reward's device: identical values to load_pixels, a quarter of the copy
             if ok:
-                _run_rewards(ok, torch.stack(pix).to(device, non_blocking=True).float().div_(255.0), rewards, explain)
+                batch = torch.stack(pix)
+                del pix
+                _run_rewards(ok, batch.to(device, non_blocking=True).float().div_(255.0), rewards, explain)
+                del batch
             for row, x in odd:
                 _run_rewards([row], x[None].to(device).float().div_(255.0), rewards, explain)
             done += len(chunk)
@@ -371,11 +527,11 @@ def score_files(paths: Iterable[str | Path], rewards: Mapping[str, Any], *, prom
 # --------------------------------------------------------------------------------------------------- ranking
 def _direction(reward: Any) -> str:
     name = getattr(reward, "name", "")
-    try:
-        from rewardtune.registry import get_card
+    from rewardtune.registry import get_card
 
+    try:
         return get_card(name).direction if name else "higher"
-    except Exception:  # noqa: BLE001 - a reward built outside the registry
+    except UnknownRewardError:  # a reward built outside the registry
         return "higher"
 
 
@@ -399,24 +555,26 @@ def rank_rows(rows: Sequence[Row], rewards: Mapping[str, Any]) -> list[Row]:
 
 
 def parse_min_scores(values: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """`--min-score 0.5` (first reward) or `--min-score clip=21` -> {label: threshold}."""
+    """Thresholds `0.5` (for the first reward) or `clip=21` -> {label: threshold}."""
     out: dict[str, float] = {}
     for v in values:
         label, sep, num = v.rpartition("=")
         if not sep:
             if not labels:
-                raise UsageError("--min-score needs a reward.")
+                raise ArgumentError("min_score", v, "a threshold needs a reward to apply to")
             label = labels[0]
         if label not in labels:
             from rewardtune.registry import did_you_mean
 
             guess = did_you_mean(label, list(labels))
-            raise UsageError(f"--min-score {v}: '{label}' is not one of the rewards scored ({', '.join(labels)})."
-                             + (f" Did you mean '{guess}'?" if guess else ""))
+            raise ArgumentError("min_score", v, f"'{label}' is not one of the rewards scored ({', '.join(labels)})."
+                                + (f" Did you mean '{guess}'?" if guess else ""))
         try:
             out[label] = float(num)
         except ValueError:
-            raise UsageError(f"--min-score {v}: '{num}' is not a number.") from None
+            raise ArgumentError("min_score", v, f"'{num}' is not a number") from None
+        if not math.isfinite(out[label]):
+            raise ArgumentError("min_score", v, "the threshold must be a finite number")
     return out
 
 
@@ -428,14 +586,19 @@ def apply_min_scores(rows: Sequence[Row], thresholds: Mapping[str, float]) -> No
 
 # ---------------------------------------------------------------------------------------------------- output
 def rows_to_json(rows: Sequence[Row], rewards: Mapping[str, Any], *, prompt: str | None = None,
-                 thresholds: Mapping[str, float] | None = None) -> str:
+                 thresholds: Mapping[str, float] | None = None,
+                 skipped_links: Sequence[Path] | None = None) -> str:
+    """The JSON document of a scoring: rewards, counts, and one result per row. `skipped_links` defaults to the
+    rows' own (a `Rows` from `score_files`)."""
+    if skipped_links is None:
+        skipped_links = getattr(rows, "skipped_links", [])
     choices = getattr(rewards, "choices", {})
     meta = [{"label": k, "name": choices[k].name if k in choices else getattr(r, "name", k),
              "preset": choices[k].preset if k in choices else None, "direction": _direction(r)}
             for k, r in rewards.items()]
     doc = {"rewards": meta, "prompt": prompt, "min_score": dict(thresholds or {}),
            "scored": sum(1 for r in rows if r.ok), "failed": sum(1 for r in rows if not r.ok),
-           "results": [r.to_dict() for r in rows]}
+           "skipped_links": [str(p) for p in skipped_links], "results": [r.to_dict() for r in rows]}
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"
 
 

@@ -14,9 +14,12 @@ from PIL import Image
 from rewardtune.images import (
     DEFAULT_MAX_PIXELS,
     ImageFileError,
+    decode_size,
+    discover,
     discover_images,
     inspect_image,
     load_pixels,
+    load_uint8,
     open_image,
     pil_to_tensor,
     to_pixel_list,
@@ -282,3 +285,163 @@ def test_discover_images_recursive_sorted_deduplicated(tmp_path):
     found = discover_images([tmp_path, tmp_path / "a.png", tmp_path / "notes.txt", tmp_path / "nope.png"])
     rel = [str(p.relative_to(tmp_path)) for p in found]
     assert rel == ["a.png", "b/deep/y.gif", "b/deep/z.webp", "b/x.JPG", "c.bmp", "notes.txt", "nope.png"]
+
+
+def test_symlinks_inside_folders_are_listed_not_followed_unless_asked(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    two_colour().save(outside / "secret.png")
+    (outside / "more").mkdir()
+    two_colour().save(outside / "more" / "m.png")
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    two_colour().save(root / "own.png")
+    (root / "link.png").symlink_to(outside / "secret.png")  # a file link leading out of the folder
+    (root / "sub" / "dir-link").symlink_to(outside / "more", target_is_directory=True)
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (root / "notes.txt").symlink_to(outside / "secret.png")  # not an image name: never scored, never listed
+
+    found = discover([root])
+    assert [p.name for p in found.files] == ["own.png"]
+    assert sorted(p.name for p in found.skipped_links) == ["dangling.png", "dir-link", "link.png", "loop"]
+    assert discover_images([root]) == found.files
+    # named explicitly, a link is followed: it was asked for
+    assert discover([root / "link.png"]).files == [root / "link.png"]
+
+    followed = discover([root], follow_symlinks=True)
+    rel = sorted(str(p.relative_to(root)) for p in followed.files)
+    # the loop back to root is entered once only (root itself was already visited); the dangling link is kept
+    # so that it gets its own "file not found" row
+    assert rel == ["dangling.png", "link.png", "own.png", "sub/dir-link/m.png"]
+    assert followed.skipped_links == [] and followed.unreadable == []
+
+
+def test_a_folder_that_cannot_be_listed_is_reported(tmp_path):
+    import os
+
+    (tmp_path / "ok").mkdir()
+    two_colour().save(tmp_path / "ok" / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    two_colour().save(locked / "b.png")
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("this process reads folders whatever their mode (root with CAP_DAC_OVERRIDE); "
+                        "tests/cli/test_score.py checks this without the capability")
+        found = discover([tmp_path])
+        assert [p.name for p in found.files] == ["a.png"]
+        assert found.unreadable == [(locked, "Permission denied")]
+    finally:
+        locked.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------------ decode-time downscaling
+def test_decode_size():
+    assert decode_size((512, 512), 1024) == (512, 512)  # small images are never resized
+    assert decode_size((1024, 4000), 1024) == (1024, 4000)  # shorter side already at the limit
+    assert decode_size((8000, 8000), 1024) == (1024, 1024)
+    assert decode_size((8000, 6000), 1024) == (1365, 1024)
+    assert decode_size((6000, 8000), 1024) == (1024, 1365)  # symmetric: stored and rotated sizes agree
+    assert decode_size((40000, 1000), 256) == (3238, 81)  # beyond 4:1 the pixel cap (4 x 256^2) binds
+    assert decode_size((8000, 8000), None) == (8000, 8000)
+
+
+def tiled_photos(w: int, h: int) -> Image.Image:
+    """Real photos tiled at full resolution: hard edges and detail that only exist at the large size."""
+    tiles = [Image.open(FIXTURES / f"{i}.webp").convert("RGB") for i in (1, 2, 3, 4)]
+    out = Image.new("RGB", (w, h))
+    for a in range(0, w, 512):
+        for b in range(0, h, 512):
+            out.paste(tiles[(a + b) // 512 % 4], (a, b))
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_downscaled_decode_changes_what_a_224px_reward_sees_by_less_than_parity_tolerance(tmp_path, suffix):
+    """The exactness story of decode-time downscaling: rewards resize to their input size anyway (224 px for
+    CLIP-family rewards and ImageReward), with an antialiased bicubic filter. Decoding a 2560x1920 image to a
+    1024 px short side first changes that 224 px input by at most 0.03 (the parity tests' tolerance for our
+    resampling versus PIL's) and on average by less than a tenth of an 8-bit step (0.0015)."""
+    from rewardtune.rewards.preprocess import preprocess
+
+    p = tmp_path / f"big{suffix}"
+    tiled_photos(2560, 1920).save(p, **({"quality": 95} if suffix == ".jpg" else {}))
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+    def seen(x):
+        return preprocess(x.float().div(255)[None], size=224, mean=mean, std=std)
+
+    full, small = load_uint8(p), load_uint8(p, max_short_side=1024)
+    assert tuple(full.shape) == (3, 1920, 2560) and tuple(small.shape) == (3, 1024, 1365)
+    d = (seen(full) - seen(small)).abs()
+    assert d.max().item() < 0.03 and d.mean().item() < 0.0015, (d.max().item(), d.mean().item())
+
+
+def test_images_at_or_below_the_limit_decode_bit_for_bit_as_before():
+    for f in sorted(FIXTURES.glob("*.webp")):
+        assert torch.equal(load_uint8(f, max_short_side=512), load_uint8(f))
+
+
+@pytest.mark.parametrize("mode, colour, expect", [
+    ("RGBA", (200, 30, 40, 0), (255, 255, 255)),  # transparent -> white, as without downscaling
+    ("RGBA", (0, 0, 0, 128), (127, 127, 127)),
+    ("LA", (100, 255), (100, 100, 100)),
+    ("P", None, (160, 0, 0)),
+    ("I;16", 257 * 70, (70, 70, 70)),
+    ("I", 40000, (156, 156, 156)),  # above 255: a 16-bit range
+    ("F", 0.5, (128, 128, 128)),  # at most 1: a 0..1 range
+    ("1", 1, (255, 255, 255)),
+    ("CMYK", (0, 255, 0, 0), (255, 0, 255)),
+])
+def test_every_mode_downscales_to_the_colour_it_decodes_to(tmp_path, mode, colour, expect):
+    size = (1600, 1200)
+    if mode == "P":
+        im = Image.new("P", size, 1)
+        im.putpalette([0, 0, 0, 160, 0, 0] + [0] * 762)
+    else:
+        im = Image.new(mode, size, colour)
+    suffix = ".tif" if mode in ("I", "F", "CMYK") else ".png"
+    p = tmp_path / f"img{suffix}"
+    im.save(p)
+    x = load_uint8(p, max_short_side=300)
+    assert tuple(x.shape) == (3, 300, 400)
+    full = load_uint8(p)
+    assert tuple(full[:, 600, 800].tolist()) == expect
+    assert close(tuple(x[:, 150, 200].tolist()), expect, 1), (mode, x[:, 150, 200].tolist())
+
+
+def test_downscaled_jpeg_with_exif_rotation_comes_out_upright(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "rot.jpg"
+    two_colour(1600, 1200).save(p, quality=95, exif=exif.tobytes())  # stored landscape, shown portrait
+    assert inspect_image(p).size == (1200, 1600)
+    x = load_uint8(p, max_short_side=300)
+    assert tuple(x.shape) == (3, 400, 300)  # decode_size of the displayed size
+    t = x.float().div(255)
+    assert close(rgb(t, 50, 150), RED, 12) and close(rgb(t, 350, 150), BLUE, 12)
+
+
+def test_only_the_supported_formats_are_opened(tmp_path):
+    """PIL opens dozens of formats (EPS runs Ghostscript); a file given to score is read only as PNG, JPEG, WebP,
+    BMP, GIF or TIFF."""
+    p = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(p, "PPM")  # a valid PPM named .png
+    with pytest.raises(ImageFileError, match="not an image"):
+        inspect_image(p)
+
+
+def test_errors_do_not_keep_the_decoder_alive(tmp_path):
+    """ImageFileError is raised outside PIL's exception: chained, its traceback kept the decoder's frames and
+    buffers alive as long as the error (found by the fuzz test: 100 MB per failed 16000 px WebP in a batch)."""
+    p = tmp_path / "t.png"
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    noise.save(p)
+    p.write_bytes(p.read_bytes()[:200])
+    (tmp_path / "x.png").write_text("text")
+    for f in (p, tmp_path / "x.png"):
+        with pytest.raises(ImageFileError) as e:
+            load_uint8(f)
+        assert e.value.__context__ is None and e.value.__cause__ is None

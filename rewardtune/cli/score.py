@@ -17,10 +17,15 @@ import typer
 from rewardtune.cli.common import guarded
 
 HELP = ("Score image files (or folders, recursively) against a prompt with one or more rewards.\n\n"
-        "Exit codes: 0 every file scored; 2 usage error; 3 some files could not be scored (they have error rows, "
-        "the rest were scored); 4 a reward could not be loaded (missing weights or dependency); 1 internal error.")
+        "Exit codes: 0 every file scored; 2 bad input: a usage error, or some files could not be scored (they have "
+        "error rows, the rest were scored and written); 4 a reward could not be loaded (missing weights or "
+        "dependency); 1 internal error.")
 
-EXIT_OK, EXIT_FILES_FAILED, EXIT_REWARD_UNAVAILABLE = 0, 3, 4
+EXIT_OK, EXIT_FILES_FAILED, EXIT_REWARD_UNAVAILABLE = 0, 2, 4
+#: the option that sets each argument of rewardtune.scoring (its errors name the argument; we name the option)
+FLAGS = {"reward": "--reward", "rewards": "--reward", "weights": "--weights", "min_score": "--min-score",
+         "prompts_file": "--prompts-file", "device": "--device", "batch_size": "--batch-size"}
+SHOW_LINKS = 5  # skipped symbolic links named in the warning
 PROGRESS_MIN_FILES = 8  # fewer files than this: no progress bar
 DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 
@@ -63,14 +68,42 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
                                  help="Score pixels as stored, ignoring the EXIF orientation tag (as reference "
                                       "scorers do)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Never show a progress bar."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
+                                         help="Follow symbolic links found inside folders (to files or folders). "
+                                              "Without it they are skipped and listed; links named as PATHS are "
+                                              "always followed."),
     weights: list[str] = typer.Option(None, "--weights", "-w", metavar="[REWARD=]PATH",
                                       help="Use these weights for a reward instead of its preset's: a local "
                                            "directory (a downloaded copy) or a hub id. REWARD= may be left out "
                                            "when one reward is scored. Repeat for several."),
 ) -> None:
-    from rewardtune.errors import MissingDependencyError, MissingWeightsError, UsageError
-    from rewardtune.images import discover_images
+    from rewardtune.scoring import ArgumentError
 
+    try:
+        _score(paths, prompt, prompts_file, reward, tiny, batch_size, device, dtype, as_json, as_csv, output,
+               min_score, only, show_captions, explain, max_pixels, no_exif, no_progress, weights, follow_symlinks)
+    except ArgumentError as e:  # the library names its arguments; say which option was wrong
+        from rewardtune.errors import UsageError
+
+        raise UsageError(_flag_message(e)) from None
+
+
+def _flag_message(e) -> str:
+    import shlex
+
+    flag = FLAGS.get(e.param, e.param)
+    return f"{flag}: {e.detail}" if e.value is None else f"{flag} {shlex.quote(str(e.value))}: {e.detail}"
+
+
+def _score(paths, prompt, prompts_file, reward, tiny, batch_size, device, dtype, as_json, as_csv, output, min_score,
+           only, show_captions, explain, max_pixels, no_exif, no_progress, weights, follow_symlinks) -> None:
+    import warnings
+
+    from rewardtune.errors import MissingDependencyError, MissingWeightsError, UsageError
+    from rewardtune.images import IMAGE_SUFFIXES, discover
+
+    # PIL warns about damaged metadata of files it still decodes (and those it cannot get an error row anyway)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     out = _console()
     err = _console(stderr=True)
     if output is not None and not (as_json or as_csv):
@@ -96,12 +129,22 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     inputs = list(paths or []) or (list(prompt_map) if prompt_map else [])
     if not inputs:
         raise UsageError("No images given. Pass files or folders, or --prompts-file.")
-    files = discover_images(inputs)
+    found = discover(inputs, follow_symlinks=follow_symlinks)
+    files = found.files
     if not files:
+        why = _not_read(found)
         raise UsageError(f"No image files found under {', '.join(str(p) for p in inputs)} "
-                         "(looked for .png .jpg .jpeg .webp .bmp .gif .tif).")
+                         f"(looked for {' '.join(IMAGE_SUFFIXES)})." + (f" {why}" if why else ""))
     if not any(f.exists() for f in files):  # before loading any model: there is nothing to score
         raise UsageError(f"No such file or folder: {', '.join(str(f) for f in files)}")
+    if found.skipped_links:
+        from rewardtune.cli.common import _escape
+
+        n = len(found.skipped_links)
+        shown = ", ".join(str(p) for p in found.skipped_links[:SHOW_LINKS]) + (", ..." if n > SHOW_LINKS else "")
+        err.print(f"[yellow]warning:[/] skipped {n} symbolic link{'s' * (n > 1)} inside the folders given "
+                  f"(they may lead outside them): {_escape(shown)}. Pass --follow-symlinks to score what they "
+                  "point to.", soft_wrap=True)
 
     from rewardtune.scoring import (
         apply_min_scores,
@@ -145,7 +188,7 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
         raise SystemExit(EXIT_REWARD_UNAVAILABLE) from None
     labels = list(rewards)
 
-    rows = _score_with_progress(files, rewards, prompt, prompt_map, batch_size, explain or show_captions,
+    rows = _score_with_progress(found, rewards, prompt, prompt_map, batch_size, explain or show_captions,
                                 max_pixels, not no_exif, err, enabled=not no_progress)
     ranked = rank_rows(rows, rewards)
     apply_min_scores(ranked, thresholds)
@@ -157,7 +200,8 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
 
     machine = None
     if as_json:
-        machine = rows_to_json(shown, rewards, prompt=prompt, thresholds=thresholds)
+        machine = rows_to_json(shown, rewards, prompt=prompt, thresholds=thresholds,
+                               skipped_links=rows.skipped_links)
     elif as_csv:
         machine = rows_to_csv(shown, labels)
     if machine is not None and output is None:
@@ -179,8 +223,37 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
     if thresholds:
         summary += f", {below} below --min-score"
     err.print(f"[{'yellow' if failed else 'dim'}]{summary}[/]")
+    _hints(err, rows)
     if failed:
         raise SystemExit(EXIT_FILES_FAILED)
+
+
+def _not_read(found) -> str:
+    """What discovery did not read, as a sentence (for the 'no image files found' error)."""
+    parts = []
+    if found.skipped_links:
+        n = len(found.skipped_links)
+        parts.append(f"{n} symbolic link{'s were' if n > 1 else ' was'} not followed (pass --follow-symlinks to "
+                     "score what they point to)")
+    for p, why in found.unreadable[:SHOW_LINKS]:
+        parts.append(f"{p} could not be listed ({why})")
+    return ("; ".join(parts) + ".") if parts else ""
+
+
+def _hints(err, rows) -> None:
+    """How to fix the commonest per-file errors, in terms of this command's options."""
+    from rewardtune.scoring import NO_PROMPT
+
+    errors = [r.error for r in rows if r.error]
+    if any(e == NO_PROMPT for e in errors):
+        err.print("[dim]hint: files without a prompt: give --prompt (used for every file not in --prompts-file), "
+                  "or list them in --prompts-file.[/]", soft_wrap=True)
+    if any(e.startswith("image too large") for e in errors):
+        err.print("[dim]hint: --max-pixels N raises the size limit (decoding takes about 4 bytes of memory per "
+                  "pixel).[/]", soft_wrap=True)
+    if any(e.startswith("cannot list this folder") for e in errors):
+        err.print("[dim]hint: a folder could not be listed: check its permissions, or pass the readable folders "
+                  "instead.[/]", soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------------------- helpers
@@ -207,19 +280,19 @@ class _status:  # noqa: N801 - used as a context manager
         return False
 
 
-def _score_with_progress(files, rewards, prompt, prompt_map, batch_size, explain, max_pixels, exif, err, enabled):
+def _score_with_progress(found, rewards, prompt, prompt_map, batch_size, explain, max_pixels, exif, err, enabled):
     from rewardtune.scoring import score_files
 
     kwargs = dict(prompt=prompt, prompts=prompt_map, batch_size=batch_size, explain=explain,
                   max_pixels=max_pixels, exif_transpose=exif)
-    if not (enabled and err.is_terminal and len(files) >= PROGRESS_MIN_FILES):
-        return score_files(files, rewards, **kwargs)
+    if not (enabled and err.is_terminal and len(found.files) >= PROGRESS_MIN_FILES):
+        return score_files(found, rewards, **kwargs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
-        task = bar.add_task("score", total=len(files))
-        return score_files(files, rewards, **kwargs,
+        task = bar.add_task("score", total=len(found.files))
+        return score_files(found, rewards, **kwargs,
                            progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 

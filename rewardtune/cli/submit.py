@@ -50,6 +50,12 @@ def COMMAND(  # noqa: N802
 
     if cluster not in L.CLUSTERS:
         raise UsageError(f"--cluster must be one of {', '.join(L.CLUSTERS)} (got '{cluster}')")
+    # values that end up in the sbatch script: a newline would turn the rest of the value into shell commands
+    for flag, value in (("--partition", partition), ("--account", account), ("--qos", qos), ("--time", time),
+                        ("--mem", mem), ("--constraint", constraint), ("--job-name", job_name),
+                        ("--output-dir", output_dir), *(("--sbatch", v) for v in sbatch or [])):
+        if value is not None:
+            L.check_script_text(flag, value)
     overrides = list(overrides or [])
     if no_imports and not dry_run:
         raise UsageError("--no-imports goes with --dry-run: a submitted job imports the spec's code when it runs")

@@ -78,6 +78,31 @@ def parse_mem_gb(value: str | int) -> int:
     return max(1, int(-(-gb // 1)))  # round up
 
 
+#: an sbatch option name, as a `--sbatch` key or a key of the spec's `launcher.additional`
+SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte", "\x1b": "an escape"}
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in `text` (newline, carriage return, tab, NUL, escape...), or None."""
+    import unicodedata
+
+    return next((c for c in str(text) if unicodedata.category(c) == "Cc"), None)
+
+
+def describe_control_character(c: str) -> str:
+    return _CONTROL_NAMES.get(c, f"the control character U+{ord(c):04X}")
+
+
+def check_script_text(what: str, value: Any) -> None:
+    """Refuse a value bound for the sbatch script that holds a control character: submitit quotes values, but a
+    newline inside quotes still ends the `#SBATCH` comment line, and bash runs the rest as a command."""
+    c = control_character(str(value))
+    if c is not None:
+        raise UsageError(f"{what} {str(value)!r} contains {describe_control_character(c)}: in the sbatch script it "
+                         "would end the '#SBATCH' line and run the rest as shell commands. Remove it.")
+
+
 def parse_sbatch(items: Sequence[str]) -> dict[str, str]:
     """`--sbatch key=value` items -> additional sbatch parameters (keys as sbatch spells them, e.g. mail-type)."""
     out: dict[str, str] = {}
@@ -86,8 +111,29 @@ def parse_sbatch(items: Sequence[str]) -> dict[str, str]:
         key = key.strip().lstrip("-")
         if not sep or not key:
             raise UsageError(f"--sbatch takes key=value (e.g. --sbatch mail-type=END), got '{it}'")
+        check_script_text("--sbatch", it)
+        if not SBATCH_KEY.fullmatch(key):
+            raise UsageError(f"--sbatch {it!r}: '{key}' is not an sbatch option name (letters, digits, '-' and '_', "
+                             "e.g. --sbatch mail-type=END)")
         out[key] = val
     return out
+
+
+def check_sbatch_parameters(params: Mapping[str, Any], run_dir: Path | str) -> None:
+    """Every key and value that reaches the sbatch script (and the run directory, which submitit writes into
+    `#SBATCH --output` lines) is fit for it; whatever its source: flags, the spec, or Python callers that built a
+    launcher without validation."""
+    check_script_text("output directory", str(run_dir))
+    for key, value in params.items():
+        if key == "additional_parameters":
+            for k, v in (value or {}).items():
+                if not SBATCH_KEY.fullmatch(str(k)):
+                    raise UsageError(f"additional sbatch parameter {str(k)!r} is not an sbatch option name (letters, "
+                                     "digits, '-' and '_', e.g. mail-type)")
+                check_script_text(f"additional sbatch parameter '{k}'", k)
+                check_script_text(f"sbatch parameter --{k}", v)
+        else:
+            check_script_text(f"sbatch parameter --{key.replace('_', '-')}", value)
 
 
 def launcher_with(spec_launcher: Any, **flags: Any) -> SlurmLauncher:
@@ -173,6 +219,7 @@ def sbatch_script(launcher: SlurmLauncher, job_name: str, run_dir: Path | str) -
 
     folder = job_folder_pattern(run_dir)
     params = sbatch_parameters(launcher, job_name)
+    check_sbatch_parameters(params, run_dir)
     if launcher.array:
         params["map_count"] = launcher.array
     return _make_sbatch_string(command=submitit_command(folder), folder=folder, **params)
@@ -192,6 +239,7 @@ def make_executor(launcher: SlurmLauncher, job_name: str, run_dir: Path | str, c
         raise UsageError("`sbatch` is not on PATH, so nothing can be submitted to SLURM from here. "
                          "Run where SLURM is installed, or pass --cluster local (a subprocess on this machine) or "
                          "--cluster debug (in this process) to try the job here.")
+    check_sbatch_parameters(sbatch_parameters(launcher, job_name), run_dir)
     folder = job_folder_pattern(run_dir)
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                slurm_max_num_timeout=launcher.max_requeues,

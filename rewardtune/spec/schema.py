@@ -297,6 +297,26 @@ class SlurmLauncher(Strict):
     max_requeues: int = Field(3, ge=0, description="Requeues allowed after preemption or timeout.")
     job_name: str | None = Field(None, description="Job name; defaults to the spec name.")
 
+    @field_validator("partition", "account", "qos", "constraint", "job_name", "additional")
+    @classmethod
+    def _fit_for_an_sbatch_line(cls, v: Any) -> Any:
+        """These strings become `#SBATCH --key=value` lines: a newline (any control character) would end the line
+        and run the rest as shell commands in the job script, and a key must be an sbatch option name."""
+        import re
+        import unicodedata
+
+        items = list(v.items()) if isinstance(v, dict) else [(None, v)]
+        for key, value in items:
+            if key is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(key)):
+                raise ValueError(f"{key!r} is not an sbatch option name: use letters, digits, '-' and '_' "
+                                 "(e.g. mail-type)")
+            for text in (str(key or ""), "" if value is None else str(value)):
+                bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+                if bad is not None:
+                    raise ValueError(f"{text!r} contains the control character {bad!r}: in the sbatch script it "
+                                     "would end the '#SBATCH' line and run the rest as shell commands. Remove it.")
+        return v
+
 
 # ----------------------------------------------------------------------------------------------------------- spec
 class Spec(Strict):

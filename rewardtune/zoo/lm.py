@@ -30,15 +30,11 @@ def answer_corpus() -> list[str]:
 
 
 def train_lm_tokenizer(vocab_size: int = 400):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(answer_corpus(), trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    from rewardtune.zoo.tokenizers import byte_level_bpe
+
+    tk = byte_level_bpe(answer_corpus(), vocab_size, ["<unk>", "<s>", "</s>", "<pad>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                   pad_token="<pad>", padding_side="left", model_max_length=MAX_POSITIONS)
     tok.chat_template = CHAT_TEMPLATE

@@ -43,30 +43,95 @@ TINY_CLIP_VOCAB = 514
 TINY_CLIP_BOS, TINY_CLIP_EOS = 512, 513
 
 
+def train_bpe(word_counts: dict[str, int], initial: list[str], vocab_size: int,
+              prefix: str = "") -> tuple[list[str], list[tuple[str, str]]]:
+    """Byte-pair encoding trained in plain Python, deterministic by construction: (vocabulary in id order, merges).
+
+    `initial` (special tokens, then the alphabet) takes the first ids. Each step merges the most frequent adjacent
+    pair; ties go to the pair with the smaller ids, as tokenizers' BpeTrainer breaks them. With `prefix` ("##" for
+    WordPiece) every symbol after a word's first carries it. tokenizers' own trainer is not used: its WordPiece
+    trainer numbers the prefixed symbols in hash-map order, so the vocabulary changed from one process to the next.
+    For byte-level BPE this gives exactly what tokenizers 0.23's trainer gives.
+    """
+    vocab = list(initial)
+    ids = {t: i for i, t in enumerate(vocab)}
+
+    def add(tok: str) -> int:
+        if tok not in ids:
+            ids[tok] = len(vocab)
+            vocab.append(tok)
+        return ids[tok]
+
+    if prefix:  # every continuing symbol, in sorted order (not first-seen order)
+        for c in sorted({c for w in word_counts for c in w[1:]}):
+            add(prefix + c)
+    words = []
+    for w in sorted(word_counts):
+        words.append(([add(c if i == 0 or not prefix else prefix + c) for i, c in enumerate(w)], word_counts[w]))
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        pairs: dict[tuple[int, int], int] = {}
+        for syms, n in words:
+            for pair in zip(syms, syms[1:], strict=False):
+                pairs[pair] = pairs.get(pair, 0) + n
+        if not pairs:
+            break
+        a, b = min(pairs, key=lambda p: (-pairs[p], p))
+        right = vocab[b][len(prefix):] if prefix and vocab[b].startswith(prefix) else vocab[b]
+        new = add(vocab[a] + right)
+        merges.append((vocab[a], vocab[b]))
+        for k, (syms, n) in enumerate(words):
+            out, i = [], 0
+            while i < len(syms):
+                if i + 1 < len(syms) and syms[i] == a and syms[i + 1] == b:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(syms[i])
+                    i += 1
+            words[k] = (out, n)
+    return vocab, merges
+
+
+def _word_counts(corpus: list[str], normalizer, pre_tokenizer) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in corpus:
+        if normalizer is not None:
+            s = normalizer.normalize_str(s)
+        for w, _ in pre_tokenizer.pre_tokenize_str(s):
+            counts[w] = counts.get(w, 0) + 1
+    return counts
+
+
+def byte_level_bpe(corpus: list[str], vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE `tokenizers.Tokenizer` trained (deterministically) on `corpus`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    vocab, merges = train_bpe(_word_counts(corpus, None, pre),
+                              list(special_tokens) + sorted(pre_tokenizers.ByteLevel.alphabet()), vocab_size)
+    tk = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(list(special_tokens))
+    return tk
+
+
 def train_bpe_tokenizer(vocab_size: int = 300, padding_side: str = "left"):
     """A byte-level BPE tokenizer trained in memory on CORPUS (for tiny causal LMs / OPT)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk = byte_level_bpe(CORPUS * 4, vocab_size, ["<unk>", "<s>", "</s>", "<pad>"])
     return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", padding_side=padding_side)
 
 
 def train_wordpiece_vocab(vocab_size: int = 200) -> list[str]:
     """A BERT WordPiece vocabulary trained in memory on CORPUS (for tiny BLIP / Q-Former text towers)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import normalizers, pre_tokenizers
 
-    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.train_from_iterator(CORPUS * 4, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"],
-        show_progress=False))
-    vocab = tk.get_vocab()
-    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    counts = _word_counts(CORPUS * 4, normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer())
+    alphabet = sorted({c for w in counts for c in w})
+    vocab, _ = train_bpe(counts, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]", *alphabet],
+                         vocab_size, prefix="##")
+    return vocab

@@ -156,7 +156,7 @@ def rel(root: Path, p: str) -> str:
 # ---------------------------------------------------------------------------------------------------- tests
 def test_every_format_and_mode_scored_bad_files_get_rows_and_ranking_pinned(imgs):
     res = score("--json", "-r", "score-test-red", "-p", "anything", str(imgs))
-    assert res.exit_code == 3, res.stderr  # some files failed; the rest are scored
+    assert res.exit_code == 2, res.stderr  # some files failed (bad input); the rest are scored
     doc = json.loads(res.stdout)
     rows = {rel(imgs, r["path"]): r for r in doc["results"]}
     assert set(rows) == set(GOOD) | set(BAD)  # recursive, notes.txt skipped
@@ -182,7 +182,7 @@ def test_every_format_and_mode_scored_bad_files_get_rows_and_ranking_pinned(imgs
 def test_table_ranked_by_first_reward_with_error_rows(imgs):
     res = score("-r", "score-test-red", "-r", "score-test-pixels-only", "-p", "x",
                 str(imgs / "formats"), str(imgs / "bad" / "empty.png"))
-    assert res.exit_code == 3
+    assert res.exit_code == 2
     lines = res.stdout.splitlines()
     header = next(line for line in lines if "rank" in line)
     assert header.index("score-test-red") < header.index("score-test-pixels-only") < header.index("error")
@@ -231,7 +231,7 @@ def test_tiny_rewards_print_a_ranked_table_on_the_real_photos():
 
 def test_csv_output_and_output_file(imgs, tmp_path):
     res = score("--csv", "-r", "score-test-red", "-p", "x", str(imgs / "formats"), str(imgs / "bad"))
-    assert res.exit_code == 3
+    assert res.exit_code == 2
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert list(rows[0]) == ["rank", "path", "prompt", "score-test-red", "below_min", "error"]
     assert [r["rank"] for r in rows[:6]] == ["1", "2", "3", "4", "5", "6"]
@@ -261,7 +261,7 @@ def test_prompts_file_csv_and_jsonl(imgs, tmp_path):
     # positional paths + prompts file: listed files get their prompt, others fall back to --prompt, else an error
     (tmp_path / "d.png").write_bytes((imgs / "formats/red20.png").read_bytes())
     res = score("--json", "-r", "score-test-prompt-len", "--prompts-file", str(jl), str(tmp_path))
-    assert res.exit_code == 3
+    assert res.exit_code == 2
     rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
     assert rows["a.png"]["scores"]["score-test-prompt-len"] == 4.0
     assert rows["c.png"]["scores"]["score-test-prompt-len"] == 20.0
@@ -305,7 +305,7 @@ def test_one_file_breaking_a_reward_gets_its_own_row(tmp_path):
     for name, colour in (("a.png", (200, 0, 0)), ("green.png", (0, 255, 0)), ("c.png", (100, 0, 0))):
         flat(colour).save(tmp_path / name)
     res = score("--json", "-r", "score-test-no-green", "-r", "score-test-red", "-p", "x", str(tmp_path))
-    assert res.exit_code == 3
+    assert res.exit_code == 2
     rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
     assert "cannot score a pure green image" in rows["green.png"]["error"]
     assert rows["green.png"]["scores"] == {"score-test-red": 0.0}  # the other reward still scored it
@@ -416,7 +416,7 @@ def test_rotated_png_found_only_when_decoded_is_still_scored(tmp_path):
 
 def test_max_pixels_option(imgs):
     res = score("--json", "--max-pixels", "300", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
-    assert res.exit_code == 3
+    assert res.exit_code == 2
     errors = [r["error"] for r in json.loads(res.stdout)["results"]]
     assert all("above the limit" in e for e in errors)  # every file here is 24x16 = 384 px
 
@@ -437,3 +437,128 @@ def test_cli_module_import_stays_torch_free():
     code = "import sys, rewardtune.cli.main, rewardtune.cli.score; assert 'torch' not in sys.modules, 'torch imported'"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
+
+
+# --------------------------------------------------------------------------------- symlinks, unreadable folders
+def test_symlinks_inside_a_folder_are_skipped_and_named_unless_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    flat((90, 0, 0)).save(outside / "private.png")
+    (outside / "dir").mkdir()
+    flat((30, 0, 0)).save(outside / "dir" / "d.png")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    flat((200, 0, 0)).save(imgs / "own.png")
+    (imgs / "escape.png").symlink_to(outside / "private.png")
+    (imgs / "escape-dir").symlink_to(outside / "dir", target_is_directory=True)
+
+    res = score("--json", "-r", "score-test-red", "-p", "x", str(imgs))
+    assert res.exit_code == 0, res.stderr  # skipping a link is not a failure
+    doc = json.loads(res.stdout)
+    assert [Path(r["path"]).name for r in doc["results"]] == ["own.png"]
+    assert sorted(Path(p).name for p in doc["skipped_links"]) == ["escape-dir", "escape.png"]
+    assert "skipped 2 symbolic links" in res.stderr and "escape.png" in res.stderr
+    assert "--follow-symlinks" in res.stderr
+
+    res = score("--json", "--follow-symlinks", "-r", "score-test-red", "-p", "x", str(imgs))
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert sorted(Path(r["path"]).name for r in doc["results"]) == ["d.png", "escape.png", "own.png"]
+    assert doc["skipped_links"] == [] and "symbolic" not in res.stderr
+
+
+def test_a_folder_holding_only_links_says_how_to_follow_them(tmp_path):
+    flat((90, 0, 0)).save(tmp_path / "real.png")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "l.png").symlink_to(tmp_path / "real.png")
+    res = score("-r", "score-test-red", "-p", "x", str(tmp_path / "imgs"))
+    assert res.exit_code == 2
+    assert "No image files found" in res.stderr and "1 symbolic link was not followed" in res.stderr
+    assert "--follow-symlinks" in res.stderr
+
+
+def _run_without_dac_override(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the real CLI so that file permissions apply: as is when not root; as root, under setpriv with
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from the bounding set (root then obeys a folder's mode)."""
+    import os
+
+    cmd = [sys.executable, "-m", "rewardtune.cli.main", *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot make a folder unreadable")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_an_unreadable_sub_folder_gets_an_error_row_and_a_hint(tmp_path):
+    imgs = tmp_path / "imgs"
+    (imgs / "locked").mkdir(parents=True)
+    flat((200, 0, 0)).save(imgs / "a.png")
+    flat((100, 0, 0)).save(imgs / "locked" / "hidden-from-us.png")
+    (imgs / "locked").chmod(0)
+    try:
+        res = _run_without_dac_override(["score", "--no-progress", "--json", "--tiny", "-r", "clip", "-p", "x",
+                                         str(imgs)], tmp_path)
+    finally:
+        (imgs / "locked").chmod(0o755)
+    if res.returncode == 1 and "Operation not permitted" in res.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {res.stderr.strip()[-200:]}")
+    assert res.returncode == 2, res.stderr  # not every image could be scored: bad input
+    assert "Traceback" not in res.stderr
+    rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
+    assert rows["a.png"]["error"] is None and math.isfinite(rows["a.png"]["scores"]["clip"])
+    assert rows["locked"]["error"].startswith("cannot list this folder (Permission denied)")
+    assert "hidden-from-us.png" not in res.stdout
+    assert "a folder could not be listed" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- error policy
+def test_library_errors_are_reworded_with_the_option_that_was_wrong(imgs, tmp_path):
+    """rewardtune.scoring speaks of arguments (it is a library); the CLI names its options."""
+    from rewardtune.scoring import ArgumentError, parse_min_scores, parse_weights_args
+
+    with pytest.raises(ArgumentError) as e:
+        parse_weights_args(["/models/x"], ["clip", "imagereward"])
+    assert "--" not in str(e.value) and e.value.param == "weights"
+    with pytest.raises(ArgumentError) as e:
+        parse_min_scores(["clp=2"], ["clip"])
+    assert "--" not in str(e.value) and "Did you mean 'clip'" in str(e.value)
+    res = score("-r", "score-test-red", "-r", "score-test-pixels-only", "-p", "x", "--weights", "/models/x",
+                str(imgs / "formats"))
+    assert res.exit_code == 2 and "--weights /models/x: say which reward" in res.stderr
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"path": "a.png", "prompt": "x"}\n{oops\n')
+    res = score("-r", "score-test-red", "--prompts-file", str(bad), str(imgs / "formats"))
+    assert res.exit_code == 2 and f"--prompts-file {bad}: line 2: not valid JSON" in res.stderr
+
+
+def test_library_messages_never_name_cli_options():
+    """No message of the scoring library or the image loader speaks of a command-line option."""
+    import re
+
+    for mod in ("scoring.py", "images.py"):
+        text = (ROOT / "rewardtune" / mod).read_text()
+        assert not re.findall(r"--[a-z][a-z-]+", text), (mod, re.findall(r"--[a-z][a-z-]+", text))
+
+
+def test_only_a_bad_file_exits_2_and_says_how_to_raise_the_limit(tmp_path):
+    png_header_only(tmp_path / "bomb.png", 50_000, 50_000)  # 2.5 GP claimed: PIL's decompression-bomb check
+    png_header_only(tmp_path / "big.png", 9000, 9000)  # 81 MP: above --max-pixels' default
+    for name in ("bomb.png", "big.png"):
+        res = score("-r", "score-test-red", "-p", "x", str(tmp_path / name))
+        assert res.exit_code == 2, res.output
+        assert "image too large" in res.stdout and "--max-pixels" in res.stderr
+
+
+def test_an_extremely_elongated_image_gets_an_error_row_not_a_huge_allocation(tmp_path):
+    """A CLIP-family reward scales the shorter side up to its input size: 30000 x 1 would become 224 x 6.7 million
+    pixels (the fuzz test found such files taking gigabytes)."""
+    flat((200, 0, 0), size=(30000, 1)).save(tmp_path / "line.png")
+    flat((200, 0, 0), size=(320, 10)).save(tmp_path / "strip.png")  # 32:1 is still fine
+    res = score("--json", "--tiny", "-r", "clip", "-p", "x", str(tmp_path))
+    assert res.exit_code == 2
+    rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
+    assert rows["line.png"]["error"].startswith("aspect ratio 30000:1 is beyond 32:1")
+    assert rows["strip.png"]["error"] is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -198,3 +200,112 @@ def test_global_batch_must_split_over_the_processes(tmp_path):
     assert res.exit_code == 2, res.output
     assert "must split evenly over the 2 processes" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------- sbatch injection
+#: a command that leaves a trace, spelled with an absolute path: the script below runs with an empty PATH
+PWNED = f"{shutil.which('touch') or '/usr/bin/touch'} PWNED"
+#: control characters that end (or corrupt) an `#SBATCH` line
+CONTROL = ["\n", "\r", "\x00", "\x1b", "\t", "\x85"]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--job-name", "x\n" + PWNED), ("--partition", "gpu\n" + PWNED), ("--account", "a\r\n" + PWNED),
+    ("--qos", "high\n" + PWNED), ("--constraint", "a100\n" + PWNED), ("--sbatch", "comment=x\n" + PWNED),
+    ("--sbatch", "mail-type\n" + PWNED + "=END"), ("--time", "60\n" + PWNED), ("--mem", "64G\n" + PWNED),
+    *[("--job-name", f"x{c}y") for c in CONTROL],
+])
+def test_control_characters_in_flags_are_refused(tmp_path, flag, value):
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(tmp_path / "r"), flag, value)
+    assert res.exit_code == 2, res.output
+    assert flag in res.stderr
+    assert "would end the '#SBATCH' line" in res.stderr and "Remove it" in res.stderr
+    assert "#!/bin/bash" not in res.stdout, "no script is printed"
+
+
+def test_control_characters_in_the_output_dir_are_refused(tmp_path):
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(tmp_path / f"r\n{PWNED}"))
+    assert res.exit_code == 2, res.output
+    assert "--output-dir" in res.stderr and "a newline" in res.stderr
+
+
+@pytest.mark.parametrize("field", ["partition", "account", "qos", "constraint", "job_name"])
+def test_control_characters_in_the_spec_launcher_are_refused(tmp_path, field):
+    spec = tmp_path / "hostile.yaml"
+    text = (DATA / "tiny.yaml").read_text().replace("launch_rewards.py", str(DATA / "launch_rewards.py"))
+    spec.write_text(text + f'  {field}: "x\\n{PWNED}"\n')
+    res = cli("submit", str(spec), "--tiny", "--dry-run", "-o", str(tmp_path / "r"))
+    assert res.exit_code == 2, res.output
+    assert f"launcher.{field}" in res.stderr and "control character" in res.stderr and "Remove it" in res.stderr
+    assert "#!/bin/bash" not in res.stdout
+
+
+@pytest.mark.parametrize("additional", ['{comment: "x\\ntouch PWNED"}', '{"mail-type\\ntouch PWNED": END}',
+                                        '{"mail type": END}', '{"x;touch PWNED": END}'])
+def test_bad_additional_sbatch_parameters_in_the_spec_are_refused(tmp_path, additional):
+    spec = tmp_path / "hostile.yaml"
+    text = (DATA / "tiny.yaml").read_text().replace("launch_rewards.py", str(DATA / "launch_rewards.py"))
+    spec.write_text(text + f"  additional: {additional}\n")
+    res = cli("submit", str(spec), "--tiny", "--dry-run", "-o", str(tmp_path / "r"))
+    assert res.exit_code == 2, res.output
+    assert "launcher.additional" in res.stderr
+    assert "#!/bin/bash" not in res.stdout
+
+
+def test_a_launcher_built_without_validation_still_cannot_reach_the_script(tmp_path):
+    """Python callers can build a SlurmLauncher with model_construct (no validation): the script writer checks
+    every parameter itself."""
+    from rewardtune.errors import UsageError
+    from rewardtune.spec.schema import SlurmLauncher
+
+    for bad in (dict(job_name="x\n" + PWNED), dict(partition="p\n" + PWNED),
+                dict(additional={"comment": "c\n" + PWNED}), dict(additional={"a\nb": "1"})):
+        lau = SlurmLauncher.model_construct(**{**SlurmLauncher().model_dump(), **bad})
+        with pytest.raises(UsageError, match="Remove it|not an sbatch option name"):
+            L.sbatch_script(lau, "run", tmp_path / "r")
+    with pytest.raises(UsageError, match="output directory"):
+        L.sbatch_script(SlurmLauncher(), "run", tmp_path / f"r\n{PWNED}")
+
+
+#: shell metacharacters without control characters: allowed, and quoted so they stay data
+HOSTILE = {"--job-name": f"$({PWNED})", "--partition": f"`{PWNED}`", "--account": f"a;{PWNED}",
+           "--qos": f"q' ; {PWNED} ; '", "--constraint": f'c" && {PWNED} "#'}
+
+
+def test_shell_metacharacters_stay_quoted_data_and_the_script_runs_nothing_else(tmp_path):
+    run_dir = tmp_path / f"r $({PWNED}) '`x`'"
+    args = [a for kv in HOSTILE.items() for a in kv] + ["--sbatch", f"comment=$({PWNED}) ok",
+                                                         "--sbatch", f"mail-user=`{PWNED}`"]
+    res = cli("submit", TINY, "--tiny", "--dry-run", "-o", str(run_dir), *args)
+    assert res.exit_code == 0, res.output
+    script = res.stdout
+    expected = {k.lstrip("-"): v for k, v in HOSTILE.items()} | {"comment": f"$({PWNED}) ok",
+                                                                 "mail-user": f"`{PWNED}`"}
+    seen = {}
+    commands = []
+    for line in script.splitlines():
+        if line.startswith("#SBATCH "):
+            # one shell word per line, which unquotes to exactly the value given
+            words = shlex.split(line[len("#SBATCH "):])
+            assert len(words) == 1 and words[0].startswith("--"), line
+            key, _, value = words[0][2:].partition("=")
+            seen[key] = value
+        elif line.strip() and not line.startswith("#"):
+            commands.append(line)
+    for key, value in expected.items():
+        assert seen[key] == value, key
+    assert seen["output"].startswith(str(run_dir))
+    # outside the #SBATCH comments there are exactly submitit's two commands, with the run dir as one quoted word
+    assert commands[0] == "export SUBMITIT_EXECUTOR=slurm" and len(commands) == 2
+    words = shlex.split(commands[1])
+    assert words[0] == "srun" and words[-1] == f"{run_dir}/slurm/%j"
+    assert words[-5:-1] == [sys.executable, "-u", "-m", "submitit.core._submit"]
+    # and bash, running the script (nothing is on its PATH, so srun is not found), runs nothing the values spelled
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    ran = subprocess.run(["/bin/bash", str(path)], cwd=tmp_path, env={"PATH": str(empty)}, capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 127 and "srun" in ran.stderr, ran.stderr
+    assert not list(tmp_path.rglob("PWNED")), "a value ran as a shell command"
