@@ -11,6 +11,18 @@ from pathlib import Path
 
 from rewardtune.errors import MissingWeightsError
 
+#: trained models that ship inside the package (`zoo:shapes-sd1`, `zoo:shapes-clip`): real weights, no download
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
+
+
+def shipped_model(ref: str) -> Path | None:
+    """The directory of a shipped trained model (`zoo:NAME`), or None when NAME is not one."""
+    name = ref.removeprefix("zoo:")
+    if not name or "/" in name or name.startswith("."):
+        return None
+    d = SHIPPED_MODELS / name
+    return d if d.is_dir() else None
+
 
 def hub_cache_dir() -> str:
     try:
@@ -25,12 +37,16 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
                     allow_patterns: list[str] | None = None, setting: str = "weights") -> Path:
     """Return a local directory holding `weights`.
 
-    `weights` is a `zoo:` reference, a local directory, or a hub repo id. A missing hub checkpoint raises
+    `weights` is a `zoo:` reference (a trained model shipped in the package, such as `zoo:shapes-sd1`, or a seeded
+    tiny twin built on first use), a local directory, or a hub repo id. A missing hub checkpoint raises
     MissingWeightsError naming the id, the cache, and how to fetch it or point the spec at a local dir. `setting`
     is the spec key that holds these weights: `model.pretrained`, or a key of an objective term (`weights`,
     `kwargs.clip_weights`, ...), shown as `objective[N].<key>`.
     """
     if weights.startswith("zoo:"):
+        shipped = shipped_model(weights)
+        if shipped is not None:
+            return shipped
         from rewardtune.zoo import materialize
 
         return materialize(weights)

@@ -119,7 +119,8 @@ def source_files(ref: str) -> list[Path]:
         files.add(path)
         todo.extend(_imported_modules(path, name) - seen)
     data = Path(__file__).resolve().parents[1] / "data"
-    files.update(p for p in data.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files.update(p for p in data.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                 and p.relative_to(data).parts[0] != "models")  # trained models (zoo:shapes-*) are no twin's source
     return sorted(files)
 
 
