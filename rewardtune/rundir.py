@@ -6,7 +6,7 @@
       versions.json             library versions of the latest attempt
       metrics.jsonl             one JSON line per logged step (step 0: the 'before' eval)
       tensorboard/              event files (logging.tensorboard)
-      images/                   before.png, step_NNNNNN.png, after.png
+      images/                   before.png, step_NNNNNN.png, after.png, compare.png (before/after pairs)
       checkpoints/step_NNNNNNNN/  state.json + tensors.safetensors: one directory per checkpoint, written under a
                                 temporary name and renamed into place (never a pickle)
       lora/ or unet/            the exported weights

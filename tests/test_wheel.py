@@ -48,3 +48,19 @@ def test_wheel_ships_cards_and_specs(installed: Path):
         p = _run(installed, "rewardtune", "validate", f"specs/{name}")
         assert p.returncode == 0, f"{name}: {p.stdout}{p.stderr}"
         assert "valid" in p.stdout
+
+
+def test_wheel_ships_the_shapes_world_and_runs_the_demo(installed: Path):
+    """The trained shapes-world models are package data: an installed wheel resolves `zoo:shapes-sd1` inside itself
+    and runs the shipped demo spec from any folder, with no repository and no download."""
+    p = _run(installed, "python", "-c", "from rewardtune.rewards._weights import resolve_weights as r; "
+                                        "print(r('zoo:shapes-sd1')); print(r('zoo:shapes-clip'))")
+    assert p.returncode == 0, p.stderr
+    for line in p.stdout.split():
+        assert line.startswith(str(installed / "venv")), p.stdout
+    p = _run(installed, "rewardtune", "run", "demo", "-o", "demo-out", "--no-progress", "train.steps=1",
+             "sampling.steps=2", "logging.eval_prompts=4", "logging.eval_images_per_prompt=1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (installed / "demo-out" / "images" / "compare.png").is_file()
+    assert (installed / "demo-out" / "lora").is_dir()
+    assert "shapes-eval" in p.stdout

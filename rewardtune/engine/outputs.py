@@ -495,7 +495,7 @@ def captioned_grid(images: torch.Tensor, prompts: list[str], rewards: dict[str, 
         out = [(ln, "black") for ln in textwrap.wrap(prompts[i], chars, break_long_words=True)[:3]]
         for v in verdicts.values():
             colour = "black" if ok is None or ok[i] is None else ("#1a7f37" if ok[i] else "#cf222e")
-            out += [(ln, colour) for ln in textwrap.wrap(v[i], chars)[:2]]
+            out += [(ln, colour) for ln in textwrap.wrap(v[i], chars)[:3]]
         out += [(f"{k}: {v[i]:.4g}"[:chars], "#444444") for k, v in rewards.items() if k not in verdicts]
         return out
 

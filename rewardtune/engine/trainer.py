@@ -255,7 +255,7 @@ class Trainer:
         out["eval/objective"] = float(sum(t.weight * t.sign * np.mean(rewards[t.label])
                                           for t in self.objective.terms if t.role == "optimize"))
         verdicts, ok = self._explained(pixels, prompts, out)
-        img_dir = self.out / "images"
+        img_dir = self.run_dir.images_dir
         img_dir.mkdir(parents=True, exist_ok=True)
         path = img_dir / f"{tag}.png"
         captioned_grid(pixels.cpu(), prompts, rewards, title=f"{tag} (step {self.step}): {eval_summary(out)}",

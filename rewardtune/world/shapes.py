@@ -268,7 +268,7 @@ class Verdict:
         if self.both_ok:
             return f"saw {seen}: ok"
         wrong = [w for w, ok in (("colour", self.colour_ok), ("shape", self.shape_ok)) if not ok]
-        return f"saw {seen}: wrong {' and '.join(wrong)}"
+        return f"saw {seen}: wrong {', '.join(wrong)}"
 
 
 def judge(images: np.ndarray, prompts_: Sequence[str]) -> list[Verdict]:

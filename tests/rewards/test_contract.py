@@ -109,7 +109,9 @@ def test_card_keys_are_constructor_kwargs():
         for pname, spec in card.params.items():
             assert {"type", "default", "help"} <= set(spec), f"{card.name}.params.{pname}"
             assert sig.parameters[pname].default == spec["default"], f"{card.name}.params.{pname} default differs"
-        assert "tiny" in card.presets and card.presets["tiny"]["weights"].startswith("zoo:"), card.name
+        assert "tiny" in card.presets, card.name
+        if card.name != "shapes-eval":  # the shapes world's judge is rules: no weights at all
+            assert card.presets["tiny"]["weights"].startswith("zoo:"), card.name
         checked += 1
     assert checked >= len(MINE)
 

@@ -88,7 +88,7 @@ def test_judge_refuses_a_wrong_colour_and_a_distorted_shape():
 def test_blank_image_has_no_reading():
     v = W.judge(np.full((1, 32, 32, 3), 0.95, np.float32), ["a red circle"])[0]
     assert v.reading.colour is None and v.reading.shape is None and not v.colour_ok and not v.shape_ok
-    assert v.text == "saw ? ?: wrong colour and shape"
+    assert v.text == "saw ? ?: wrong colour, shape"
 
 
 @pytest.mark.parametrize("bad", ["a red car", "a photo of a cat", "a red blue circle", ""])
