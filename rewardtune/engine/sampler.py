@@ -252,6 +252,21 @@ def decode(diff: Diffusion, latents: torch.Tensor, *, use_checkpoint: bool = Tru
     return (img / 2 + 0.5).clamp(0, 1)
 
 
+@torch.no_grad()
+def encode(diff: Diffusion, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> latents as the UNet sees them (the VAE posterior's mode, scaled): `decode`'s inverse
+    up to the VAE's reconstruction error. Deterministic."""
+    vae = diff.vae
+    (x,) = module_inputs(diff, vae, pixels.to(diff.device) * 2 - 1)
+    with autocast(diff, vae):
+        z = vae.encode(x).latent_dist.mode().float()
+    if getattr(vae.config, "shift_factor", None):
+        z = z - vae.config.shift_factor
+    # contiguous: the posterior's mode is a view into its moments, and a strided input can send a convolution down
+    # another kernel (last-bit differences), so latents loaded from a checkpoint would not resume bitwise
+    return (z * vae.config.scaling_factor).contiguous()
+
+
 def initial_latents(diff: Diffusion, n: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
     """x_T drawn on the CPU from `generator` (the same numbers on every device), scaled by init_noise_sigma."""
     h = resolution // diff.vae_scale

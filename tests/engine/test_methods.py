@@ -35,19 +35,27 @@ def antiredness(pixels, prompts):
     return -(x[:, 0].mean(dim=(1, 2)) - x[:, 1:].mean(dim=(1, 2, 3)))
 
 
-@pytest.mark.parametrize("reward,sign", [("test-redness", 1.0), ("test-antiredness", -1.0)])
-def test_ranked_raises_a_non_differentiable_reward(tmp_path, spec_factory, reward, sign):
-    """Fine-tuning on the top-ranked sample of each prompt moves generation toward it; ranking by the opposite
-    reward moves it the other way (so the ranking, not drift, does it)."""
-    prompts = ["a cat", "a red car"]
-    spec = spec_factory({"name": "ranked", "samples_per_prompt": 8, "top_m": 1, "prompts_per_round": 2,
-                         "steps_per_round": 40},
-                        objective=[{"reward": reward, "combine": "assemble_ranked"},
-                                   {"reward": "test-redness", "name": "red", "role": "monitor"}],
-                        prompts={"train": prompts, "eval": prompts}, train={"steps": 40, "lr": 3e-3})
-    r = api.run(spec, output_dir=tmp_path, progress=False)
-    assert sign * (r.eval_after["red"] - r.eval_before["red"]) > 2e-4, (r.eval_before, r.eval_after)
-    assert r.eval_after[reward] > r.eval_before[reward]
+def test_ranked_moves_generation_toward_what_it_ranks_first(tmp_path, spec_factory):
+    """Fine-tuning on the top-ranked sample of each prompt moves generation toward it: ranking by redness gives
+    redder images than ranking by its opposite, from the same base, prompts and noise (so the ranking, not drift,
+    makes the difference). On the shapes world's trained pipeline: ranked trains on its kept images re-encoded by
+    the VAE, which a random twin's VAE cannot give back."""
+    prompts = ["a green circle", "a blue square"]
+    red = {}
+    for reward in ("test-redness", "test-antiredness"):
+        spec = spec_factory({"name": "ranked", "samples_per_prompt": 16, "top_m": 2, "prompts_per_round": 2,
+                             "steps_per_round": 30},
+                            model={"pretrained": "zoo:shapes-sd1", "trainable": {"type": "lora", "rank": 8}},
+                            sampling={"steps": 10, "guidance_scale": 3.0, "resolution": 32},
+                            objective=[{"reward": reward, "combine": "assemble_ranked"},
+                                       {"reward": "test-redness", "name": "red", "role": "monitor"}],
+                            prompts={"train": prompts, "eval": prompts}, train={"steps": 30, "lr": 1e-3})
+        r = api.run(spec, output_dir=tmp_path / reward, progress=False)
+        red[reward] = (r.eval_before["red"], r.eval_after["red"])
+    assert red["test-redness"][0] == red["test-antiredness"][0]  # same base, same eval noise
+    # measured: redness -0.0156 -> 0.0216, its opposite -0.0156 -> 0.0127 (both runs drift redder: fine-tuning on
+    # its own samples moves this model by itself; the ranking's share is the gap)
+    assert red["test-redness"][1] > red["test-antiredness"][1] + 0.005, red
 
 
 def test_kl_regularizer_is_zero_at_start_and_pulls_toward_base(tmp_path, spec_factory):

@@ -5,7 +5,7 @@ Each round:
 2. Score them with every optimized term.
 3. Rank each term within each prompt (1 = best, ties averaged; a real rank, not argsort).
 4. Combine the ranks with the term weights: c_i = sum_j a_j s_ij (see `rewardtune.engine.objective`).
-5. Keep the top-m per prompt (their final latents and prompts).
+5. Keep the top-m per prompt: their images, re-encoded by the VAE, and prompts.
 6. Train `steps_per_round` optimizer steps with the standard denoising loss on the kept latents.
 The kept set is part of the checkpoint, so a resumed run continues the same round.
 """
@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from rewardtune.engine.objective import top_m_per_group
-from rewardtune.engine.sampler import add_noise, decode, denoising_target, encode_prompts, sample, unet_forward
+from rewardtune.engine.sampler import (
+    add_noise,
+    decode,
+    denoising_target,
+    encode,
+    encode_prompts,
+    sample,
+    unet_forward,
+)
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator
 
 
@@ -51,20 +59,23 @@ class RankedMethod:
         x_t = noise[mine].reshape(-1, *shape).to(diff.device) * diff.scheduler.init_noise_sigma
         eta_g = generator(ctx.seed, "ranked-eta", round_index, info.rank)
         chunk = max(1, ctx.batch_size)
-        latents, pixels = [], []
+        pixels = []
         for i in range(0, len(prompts), chunk):
             ps = prompts[i:i + chunk]
             emb = encode_prompts(diff, ps, s.guidance)
             xi = x_t[i:i + chunk]
             z = sample(diff, xi, emb, steps=s.steps, guidance=s.guidance, eta=s.eta,
                        step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device)).latents
-            latents.append(z)
             pixels.append(decode(diff, z))
-        z_all, px = torch.cat(latents), torch.cat(pixels)
+        px = torch.cat(pixels)
         value = ctx.objective.evaluate(px, prompts, groups.to(px.device), need_grad=False, rank_all=True)
         assert value.rank_score is not None
         keep = top_m_per_group(value.rank_score.cpu(), groups, self.top_m)
-        self.kept_latents = z_all[keep].detach()
+        # train on the kept *images*, re-encoded by the VAE: the sampler's own final latents lie off the VAE's
+        # manifold, and self-training on them diverges (measured on the shapes world: the denoising loss on its own
+        # latents is 3-5x that on encoded images, and the model turned to noise within 25 rounds; docs/methods.md)
+        kept_px = px[keep.to(px.device)]
+        self.kept_latents = torch.cat([encode(diff, kept_px[i:i + chunk]) for i in range(0, len(kept_px), chunk)])
         self.kept_prompts = [prompts[i] for i in keep.tolist()]
         self.round_index = round_index
         metrics = {"round": float(round_index), "kept": float(len(keep))}

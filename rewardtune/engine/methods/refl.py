@@ -18,7 +18,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rewardtune.engine.sampler import add_noise, decode, denoising_target, encode_prompts, sample, unet_forward
+from rewardtune.engine.sampler import (
+    add_noise,
+    decode,
+    denoising_target,
+    encode,
+    encode_prompts,
+    sample,
+    unet_forward,
+)
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, kl_penalty
 
 
@@ -54,9 +62,7 @@ class PretrainData:
             from rewardtune.images import open_image, pil_to_tensor
 
             img = open_image(self.items()[i][0]).convert("RGB").resize((resolution, resolution))
-            x = pil_to_tensor(img).unsqueeze(0).to(diff.device) * 2 - 1
-            z = diff.vae.encode(x.to(diff.vae.dtype)).latent_dist.mode().float() * diff.vae.config.scaling_factor
-            self._latents[i] = z[0]
+            self._latents[i] = encode(diff, pil_to_tensor(img).unsqueeze(0))[0]
         return self._latents[i]
 
 
