@@ -93,18 +93,25 @@ def COMMAND(  # noqa: N802
 
 
 def eval_table(before: dict[str, float], after: dict[str, float], steps: int):
-    """The held-out eval before and after training, one row per term (and per explained field, indented)."""
+    """The held-out eval before and after training: one row per term, its explained fields (the shapes judge's
+    colour_ok, shape_ok) indented under it, leaving out a field that repeats its term's numbers."""
     from rich.table import Table
 
-    t = Table(title=f"held-out eval, before and after {steps} steps", title_justify="left", box=None,
-              pad_edge=False)
-    t.add_column("term")
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    t.add_column(f"eval (held out), {steps} steps")
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
     t.add_column("change", justify="right")
-    for k, v in after.items():
-        b = before.get(k)
-        name = k if "/" not in k else "  " + k.split("/", 1)[1]
+    tops = [k for k in after if "/" not in k and k != "objective"] + (["objective"] if "objective" in after else [])
+    for k in [x for top in tops for x in (top, *(c for c in after if c.startswith(top + "/")))]:
+        v, b = after[k], before.get(k)
+        if "/" in k:
+            parent = k.split("/", 1)[0]
+            if after.get(parent) == v and before.get(parent) == b:
+                continue
+            name = "  " + k.split("/", 1)[1]
+        else:
+            name = k
         change = "" if b is None else f"{v - b:+.4g}"
         style = "" if b is None or v == b else ("green" if v > b else "red")
         t.add_row(name, "" if b is None else f"{b:.4g}", f"{v:.4g}", f"[{style}]{change}[/]" if style else change)

@@ -1,0 +1,141 @@
+"""Learning tests: on the shapes world, every method, with LoRA and with the full UNet, must raise what the
+rule-based judge reads from pixels (the prompt's colour and shape) on held-out seeds. The judge is a monitor:
+no gradient and no ranking comes from it, so a rise is real prompt-following, not a reward model's opinion.
+
+Each run is `specs/demo.yaml` with its method (and trainable part) swapped: the shipped shapes-sd1 pipeline, the
+shapes CLIP reward, 8 prompts per step, DDIM 20 / CFG 3, one CPU thread. The eval is the same 64 images (32
+captions x 2 seeds, noise drawn from the run seed's own eval stream, never from a training batch) before and
+after. The base reads 40.6% both-correct there. Margins are set well under what was measured (docs/shapes-world.md
+has the table), so a pass means "learns", not "got lucky", and a broken method fails by a wide margin.
+
+Budget: `nox -s learning` (also run by .ci/run) takes about 25-30 minutes on 2 cores; one fast test runs in the
+default suite.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import rewardtune
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "specs" / "demo.yaml"
+
+METHODS = {
+    "draft_k": "method={name: draft_k, k: 1}",
+    "alignprop_k5": "method={name: alignprop, k: 5}",
+    "alignprop_random": "method={name: alignprop, k_range: [1, 10]}",
+    "draft_lv": "method={name: draft_lv, n: 2}",
+    "refl": "method={name: refl, stop_range: [15, 19], loss: neg}",
+    "ranked": "method={name: ranked, samples_per_prompt: 4, top_m: 1, prompts_per_round: 8, steps_per_round: 5}",
+}
+TRAINABLE = {
+    "lora": [],  # the demo's LoRA rank 8, lr 1e-3
+    "full": ["model.trainable={type: full}", "train.lr=1e-4"],
+}
+#: least rise of both-correct accuracy (points of 64 held-out images) each run must show
+MARGIN = {("draft_k", "lora"): 0.25, ("alignprop_k5", "lora"): 0.25, ("alignprop_random", "lora"): 0.25,
+          ("draft_lv", "lora"): 0.25, ("refl", "lora"): 0.2, ("ranked", "lora"): 0.1,
+          ("draft_k", "full"): 0.25, ("alignprop_k5", "full"): 0.25, ("alignprop_random", "full"): 0.25,
+          ("draft_lv", "full"): 0.25, ("refl", "full"): 0.2, ("ranked", "full"): 0.1}
+
+
+#: DRaFT+: measured at 0.01, the eval images moved 0.048 (mean abs pixel change) against 0.125 without it, and
+#: both-correct rose 27 points against 41 (0.1: moved 0.016, +3 points; 1.0: the model barely moved)
+KL_COEFF = 0.01
+KL_MOVED_FRACTION = 0.6
+KL_MIN_GAIN = 0.15
+#: the default suite's fast test: DRaFT-1 LoRA for 40 steps (measured: 40.6% -> 71.9%, 64 s on one thread)
+FAST_MARGIN = 0.15
+
+
+class _EvalImages:
+    """Keeps the eval images of a run (before and after), to measure how far training moved the model."""
+
+    def __init__(self):
+        self.images: dict[int, torch.Tensor] = {}
+
+    def on_eval(self, ev):
+        self.images[ev.step] = ev.images
+
+
+def _run(tmp: Path, *overrides: str, steps: int | None = None):
+    cb = _EvalImages()
+    extra = [f"train.steps={steps}"] if steps else []
+    res = rewardtune.run(DEMO, overrides=[*overrides, *extra], output_dir=tmp, overwrite=True, progress=False,
+                         callbacks=[cb])
+    return res, cb
+
+
+def _gain(res, key: str = "shapes-eval") -> float:
+    return res.eval_after[key] - res.eval_before[key]
+
+
+#: ranked does not learn here yet (measured: neutral at lr 1e-4, worse above; docs/shapes-world.md). Strict: the
+#: day it passes, this marker must go.
+RANKED_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "reward-ranked self-training does not raise the judge on the shapes world within 100-160 steps: fine-tuning on "
+    "the model's own top-ranked samples reinforces their artefacts (halos, tinted backgrounds) as much as their "
+    "correct colours and shapes"))
+
+
+@pytest.mark.learning
+@pytest.mark.parametrize("trainable", sorted(TRAINABLE))
+@pytest.mark.parametrize("method", [m if m != "ranked" else pytest.param(m, marks=RANKED_XFAIL) for m in METHODS])
+def test_method_raises_the_judges_accuracy_on_held_out_seeds(method, trainable, tmp_path):
+    res, _ = _run(tmp_path, METHODS[method], *TRAINABLE[trainable])
+    print(f"LEARNED {method}/{trainable}: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
+    assert res.steps_done == 100 and res.skipped_steps == 0
+    assert res.eval_before["shapes-eval"] == pytest.approx(26 / 64)  # the shipped base, same 64 images every run
+    gain = _gain(res)
+    assert gain >= MARGIN[method, trainable], (
+        f"{method}/{trainable}: both-correct {res.eval_before['shapes-eval']:.3f} -> {res.eval_after['shapes-eval']:.3f}")
+    # colour and shape each improve, and the optimized reward rose with them
+    assert _gain(res, "shapes-eval/colour_ok") > 0 and _gain(res, "shapes-eval/shape_ok") >= 0
+    assert _gain(res, "clip") > 0.05
+
+
+@pytest.mark.learning
+def test_draft_plus_kl_stays_closer_to_the_base_at_a_small_cost_in_accuracy(tmp_path):
+    """DRaFT+ (kl_coeff): the fine-tuned model's eval images move measurably less from the base model's images (same
+    prompts, same noise) than without the regularizer, while it still learns."""
+    plain, cb_plain = _run(tmp_path / "plain", METHODS["draft_k"])
+    kl, cb_kl = _run(tmp_path / "kl", f"method={{name: draft_k, k: 1, kl_coeff: {KL_COEFF}}}")
+    base = cb_plain.images[0]
+    assert torch.equal(base, cb_kl.images[0])  # same base, same noise
+    moved_plain = (cb_plain.images[plain.steps_done] - base).abs().mean().item()
+    moved_kl = (cb_kl.images[kl.steps_done] - base).abs().mean().item()
+    print("LEARNED kl: " + json.dumps({"moved": [moved_plain, moved_kl], "gain": [_gain(plain), _gain(kl)]}))
+    assert moved_kl < KL_MOVED_FRACTION * moved_plain, (moved_kl, moved_plain)
+    assert _gain(kl) >= KL_MIN_GAIN, kl.eval_after
+    assert _gain(kl) <= _gain(plain) + 3 / 64  # the regularizer does not buy accuracy; it costs a little
+
+
+def test_draft_k_lora_learns_in_the_default_suite(tmp_path):
+    """The fast learning test: DRaFT-1 with LoRA, 40 steps, must already raise both-correct accuracy."""
+    res, _ = _run(tmp_path, METHODS["draft_k"], steps=40)
+    assert _gain(res) >= FAST_MARGIN, (res.eval_before, res.eval_after)
+    assert _gain(res, "clip") > 0.03
+
+
+@pytest.mark.learning
+def test_ranked_keeps_images_the_judge_finds_right_more_often(tmp_path):
+    """What ranked does learn from: ranking by the objective (the shapes CLIP reward) selects images that the
+    judge, which the ranking never saw, reads as right more often than the round's average image."""
+    from rewardtune.engine.build import build_trainer
+    from rewardtune.engine.objective import top_m_per_group
+    from rewardtune.spec.load import load_spec
+    from rewardtune.world import shapes as W
+
+    spec = load_spec(DEMO, overrides=["method={name: ranked, samples_per_prompt: 4, top_m: 1, prompts_per_round: 32}"])
+    tr = build_trainer(spec, output_dir=tmp_path, progress=False)
+    torch.set_num_threads(1)
+    out = tr.method.run_round(tr.ctx, 0)
+    groups = torch.arange(32).repeat_interleave(4)
+    keep = top_m_per_group(out.value.rank_score.cpu(), groups, 1)
+    ok = torch.tensor([v.both_ok for v in W.judge(out.pixels.permute(0, 2, 3, 1).cpu().numpy(), out.prompts)])
+    assert ok[keep].float().mean() >= ok.float().mean() + 0.1, (ok[keep].float().mean(), ok.float().mean())
+    assert len(tr.method.kept_prompts) == 32 and tr.method.kept_latents.shape == (32, 4, 16, 16)
