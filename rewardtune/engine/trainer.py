@@ -155,7 +155,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.resumed_from: int | None = None
-        self._eval_views: dict[str, tuple] = {}  # tag -> what the grid showed (for the before/after comparison)
+        self._eval_views: dict[str, tuple] = {}  # before/after -> what the grid showed (for compare.png)
         self._saved_step: int | None = None  # step of the newest checkpoint on disk that this run wrote or loaded
         self._before_step: dict[str, Any] | None = None  # state as the unfinished step found it (when aborted)
 
@@ -262,7 +262,8 @@ class Trainer:
                        verdicts=verdicts, ok=ok).save(path)
         if writer is not None:
             writer.add_image(f"eval/{'grid'}", path, self.step)
-        self._eval_views[tag] = (pixels.cpu(), prompts, verdicts, ok)
+        if tag in ("before", "after"):  # only these two are kept (mid-run grids are written and dropped)
+            self._eval_views[tag] = (pixels.cpu(), prompts, verdicts, ok)
         if tag == "after" and "before" in self._eval_views:
             self._write_comparison(img_dir)
         self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
@@ -291,7 +292,8 @@ class Trainer:
         return verdicts, ok
 
     def _write_comparison(self, img_dir: Path) -> None:
-        """images/compare.png: the first eval prompts before and after training, on the same noise."""
+        """images/compare.png: the first eval prompts before and after training, on the same noise. Written when the
+        'before' eval ran in this process (a resumed run has its after.png, and the before.png of its first part)."""
         from rewardtune.engine.outputs import comparison_grid
 
         sides = []
