@@ -42,11 +42,11 @@ def build_diffusion(spec: Any, device: torch.device) -> Diffusion:
     lora = None
     if m.trainable.type == "lora":
         t = m.trainable
-        lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout, target_modules=tuple(t.target_modules),
-                            init=t.init)
+        lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout,
+                            target_modules=tuple(t.target_modules) if t.target_modules else None, init=t.init)
     kl = getattr(spec.method, "kl_coeff", 0.0) > 0
-    diff = load_diffusion(m.pretrained, revision=m.revision, variant=m.variant, dtype=m.dtype, device=device,
-                          lora=lora, keep_base_copy=kl and lora is None)
+    diff = load_diffusion(m.pretrained, family=m.family, revision=m.revision, variant=m.variant, dtype=m.dtype,
+                          device=device, lora=lora, keep_base_copy=kl and lora is None)
     amp = AMP[spec.train.mixed_precision]
     diff.amp_dtype = amp if device.type == "cuda" else (amp if amp is torch.bfloat16 else None)
     return diff

@@ -31,7 +31,7 @@ from rewardtune.engine.outputs import (
     set_aside,
     write_run_info,
 )
-from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
+from rewardtune.engine.pipeline import Diffusion, full_save, lora_save
 from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample, uncond_embedding
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
 from rewardtune.errors import CheckpointError, RewardtuneError, RunInterrupted, UsageError
@@ -144,14 +144,14 @@ class Trainer:
         self.local_batch = s.batch_size // self.info.world
         self.params = diff.trainable_parameters()
         if not self.params:
-            raise UsageError("nothing to train: the UNet has no trainable parameters")
+            raise UsageError("nothing to train: the denoiser has no trainable parameters")
         self.opt = make_optimizer(self.params, s)
         fp16 = s.mixed_precision == "fp16" and diff.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(diff.device.type, enabled=fp16)
         self.ema = [p.detach().clone() for p in self.params] if s.ema_decay else None
         self.ctx = RunContext(diff, objective, sampling, self.train_prompts, self.info, s.seed, self.local_batch)
-        if sampling.guidance > 1.0:
-            uncond_embedding(diff)  # once, before the first step (the text encoder is frozen)
+        if diff.family.uses_cfg(sampling.guidance):
+            uncond_embedding(diff)  # once, before the first step (the text encoders are frozen)
         self.step = 0
         self.skipped = 0
         self.resumed_from: int | None = None
@@ -521,7 +521,8 @@ class Trainer:
             return None
 
     def export(self) -> Path | None:
-        """Final weights: LoRA safetensors loadable by `load_lora_weights(dir)`, or the full UNet."""
+        """Final weights: LoRA safetensors loadable by the pipeline's `load_lora_weights(dir)`, or the full denoiser
+        (unet/ or transformer/)."""
         path = None
         if self.info.main:
             self._swap_ema()
@@ -529,7 +530,7 @@ class Trainer:
                 if self.diff.lora is not None:
                     path = Path(lora_save(self.diff, str(self.run_dir.lora_dir)))
                 else:
-                    path = Path(full_unet_save(self.diff, str(self.run_dir.path)))  # writes RunDir.unet_dir
+                    path = Path(full_save(self.diff, str(self.run_dir.path)))  # RunDir.unet_dir or transformer_dir
             finally:
                 self._swap_ema()
         barrier(self.info)
