@@ -201,11 +201,13 @@ def resolve_family(path: str | Path, family: str | None, pretrained: str) -> Any
 def load_diffusion(pretrained: str, *, family: str | None = None, revision: str | None = None,
                    variant: str | None = None, dtype: str = "float32", device: str | torch.device = "cpu",
                    lora: LoraSettings | None = None, keep_base_copy: bool = False,
-                   text_encoders: bool = True) -> Diffusion:
+                   text_encoders: bool = True, vae_slicing: bool = False, vae_tiling: bool = False) -> Diffusion:
     """Build the training view of a pipeline. With `lora`, adapters are added to the denoiser and are the only
     trainable tensors (float32 even when the frozen weights are half precision); without, the whole denoiser trains
     in float32. `family` (a spec name: sd1, sd2, sdxl, sd3, flux) is checked against the pipeline's own class; None
-    takes the pipeline's. `text_encoders=False` loads none (prompts then come from a cache: `cache_prompts`)."""
+    takes the pipeline's. `text_encoders=False` loads none (prompts then come from a cache: `prompt_cache`).
+    `vae_slicing` decodes one image at a time, `vae_tiling` in overlapping tiles (diffusers' VAE options; both
+    work under gradient, block checkpointing included)."""
     import copy
 
     import diffusers
@@ -227,6 +229,10 @@ def load_diffusion(pretrained: str, *, family: str | None = None, revision: str 
     components = {n: getattr(pipe, n, None) for n in (*fam.text_encoders, *fam.tokenizers)}
     for name in fam.sdpa_modules():
         _use_sdpa(getattr(pipe, name))
+    if vae_slicing:
+        vae.enable_slicing()
+    if vae_tiling:
+        vae.enable_tiling()
     for m in (denoiser, vae, *(components[n] for n in fam.text_encoders)):
         if m is None:
             continue

@@ -75,10 +75,7 @@ def _encode_texts(diff: Diffusion, texts: list[str]) -> Conditioning:
 def uncond_embedding(diff: Diffusion) -> Conditioning:
     """The empty prompt's conditioning (CFG's unconditional branch), computed once: the text encoders are frozen."""
     if diff.uncond is None or diff.uncond.emb.device.type != torch.device(diff.device).type:
-        if diff.prompt_cache is not None and "" in diff.prompt_cache:
-            diff.uncond = diff.prompt_cache[""].to(diff.device)
-        else:
-            diff.uncond = diff.family.uncond(diff)
+        diff.uncond = diff.family.uncond(diff, _encode_texts(diff, [""]))
     return diff.uncond
 
 

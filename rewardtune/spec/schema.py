@@ -56,6 +56,14 @@ class ModelSpec(Strict):
     trainable: Annotated[LoRA | FullUNet, Field(discriminator="type")] = Field(
         default_factory=LoRA, description="What is trained: `{type: lora, ...}` or `{type: full}`.")
     ema: EMA | None = Field(None, description="Keep an EMA of the trainable weights (used for eval and export).")
+    cache_prompts: bool = Field(
+        False, description="Encode every prompt the run uses (train, eval, the empty prompt) once, before training, "
+                           "into a cache under REWARDTUNE_CACHE; the text encoders then leave the device, and are not "
+                           "loaded at all when the cache already exists (T5-XXL alone is 9 GB in bf16).")
+    vae_slicing: bool = Field(False, description="Decode one image at a time (less activation memory in the decode "
+                                                 "under gradient; same result).")
+    vae_tiling: bool = Field(False, description="Decode in overlapping tiles (far less memory at high resolution; "
+                                                "tile seams are blended, so results differ slightly).")
 
 
 # -------------------------------------------------------------------------------------------------------- prompts

@@ -5,7 +5,7 @@ The sampler, the methods and the trainer call a `ModelFamily` and never ask whic
 - loading: the diffusers pipeline class, its components, the scheduler the engine steps with, the LoRA target
   modules, and exporting (LoRA in the pipeline's own format, or the full denoiser);
 - prompt encoding into a `Conditioning` (sequence embeddings, plus pooled embeddings where the model takes them),
-  and the empty prompt for classifier-free guidance;
+  and the unconditional branch of classifier-free guidance made from the empty prompt's;
 - the denoiser call (extra conditioning such as SDXL's add_time_ids or FLUX's guidance, text and image ids and
   latent packing stays inside it);
 - the schedule and its step in differentiable form with the x0 prediction, re-noising (DRaFT-LV), and the
@@ -100,7 +100,7 @@ class ModelFamily(Protocol):
 
     # ---- prompts
     def encode_text(self, diff: Diffusion, texts: list[str]) -> Conditioning: ...
-    def uncond(self, diff: Diffusion) -> Conditioning: ...
+    def uncond(self, diff: Diffusion, empty: Conditioning) -> Conditioning: ...
     def uses_cfg(self, guidance: float) -> bool: ...
 
     # ---- the denoiser

@@ -68,8 +68,8 @@ class FluxFamily(FlowMatchFamily):
                      truncation=True, return_tensors="pt").input_ids.to(diff.device)
         return Conditioning(t5(ids, output_hidden_states=False)[0], pooled)
 
-    def uncond(self, diff: Diffusion) -> Conditioning:
-        return self.encode_text(diff, [""])
+    def uncond(self, diff: Diffusion, empty: Conditioning) -> Conditioning:
+        return empty  # only used with true CFG, which FLUX.1's distilled guidance does not need
 
     def uses_cfg(self, guidance: float) -> bool:
         return False  # distilled guidance: the scale is the transformer's input, not a second batch

@@ -141,8 +141,8 @@ class SDFamily(DDIMFamily):
                   return_tensors="pt").input_ids.to(diff.device)
         return Conditioning(diff.text_encoder(ids)[0])
 
-    def uncond(self, diff: Diffusion) -> Conditioning:
-        return self.encode_text(diff, [""])
+    def uncond(self, diff: Diffusion, empty: Conditioning) -> Conditioning:
+        return empty
 
     def forward(self, diff: Diffusion, module: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                 guidance: float) -> torch.Tensor:

@@ -159,8 +159,8 @@ class SD3Family(FlowMatchFamily):
         clip = torch.nn.functional.pad(clip, (0, t5_emb.shape[-1] - clip.shape[-1]))
         return Conditioning(torch.cat([clip, t5_emb.to(clip.dtype)], dim=-2), torch.cat([p1, p2.to(p1.dtype)], dim=-1))
 
-    def uncond(self, diff: Diffusion) -> Conditioning:
-        return self.encode_text(diff, [""])
+    def uncond(self, diff: Diffusion, empty: Conditioning) -> Conditioning:
+        return empty
 
     def uses_cfg(self, guidance: float) -> bool:
         return guidance > 1.0

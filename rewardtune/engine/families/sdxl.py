@@ -52,12 +52,11 @@ class SDXLFamily(DDIMFamily):
         assert pooled is not None, "SDXL's second text encoder must be a CLIPTextModelWithProjection"
         return Conditioning(torch.concat(embs, dim=-1), pooled)
 
-    def uncond(self, diff: Diffusion) -> Conditioning:
-        c = self.encode_text(diff, [""])
+    def uncond(self, diff: Diffusion, empty: Conditioning) -> Conditioning:
         if diff.extras.get("force_zeros_for_empty_prompt", True):
-            assert c.pooled is not None
-            return Conditioning(torch.zeros_like(c.emb), torch.zeros_like(c.pooled))
-        return c
+            assert empty.pooled is not None
+            return Conditioning(torch.zeros_like(empty.emb), torch.zeros_like(empty.pooled))
+        return empty
 
     def forward(self, diff: Diffusion, module: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                 guidance: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from rewardtune.engine.methods.base import Method, builder, register_method, registered_methods
+from rewardtune.engine.methods.base import Method, builder, extra_prompts, register_method, registered_methods
 
 #: the built-in methods' modules (importing one registers its builder)
 BUILTIN = ("alignprop", "draft_k", "draft_lv", "refl", "ranked")
@@ -25,7 +25,7 @@ from rewardtune.engine.methods.ranked import RankedMethod  # noqa: E402
 from rewardtune.engine.methods.refl import PretrainData, ReFLMethod  # noqa: E402
 
 __all__ = ["AlignPropMethod", "DraftKMethod", "DraftLVMethod", "Method", "PretrainData", "RankedMethod", "ReFLMethod",
-           "build_method", "register_method", "registered_methods"]
+           "build_method", "extra_prompts", "register_method", "registered_methods"]
 
 
 def build_method(m: Any, base_dir: Path | None = None) -> Method:

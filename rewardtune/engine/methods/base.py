@@ -44,6 +44,13 @@ def register_method(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
+def extra_prompts(method: Any) -> list[str]:
+    """Prompts a method encodes besides the run's train and eval prompts (ReFL's pretraining captions): an optional
+    `extra_prompts()` of the method."""
+    fn = getattr(method, "extra_prompts", None)
+    return list(fn()) if callable(fn) else []
+
+
 def registered_methods() -> list[str]:
     return sorted(_BUILDERS)
 

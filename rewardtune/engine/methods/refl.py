@@ -71,6 +71,9 @@ class ReFLMethod(Stateless):
     pretrain: PretrainData | None = None
     name: str = "refl"
 
+    def extra_prompts(self) -> list[str]:
+        return [caption for _, caption in self.pretrain.items()] if self.pretrain is not None else []
+
     def is_pretrain_step(self, step: int) -> bool:
         return self.pretrain is not None and step % self.pretrain.every == self.pretrain.every - 1
 
