@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rewardtune.engine.distributed import DistInfo, dist_info
+from rewardtune.engine.distributed import DistInfo, dist_info, dist_initialized
 from rewardtune.engine.methods import build_method, extra_prompts
 from rewardtune.engine.objective import Objective, ObjectiveTerm
 from rewardtune.engine.pipeline import Diffusion, LoraSettings, load_diffusion
@@ -38,9 +38,11 @@ def use_deterministic_kernels() -> None:
 
 
 def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None = None, *,
-                    main: bool = True) -> Diffusion:
+                    info: DistInfo | None = None) -> Diffusion:
     """The model as the spec asks for it. With `model.cache_prompts`, `prompts` (every prompt the run will encode)
-    come from the prompt cache: the text encoders are loaded only to encode what it lacks, then released."""
+    come from the prompt cache: the text encoders are loaded only to encode what it lacks, then released. With
+    `train.fsdp` and torch.distributed initialized, the denoiser is sharded over the ranks."""
+    info = info or DistInfo()
     m = spec.model
     lora = None
     if m.trainable.type == "lora":
@@ -63,7 +65,14 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
     if cache_path is not None:
         from rewardtune.engine import prompt_cache
 
-        prompt_cache.attach(diff, cache_path, list(prompts or ()), cached=cached, main=main)
+        prompt_cache.attach(diff, cache_path, list(prompts or ()), cached=cached, main=info.main)
+    if spec.train.fsdp and dist_initialized():
+        from rewardtune.engine.distributed import shard
+
+        for module in (diff.denoiser, diff.base_denoiser):
+            if module is not None:
+                shard(module, diff.family.shard_blocks, device, info)
+        diff.sharded = True
     amp = AMP[spec.train.mixed_precision]
     diff.amp_dtype = amp if device.type == "cuda" else (amp if amp is torch.bfloat16 else None)
     return diff
@@ -137,7 +146,7 @@ def build_trainer(spec: Any, *, output_dir: str | Path | None = None, callbacks:
     settings = train_settings(spec, eval_prompts)
     # every prompt the run encodes: what the prompt cache must hold
     prompts = [*train_prompts, *settings.eval_prompts, "", *extra_prompts(method)] if spec.model.cache_prompts else None
-    diff = build_diffusion(spec, device, prompts, main=info.main)
+    diff = build_diffusion(spec, device, prompts, info=info)
     objective = build_objective(spec, device, info)
     if progress is not None:
         settings = TrainSettings(**{**settings.__dict__, "progress": progress})

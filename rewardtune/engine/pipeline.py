@@ -50,6 +50,7 @@ class Diffusion:
     prompt_cache: dict[str, Any] | None = field(default=None, repr=False)
     extras: dict[str, Any] = field(default_factory=dict, repr=False)  # family settings read at load
     no_autocast: set[int] = field(default_factory=set, repr=False)  # modules kept in their own dtype (SDXL's VAE)
+    sharded: bool = False  # the denoiser is split over the ranks (FSDP2): its parameters are DTensors
     _frozen_dtypes: dict[int, torch.dtype] = field(default_factory=dict, repr=False)
     _ckpt_modules: dict[int, list[torch.nn.Module]] = field(default_factory=dict, repr=False)
     _lora_slots: list[tuple[torch.nn.Module, str, Any]] | None = field(default=None, repr=False)
@@ -120,16 +121,22 @@ class Diffusion:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.denoiser.named_parameters() if p.requires_grad}
+        """The trainable tensors, whole (gathered from every rank when sharded: then every rank must call it)."""
+        from rewardtune.engine.distributed import gather_full
+
+        return {n: gather_full(p.detach()).clone() for n, p in self.denoiser.named_parameters()  # type: ignore
+                if p.requires_grad}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         params = dict(self.denoiser.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in sd]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        from rewardtune.engine.distributed import like
+
         with torch.no_grad():
             for n, v in sd.items():
-                params[n].copy_(v)
+                params[n].copy_(like(v, params[n]))
 
 
 def load_pipeline_dir(pretrained: str, revision: str | None = None) -> str:
@@ -311,7 +318,7 @@ class FoldedLora:
 
     @staticmethod
     def _slots_if_eligible(diff: Diffusion) -> list[tuple[torch.nn.Module, str, Any]] | None:
-        if (diff.lora is None or diff.needs_autocast(diff.denoiser)
+        if (diff.lora is None or diff.sharded or diff.needs_autocast(diff.denoiser)
                 or diff.frozen_dtype(diff.denoiser) != torch.float32):
             return None
         slots = _lora_linear_slots(diff)
@@ -382,25 +389,57 @@ def _use_sdpa(model: torch.nn.Module) -> None:
         pass
 
 
-def lora_save(diff: Diffusion, out_dir: str) -> str:
+def lora_save(diff: Diffusion, out_dir: str, *, write: bool = True) -> str:
     """Write the denoiser's LoRA in diffusers' format for the family's pipeline: its `load_lora_weights(out_dir)`
-    loads it."""
+    loads it. Sharded, every rank must call it (the LoRA is gathered) and one writes (`write`)."""
     from peft.utils import get_peft_model_state_dict
 
+    from rewardtune.engine.distributed import gather_full
+
     assert diff.lora is not None
-    layers = {k: v.detach().to("cpu", torch.float32).contiguous()
+    layers = {k: gather_full(v.detach()).to("cpu", torch.float32).contiguous()  # type: ignore[attr-defined]
               for k, v in get_peft_model_state_dict(diff.denoiser).items()}
     meta = {"r": diff.lora.rank, "lora_alpha": diff.lora.alpha or diff.lora.rank,
             "target_modules": list(diff.lora.target_modules or diff.family.lora_targets), "lora_dropout": 0.0}
-    diff.family.save_lora(diff, layers, meta, out_dir)
+    if write:
+        diff.family.save_lora(diff, layers, meta, out_dir)
     return out_dir
 
 
-def full_save(diff: Diffusion, out_dir: str) -> str:
+def full_save(diff: Diffusion, out_dir: str, *, write: bool = True) -> str:
     """Write the fine-tuned denoiser (safetensors, diffusers layout) under out_dir/unet or out_dir/transformer,
-    where the family's pipeline looks for it."""
+    where the family's pipeline looks for it. Sharded, every rank must call it (the weights are gathered) and one
+    writes (`write`)."""
     import os
 
     target = os.path.join(out_dir, diff.family.denoiser_name)
-    diff.denoiser.save_pretrained(target, safe_serialization=True)
+    if not diff.sharded:
+        if write:
+            diff.denoiser.save_pretrained(target, safe_serialization=True)
+        return target
+    from rewardtune.engine.distributed import gather_full
+
+    full = {k: gather_full(v).to("cpu").contiguous() for k, v in diff.denoiser.state_dict().items()}  # type: ignore
+    if write:
+        _save_state_dict(diff.denoiser, full, target)
     return target
+
+
+def _save_state_dict(model: Any, state: dict[str, torch.Tensor], target: str, max_shard: str = "10GB") -> None:
+    """`save_pretrained` for weights held apart from the model (gathered from shards): its config, then the
+    safetensors files (sharded with an index past `max_shard`) under the names diffusers loads."""
+    import os
+
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    os.makedirs(target, exist_ok=True)
+    model.save_config(target)
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard,
+                                               filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, os.path.join(target, filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        with open(os.path.join(target, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
+            json.dump(index, f, indent=2)

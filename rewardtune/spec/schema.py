@@ -267,8 +267,12 @@ class TrainSpec(Strict):
         "no", description="Compute dtype of the UNet and VAE: modules whose frozen weights are already in it (model."
                           "dtype) run plainly in it, others under autocast. LoRA master weights stay float32.")
     gradient_checkpointing: bool = Field(
-        True, description="Checkpoint the differentiable UNet steps (the last block by block) and the VAE decode "
-                          "(block by block).")
+        True, description="Checkpoint the differentiable denoiser steps (the last block by block) and the VAE "
+                          "decode (block by block).")
+    fsdp: bool = Field(
+        False, description="Shard the denoiser over the ranks with FSDP2 (fully_shard per block): its weights, "
+                           "gradients and optimizer state are split N ways, for a model that does not fit one "
+                           "device. Needs several ranks (launcher.type: slurm, or torchrun).")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms): "
                                                    "a resumed GPU run then equals an uninterrupted one bitwise, at "
                                                    "some speed cost. CPU runs are deterministic regardless.")

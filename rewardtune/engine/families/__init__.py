@@ -90,6 +90,7 @@ class ModelFamily(Protocol):
     text_encoders: tuple[str, ...]  # pipeline components that encode prompts (frozen)
     tokenizers: tuple[str, ...]
     lora_targets: tuple[str, ...]  # default LoRA target modules of the denoiser
+    shard_blocks: tuple[str, ...]  # the denoiser's block lists, each block one FSDP unit (`train.fsdp`)
     flow: bool  # a flow-matching model (velocity prediction, sigma schedule)
 
     # ---- loading

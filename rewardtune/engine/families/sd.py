@@ -74,6 +74,7 @@ class DDIMFamily:
     flow = False
     denoiser_name = "unet"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    shard_blocks = ("down_blocks", "mid_block", "up_blocks")
 
     def make_scheduler(self, config: Any) -> Any:
         from diffusers import DDIMScheduler

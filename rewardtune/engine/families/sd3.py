@@ -35,6 +35,7 @@ class FlowMatchFamily:
 
     flow = True
     denoiser_name = "transformer"
+    shard_blocks = ("transformer_blocks", "single_transformer_blocks")
     default_max_shift = 1.16  # what the pipeline assumes when the scheduler config has no max_shift
 
     def make_scheduler(self, config: Any) -> Any:

@@ -31,6 +31,7 @@ from rewardtune.engine.sampler import (
     sample,
 )
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator
+from rewardtune.errors import UsageError
 
 
 @dataclass
@@ -55,6 +56,10 @@ class RankedMethod:
         if self.prompts_per_round < info.world:
             raise ValueError(f"method.prompts_per_round={self.prompts_per_round} gives some of the {info.world} "
                              "ranks no prompt; use at least one prompt per rank")
+        if diff.sharded and self.prompts_per_round % info.world:
+            raise UsageError(f"method.prompts_per_round={self.prompts_per_round} does not split evenly over "
+                             f"{info.world} ranks, which a sharded denoiser (train.fsdp) needs: every rank takes part "
+                             f"in every denoiser call. Use a multiple of {info.world}")
         mine = list(range(info.rank, self.prompts_per_round, info.world))
         prompts = [ctx.train_prompts[pick[p]] for p in mine for _ in range(self.samples_per_prompt)]
         groups = torch.tensor([p for p in mine for _ in range(self.samples_per_prompt)])
