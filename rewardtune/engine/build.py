@@ -1,6 +1,7 @@
 """Builders: map the validated spec onto typed components (the spec object goes no further than this file)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from rewardtune.engine.trainer import Trainer, TrainSettings, seed_everything
 from rewardtune.engine.types import SamplingSettings
 
 AMP = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+log = logging.getLogger("rewardtune.engine")
 
 
 def resolve_device(launcher: Any, info: DistInfo) -> torch.device:
@@ -66,7 +68,10 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
         from rewardtune.engine import prompt_cache
 
         prompt_cache.attach(diff, cache_path, list(prompts or ()), cached=cached, main=info.main)
-    if spec.train.fsdp and dist_initialized():
+    if spec.train.fsdp and not dist_initialized():
+        log.warning("train.fsdp: this is a single process (torch.distributed is not initialized), so the "
+                    "denoiser is not sharded; launch several ranks (launcher.type: slurm, or torchrun)")
+    elif spec.train.fsdp:
         from rewardtune.engine.distributed import shard
 
         for module in (diff.denoiser, diff.base_denoiser):
