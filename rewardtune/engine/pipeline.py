@@ -76,10 +76,6 @@ class Diffusion:
         return self.scheduler.config.prediction_type
 
     @property
-    def latent_channels(self) -> int:
-        return self.family.latent_shape(self, 8 * self.vae_scale)[0]
-
-    @property
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 

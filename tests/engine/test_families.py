@@ -105,7 +105,7 @@ def test_saved_lora_loads_in_the_pipeline_and_changes_it_as_in_training(tmp_path
     torch.testing.assert_close(got, z, rtol=0, atol=5e-5)  # float32; the engine folds the LoRA into the weights
 
 
-@pytest.mark.parametrize("which", ["sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("which", ["sd1", "sdxl", "sd3", "flux"])
 def test_full_finetune_exports_a_denoiser_the_pipeline_samples_with(tmp_path, spec_factory, which):
     ref, guidance, family = TWINS[which]
     spec = spec_factory({"name": "draft_k", "k": 1}, model={"pretrained": ref, "family": family,
