@@ -20,7 +20,7 @@ def card(name: str) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-clip"])
+@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3", "shapes-clip"])
 def test_shipped_models_resolve_by_name_and_are_small(name):
     d = resolve_weights(f"zoo:{name}")
     assert d == shipped_model(f"zoo:{name}") and d.is_dir()
@@ -31,16 +31,19 @@ def test_shipped_models_resolve_by_name_and_are_small(name):
         assert key in meta, f"the model card of {name} lacks {key}"
 
 
-def test_pipeline_prompt_following_matches_its_card_and_is_partial():
+@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3"])
+def test_pipeline_prompt_following_matches_its_card_and_is_partial(name):
     from rewardtune.world.train import measure_pipeline
 
-    meta = card("shapes-sd1")
-    got = measure_pipeline(resolve_weights("zoo:shapes-sd1"))
+    meta = card(name)
+    got = measure_pipeline(resolve_weights(f"zoo:{name}"))
     want = meta["prompt_following"]
     for k in ("colour", "shape", "both"):
         assert abs(got[k] - want[k]) <= 1 / 64 + 1e-9, (k, got, want)
-    # partial on purpose: fine-tuning needs headroom (and a model that draws nothing would not be "partial")
-    assert 0.30 <= got["colour"] <= 0.75 and 0.30 <= got["shape"] <= 0.75, got
+    # partial on purpose: fine-tuning needs headroom (and a model that draws nothing would not be "partial"); the
+    # flow sibling gets colours right almost always, so its headroom is in the shapes
+    assert 0.30 <= got["both"] <= 0.75 and 0.30 <= got["shape"] <= 0.75, got
+    assert got["colour"] <= (0.75 if name == "shapes-sd1" else 0.97), got
 
 
 def test_pipeline_loads_with_diffusers_and_its_vae_reconstructs_the_world():
@@ -84,7 +87,29 @@ def test_clip_reward_preset_reads_the_world_as_its_card_says():
     assert acc >= 0.95
 
 
+def test_flow_sibling_samples_as_the_diffusers_pipeline_does():
+    """zoo:shapes-sd3 is a real StableDiffusion3Pipeline folder, and rewardtune's sampler (flow-matching Euler, CFG)
+    reproduces the pipeline's own output on it, from the same noise."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from rewardtune.engine.pipeline import load_diffusion
+    from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
+    from rewardtune.world.train import SD3_T5_LEN
+
+    path = resolve_weights("zoo:shapes-sd3")
+    pipe = StableDiffusion3Pipeline.from_pretrained(path)
+    diff = load_diffusion(str(path))
+    assert diff.family.name == "sd3"
+    prompts = ["a red circle", "an orange triangle"]
+    x = initial_latents(diff, 2, W.RES, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = decode(diff, sample(diff, x, encode_prompts(diff, prompts, 3.0), steps=8, guidance=3.0).latents)
+        theirs = pipe(prompts, latents=x.clone(), num_inference_steps=8, guidance_scale=3.0, height=W.RES,
+                      width=W.RES, max_sequence_length=SD3_T5_LEN, output_type="pt").images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
 def test_training_log_is_json():
-    for name in ("shapes-sd1", "shapes-clip"):
+    for name in ("shapes-sd1", "shapes-sd3", "shapes-clip"):
         hist = json.loads((shipped_model(f"zoo:{name}") / "training_log.json").read_text())
         assert hist and np.isfinite([h.get("loss", h.get("rec", 0.0)) for h in hist]).all()
