@@ -388,7 +388,7 @@ def latent_stats(vae, n: int = 512, seed: int = 777) -> tuple[float, float]:
     return float(z.mean()), float(1.0 / z.std())
 
 
-def train_sd3(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: int = 32, lr: float = 1e-3,
+def train_sd3(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch: int = 32, lr: float = 1e-3,
               caption_dropout: float = 0.1, snapshot_every: int = 0) -> dict[str, Any]:
     """The flow-matching sibling of shapes-sd1: an SD3-architecture pipeline (SD3Transformer2DModel, two CLIP text
     encoders with projections and a small character-level T5, FlowMatchEulerDiscreteScheduler) trained by rectified flow on the same VAE's
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-steps", type=int, default=800)
     ap.add_argument("--clip-steps", type=int, default=1200)
     ap.add_argument("--sd-steps", type=int, default=3000)
-    ap.add_argument("--sd3-steps", type=int, default=3000)
+    ap.add_argument("--sd3-steps", type=int, default=2000)
     ap.add_argument("--measure-every", type=int, default=0, help="measure prompt-following every N UNet steps")
     ap.add_argument("--keep-snapshots", action="store_true", help="keep the measured snapshots (.shapes-sd1-stepN)")
     ap.add_argument("--snapshot-every", type=int, default=0, help="save the SD3 sibling every N steps (.shapes-sd3-stepN)")
