@@ -1,36 +1,18 @@
 """`rewardtune run SPEC [key=value ...] [--tiny] [--resume] [--output-dir DIR]`: train."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from rewardtune.cli.common import console, guarded
 
 HELP = ("Fine-tune the spec's model against its objective. SPEC is a YAML file or the name of a shipped spec "
-        "(e.g. `demo`); key=value overrides are validated like the spec.")
-
-
-def find_spec(spec: str) -> Path:
-    """A path, or the name of a spec shipped with rewardtune (`demo`, `draft_k`, `specs/demo.yaml`)."""
-    from rewardtune.errors import UsageError
-    from rewardtune.registry import bundled_dir
-
-    p = Path(spec)
-    if p.exists():
-        return p
-    shipped = bundled_dir("specs")
-    for cand in (shipped / p.name, shipped / f"{p.name}.yaml"):
-        if cand.is_file():
-            return cand
-    names = sorted(x.stem for x in shipped.rglob("*.yaml")) if shipped.is_dir() else []
-    raise UsageError(f"spec '{spec}' not found (no such file, and no shipped spec of that name). "
-                     f"Shipped specs: {', '.join(names) or '(none)'}.")
+        "(e.g. `demo`; a local demo.yaml wins, `rewardtune specs` lists them); key=value overrides are validated like "
+        "the spec.")
 
 
 @guarded
 def COMMAND(  # noqa: N802
-    spec: str = typer.Argument(..., help="Spec file, or a shipped spec's name (see specs/)."),
+    spec: str = typer.Argument(..., help="Spec file, or a shipped spec's name (`rewardtune specs`)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.steps=50 train.lr=3e-4."),
     tiny: bool = typer.Option(False, "--tiny", help="Run offline on tiny twins of every model (seconds on a CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output dir."),
@@ -46,8 +28,12 @@ def COMMAND(  # noqa: N802
         raise UsageError(f"overrides must look like key=value (got {bad[0]!r})")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
-    path = find_spec(spec)
+    from rewardtune.cli.specs import resolve_spec_arg
+
+    resolved = resolve_spec_arg(spec)
+    path = resolved.path
     out = console()
+    console(stderr=True).print(resolved.note(), markup=False, soft_wrap=True, style="dim")
     import signal
 
     from rewardtune.api import run
