@@ -34,6 +34,7 @@ def COMMAND(  # noqa: N802
     path = resolved.path
     out = console()
     console(stderr=True).print(resolved.note(), markup=False, soft_wrap=True, style="dim")
+    check_before_loading(str(path), list(overrides or []), tiny, shown=spec)
     import signal
 
     from rewardtune.api import run
@@ -76,6 +77,23 @@ def COMMAND(  # noqa: N802
         out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:
         out.print(f"weights: {result.weights_path}")
+
+
+def check_before_loading(spec: str, overrides: list[str], tiny: bool, shown: str | None = None) -> None:
+    """What the run would reject, before any model loads: the spec's preflight (prompt files, local paths, extras,
+    device; exit 2/4, every problem at once), then every checkpoint it needs (exit 4, all missing ones at once,
+    with the command that fetches them)."""
+    import shlex
+
+    from rewardtune.cli.weights import require
+    from rewardtune.rewards._weights import spec_weights
+    from rewardtune.spec.load import load_spec
+    from rewardtune.spec.preflight import preflight
+
+    s = load_spec(spec, overrides=overrides, tiny=tiny)
+    preflight(s)
+    require(spec_weights(s), shlex.join(["rewardtune", "weights", shown or spec, *overrides, *(["--tiny"] if tiny else []),
+                                         "--download"]), out=console(stderr=True))
 
 
 def eval_table(before: dict[str, float], after: dict[str, float], steps: int):

@@ -679,13 +679,16 @@ def _registry_problems(raw: dict[str, Any], src: SpecSource, imports: bool = Tru
                                     + (f". Did you mean '{guess}'?" if guess else ""), _line_for(src, (*base, "preset")),
                                     f"presets of {rname}: {', '.join(card.presets)}"))
         if isinstance(kwargs, dict) and card.factory is None:
+            from rewardtune.rewards._weights import secondary_weight_keys
+
+            allowed = [*card.params, *secondary_weight_keys(card.presets)]  # e.g. pickscore's `processor`
             for k in kwargs:
-                if k not in card.params:
-                    guess = did_you_mean(str(k), list(card.params))
+                if k not in allowed:
+                    guess = did_you_mean(str(k), allowed)
                     problems.append(Problem(
                         dotted((*base, "kwargs", k)), f"reward '{rname}' takes no argument '{k}'"
                         + (f". Did you mean '{guess}'?" if guess else ""), _line_for(src, (*base, "kwargs", k)),
-                        f"arguments of {rname}: {', '.join(card.params) or '(none)'}"))
+                        f"arguments of {rname}: {', '.join(allowed) or '(none)'}"))
     return problems
 
 
@@ -921,6 +924,11 @@ def to_tiny(spec: Spec) -> Spec:
         except UnknownRewardError:  # left unresolved by a validation without imports: nothing to swap
             card_presets = {}
         preset = "tiny" if "tiny" in card_presets else t.preset
+        if "tiny" in card_presets:  # the twin's own weights: secondary weights given for the real model go too
+            from rewardtune.rewards._weights import secondary_weight_keys
+
+            drop = secondary_weight_keys(card_presets)
+            t = t.model_copy(update={"kwargs": {k: v for k, v in t.kwargs.items() if k not in drop}})
         terms.append(t.model_copy(update={"preset": preset, "dtype": None, "weights": None}))
     model = spec.model.model_copy(update={"pretrained": TINY_PIPELINE, "revision": None, "variant": None,
                                           "family": "sd1", "dtype": "float32"})
