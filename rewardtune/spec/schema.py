@@ -270,7 +270,13 @@ class LoggingSpec(Strict):
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per eval prompt, each on its own fixed noise: the eval set is the prompts "
                              "repeated this many times (more images, steadier numbers).")
-    progress: bool = Field(True, description="Show the live progress bar (rank 0 only).")
+    progress: bool = Field(True, description="Show progress (rank 0 only): a live bar on a terminal; elsewhere (a "
+                                             "pipe, a file, a SLURM log) plain lines on stdout, each flushed.")
+    progress_every_s: float = Field(10.0, ge=0, description="Not on a terminal: one progress line at most every this "
+                                                            "many seconds (0: every step); the first and last steps "
+                                                            "and each eval always get one.")
+    progress_every_steps: int | None = Field(None, ge=1, description="Not on a terminal: also a progress line every "
+                                                                     "this many steps.")
 
 
 # ------------------------------------------------------------------------------------------------------- launcher
