@@ -9,7 +9,7 @@
       images/                   before.png, step_NNNNNN.png, after.png, compare.png (before/after pairs)
       checkpoints/step_NNNNNNNN/  state.json + tensors.safetensors: one directory per checkpoint, written under a
                                 temporary name and renamed into place (never a pickle)
-      lora/ or unet/            the exported weights
+      lora/                     the exported LoRA (unet/ or transformer/: the fully fine-tuned denoiser)
       result.json               how the latest attempt ended: done, stopped (resumable) or failed
       run.lock                  flock-ed by the process running in this directory (pid, host, command inside)
       slurm/job.json            submitted runs: job ids, logs, command line (rewardtune.launch.slurm)
@@ -59,11 +59,12 @@ class RunDir:
     TENSORBOARD = "tensorboard"
     LORA = "lora"
     UNET = "unet"
+    TRANSFORMER = "transformer"
     SLURM = "slurm"
     JOB = "job.json"
     EVENTS = "events.jsonl"
     # what a fresh start (overwrite) removes; the spec, versions, job records and the lock stay
-    OUTPUTS = (CHECKPOINTS, LORA, UNET, IMAGES, TENSORBOARD, METRICS, RESULT)
+    OUTPUTS = (CHECKPOINTS, LORA, UNET, TRANSFORMER, IMAGES, TENSORBOARD, METRICS, RESULT)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -111,6 +112,10 @@ class RunDir:
     @property
     def unet_dir(self) -> Path:
         return self.path / self.UNET
+
+    @property
+    def transformer_dir(self) -> Path:
+        return self.path / self.TRANSFORMER
 
     @property
     def slurm_dir(self) -> Path:

@@ -18,7 +18,7 @@ from rewardtune.spec.load import load_spec, parse_override_path, to_tiny
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "fixtures" / "bad_specs").glob("*.yaml"))
 SHIPPED_SPECS = {"alignprop.yaml", "demo.yaml", "draft_k.yaml", "draft_lv.yaml", "finerewards.yaml", "ranked.yaml",
-                 "refl.yaml"}
+                 "refl.yaml", "sdxl.yaml", "sd3.yaml", "flux.yaml"}
 
 
 def expectations(path: Path) -> list[str]:

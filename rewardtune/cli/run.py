@@ -72,7 +72,7 @@ def COMMAND(  # noqa: N802
     from rewardtune.rundir import RunDir
 
     images = RunDir(result.output_dir).images_dir
-    grids = [p for p in (images / "before.png", images / "after.png") if p.exists()]
+    grids = [p for p in (images / "compare.png", images / "before.png", images / "after.png") if p.exists()]
     if grids:
         out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:

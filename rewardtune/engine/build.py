@@ -1,20 +1,22 @@
 """Builders: map the validated spec onto typed components (the spec object goes no further than this file)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rewardtune.engine.distributed import DistInfo, dist_info
-from rewardtune.engine.methods import build_method
+from rewardtune.engine.distributed import DistInfo, dist_info, dist_initialized
+from rewardtune.engine.methods import build_method, extra_prompts
 from rewardtune.engine.objective import Objective, ObjectiveTerm
 from rewardtune.engine.pipeline import Diffusion, LoraSettings, load_diffusion
 from rewardtune.engine.trainer import Trainer, TrainSettings, seed_everything
 from rewardtune.engine.types import SamplingSettings
 
 AMP = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+log = logging.getLogger("rewardtune.engine")
 
 
 def resolve_device(launcher: Any, info: DistInfo) -> torch.device:
@@ -37,16 +39,45 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def build_diffusion(spec: Any, device: torch.device) -> Diffusion:
+def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None = None, *,
+                    info: DistInfo | None = None) -> Diffusion:
+    """The model as the spec asks for it. With `model.cache_prompts`, `prompts` (every prompt the run will encode)
+    come from the prompt cache: the text encoders are loaded only to encode what it lacks, then released. With
+    `train.fsdp` and torch.distributed initialized, the denoiser is sharded over the ranks."""
+    info = info or DistInfo()
     m = spec.model
     lora = None
     if m.trainable.type == "lora":
         t = m.trainable
-        lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout, target_modules=tuple(t.target_modules),
-                            init=t.init)
+        lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout,
+                            target_modules=tuple(t.target_modules) if t.target_modules else None, init=t.init)
     kl = getattr(spec.method, "kl_coeff", 0.0) > 0
-    diff = load_diffusion(m.pretrained, revision=m.revision, variant=m.variant, dtype=m.dtype, device=device,
-                          lora=lora, keep_base_copy=kl and lora is None)
+    cache_path, cached = None, {}
+    if m.cache_prompts and prompts is not None:
+        from rewardtune.engine import prompt_cache
+        from rewardtune.engine.pipeline import load_pipeline_dir, resolve_family
+
+        local = load_pipeline_dir(m.pretrained, m.revision)
+        cache_path = prompt_cache.cache_file(local, resolve_family(local, m.family, m.pretrained), m.dtype)
+        cached = prompt_cache.read(cache_path)
+    diff = load_diffusion(m.pretrained, family=m.family, revision=m.revision, variant=m.variant, dtype=m.dtype,
+                          device=device, lora=lora, keep_base_copy=kl and lora is None,
+                          text_encoders=cache_path is None or any(p not in cached for p in prompts or ()),
+                          vae_slicing=m.vae_slicing, vae_tiling=m.vae_tiling)
+    if cache_path is not None:
+        from rewardtune.engine import prompt_cache
+
+        prompt_cache.attach(diff, cache_path, list(prompts or ()), cached=cached, main=info.main)
+    if spec.train.fsdp and not dist_initialized():
+        log.warning("train.fsdp: this is a single process (torch.distributed is not initialized), so the "
+                    "denoiser is not sharded; launch several ranks (launcher.type: slurm, or torchrun)")
+    elif spec.train.fsdp:
+        from rewardtune.engine.distributed import shard
+
+        for module in (diff.denoiser, diff.base_denoiser):
+            if module is not None:
+                shard(module, diff.family.shard_blocks, device, info)
+        diff.sharded = True
     amp = AMP[spec.train.mixed_precision]
     diff.amp_dtype = amp if device.type == "cuda" else (amp if amp is torch.bfloat16 else None)
     return diff
@@ -117,10 +148,12 @@ def build_trainer(spec: Any, *, output_dir: str | Path | None = None, callbacks:
     base = spec_base_dir(spec)
     train_prompts = resolve_prompts(spec.prompts.train, base)
     eval_prompts = resolve_prompts(spec.prompts.eval, base)
-    diff = build_diffusion(spec, device)
-    objective = build_objective(spec, device, info)
     method = build_method(spec.method, base)
     settings = train_settings(spec, eval_prompts)
+    # every prompt the run encodes: what the prompt cache must hold
+    prompts = [*train_prompts, *settings.eval_prompts, "", *extra_prompts(method)] if spec.model.cache_prompts else None
+    diff = build_diffusion(spec, device, prompts, info=info)
+    objective = build_objective(spec, device, info)
     if progress is not None:
         settings = TrainSettings(**{**settings.__dict__, "progress": progress})
     out = Path(output_dir) if output_dir is not None else Path(spec.resolved_output_dir)

@@ -1,15 +1,18 @@
-"""DDIM sampling with truncated backpropagation.
+"""Sampling with truncated backpropagation, the same for every model family.
 
 Steps whose index is not in `grad_steps` run under `torch.no_grad()` (nothing is recorded for them, so memory does
 not depend on how many there are), with the LoRA folded into the frozen weights where that is exact enough
 (`FoldedLora`). Differentiable steps are checkpointed when asked: the last one block by block (its block inputs
 are kept, and in backward one block at a time is recomputed), earlier ones as a whole call (only the step's
-inputs are kept). Classifier-free guidance is one batched UNet call on `[uncond; cond]`. Latents are turned into
-[0, 1] pixels exactly once, in `decode`, whose VAE is checkpointed block by block.
+inputs are kept). Classifier-free guidance is one batched denoiser call on `[uncond; cond]` (FLUX's distilled
+guidance is an input of its one call instead). Latents are turned into [0, 1] pixels exactly once, in `decode`,
+whose VAE is checkpointed block by block.
+
+What differs between families (prompt encoding, the denoiser call, the schedule and its step, re-noising, latent
+shapes and VAE scaling) is the family's: `diff.family` (`rewardtune.engine.families`). Nothing here asks which.
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
@@ -17,111 +20,119 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from rewardtune.engine.control import check_abort
-from rewardtune.engine.pipeline import Diffusion, FoldedLora
+from rewardtune.engine.families import Conditioning, Schedule
+from rewardtune.engine.pipeline import Diffusion, FoldedLora, autocast, module_inputs
+
+__all__ = ["Conditioning", "SampleResult", "StepRecord", "add_training_noise", "autocast", "decode", "denoiser_forward",
+           "encode", "encode_prompts", "initial_latents", "model_output", "module_inputs", "renoise", "sample",
+           "schedule", "step", "timesteps", "uncond_embedding", "base_output", "latent_shape"]
 
 
 @dataclass
 class StepRecord:
     index: int
-    timestep: int
-    grad: bool  # whether this step's eps carries a graph
+    timestep: int | float
+    grad: bool  # whether this step's model output carries a graph
 
 
 @dataclass
 class SampleResult:
     latents: torch.Tensor  # final latents (x_0), with graph through the differentiable steps
     records: list[StepRecord] = field(default_factory=list)
-    kl: torch.Tensor | None = None  # sum over differentiable steps of mean ||eps_theta - eps_base||^2
+    kl: torch.Tensor | None = None  # sum over differentiable steps of mean ||out_theta - out_base||^2
     kl_steps: int = 0
     x0_pred: torch.Tensor | None = None  # x0 predicted at the last step taken (ReFL's stop step)
 
 
-def autocast(diff: Diffusion, module: torch.nn.Module):
-    """Autocast for a call of `module` where mixed precision needs it (see `Diffusion.needs_autocast`)."""
-    if not diff.needs_autocast(module):
-        return contextlib.nullcontext()
-    return torch.autocast(diff.device.type, dtype=diff.amp_dtype)
-
-
-def module_inputs(diff: Diffusion, module: torch.nn.Module, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Inputs as `module` takes them: unchanged under autocast (which casts per op), else in its weights' dtype."""
-    if diff.needs_autocast(module):
-        return xs
-    dt = diff.frozen_dtype(module)
-    return tuple(x.to(dt) for x in xs)
-
-
-def unet_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, unet=None) -> torch.Tensor:
-    """The UNet's output in float32, computed in the precision the run asked for."""
-    unet = unet or diff.unet
-    x, emb = module_inputs(diff, unet, x, emb)
-    with autocast(diff, unet):
-        return unet(x, t, encoder_hidden_states=emb).sample.float()
+def denoiser_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance: float = 1.0,
+                     module=None) -> torch.Tensor:
+    """The denoiser's raw output (eps, v or flow velocity) in float32 for inputs x at timesteps t (a tensor of one
+    value or one per row), computed in the precision the run asked for. No classifier-free guidance here."""
+    return diff.family.forward(diff, module or diff.denoiser, x, t, cond, guidance)
 
 
 @torch.no_grad()
-def encode_prompts(diff: Diffusion, prompts: list[str], guidance: float) -> torch.Tensor:
-    """Text embeddings; with CFG (guidance > 1) the batch is [uncond; cond] so one UNet call does both."""
+def encode_prompts(diff: Diffusion, prompts: list[str], guidance: float) -> Conditioning:
+    """The prompts' conditioning; when the family uses classifier-free guidance at this scale (CFG: guidance > 1)
+    the batch is [uncond; cond], so one denoiser call does both."""
     cond = _encode_texts(diff, list(prompts))
-    if guidance > 1.0:
-        return torch.cat([uncond_embedding(diff).expand(len(prompts), -1, -1), cond])
+    if diff.family.uses_cfg(guidance):
+        return Conditioning.cat([uncond_embedding(diff).expand(len(prompts)), cond])
     return cond
 
 
-def _encode_texts(diff: Diffusion, texts: list[str]) -> torch.Tensor:
-    tok = diff.tokenizer
-    ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-              return_tensors="pt").input_ids.to(diff.device)
-    return diff.text_encoder(ids)[0]
+def _encode_texts(diff: Diffusion, texts: list[str]) -> Conditioning:
+    if diff.prompt_cache is not None:
+        missing = [t for t in texts if t not in diff.prompt_cache]
+        if missing:
+            raise KeyError(f"prompt {missing[0]!r} is not in the prompt cache (the text encoders were not loaded); "
+                           "encode every prompt the run uses ahead (cache_prompts)")
+        return Conditioning.cat([diff.prompt_cache[t] for t in texts]).to(diff.device)
+    return diff.family.encode_text(diff, texts)
 
 
 @torch.no_grad()
-def uncond_embedding(diff: Diffusion) -> torch.Tensor:
-    """The empty prompt's embedding (CFG's unconditional branch), computed once: the text encoder is frozen."""
-    if diff.uncond_embedding is None or diff.uncond_embedding.device.type != torch.device(diff.device).type:
-        diff.uncond_embedding = _encode_texts(diff, [""])
-    return diff.uncond_embedding
+def uncond_embedding(diff: Diffusion) -> Conditioning:
+    """The empty prompt's conditioning (CFG's unconditional branch), computed once: the text encoders are frozen."""
+    if diff.uncond is None or diff.uncond.emb.device.type != torch.device(diff.device).type:
+        diff.uncond = diff.family.uncond(diff, _encode_texts(diff, [""]))
+    return diff.uncond
 
 
-def timesteps(diff: Diffusion, steps: int) -> torch.Tensor:
-    diff.scheduler.set_timesteps(steps)
-    return diff.scheduler.timesteps.clone()
+def schedule(diff: Diffusion, steps: int, latent_hw: tuple[int, int] | None = None) -> Schedule:
+    """The family's schedule of `steps` steps for latents of this height and width (flow schedules shift with the
+    image size)."""
+    return diff.family.schedule(diff, steps, latent_hw)
 
 
-def _alpha(diff: Diffusion, t: int, device: torch.device) -> torch.Tensor:
-    sched = diff.scheduler
-    ac = sched.alphas_cumprod
-    a = ac[t] if t >= 0 else sched.final_alpha_cumprod
-    return a.to(device=device, dtype=torch.float32)
+def timesteps(diff: Diffusion, steps: int, latent_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """What the denoiser is given at each of the `steps` steps."""
+    return schedule(diff, steps, latent_hw).timesteps
 
 
-def prev_timestep(diff: Diffusion, t: int, steps: int) -> int:
-    return int(t) - diff.scheduler.config.num_train_timesteps // steps
+def step(diff: Diffusion, sched: Schedule, i: int, x: torch.Tensor, out: torch.Tensor, eta: float = 0.0,
+         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step i of the schedule from x with the guided model output `out`: (next latents, x0 predicted at step i).
+    Differentiable in x and out."""
+    return diff.family.step(diff, sched, i, x, out, eta, noise)
 
 
-def model_output(diff: Diffusion, x: torch.Tensor, t: int, emb: torch.Tensor, guidance: float, *,
+def renoise(diff: Diffusion, sched: Schedule, i: int, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Clean latents x0 noised with eps to the noise level of step i (DRaFT-LV)."""
+    return diff.family.renoise(diff, sched, i, x0, eps)
+
+
+def add_training_noise(diff: Diffusion, x0: torch.Tensor, noise: torch.Tensor,
+                       index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, denoiser timesteps, regression target) of the standard denoising loss at training
+    timesteps `index` (integers in [0, family.num_train_timesteps)): eps or v targets for DDIM families, the
+    flow velocity eps - x0 for flow matching."""
+    return diff.family.training_pair(diff, x0, noise, index)
+
+
+def model_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Conditioning, guidance: float, *,
                  use_checkpoint: bool = False, blocks: bool = False, unet=None) -> torch.Tensor:
-    """Guided UNet output at timestep t (one batched call for CFG).
+    """Guided denoiser output at timestep t (one batched call for CFG).
 
     With grad and `use_checkpoint`: `blocks=True` checkpoints block by block (the least memory in backward, but
     the block inputs stay alive until then: right for the last differentiable step), else the whole call (only
     the inputs stay alive: right for the earlier ones, whatever their number)."""
-    unet = unet or diff.unet
-    cfg = guidance > 1.0
-    tt = torch.full((1,), int(t), device=x.device, dtype=torch.long)
+    module = unet or diff.denoiser
+    cfg = diff.family.uses_cfg(guidance)
+    tt = diff.family.timestep(t, x.device)
 
-    def call(inp: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return unet_forward(diff, inp, tt, e, unet)
+    def call(inp: torch.Tensor, e: Conditioning) -> torch.Tensor:
+        return denoiser_forward(diff, inp, tt, e, guidance, module)
 
     inp = torch.cat([x, x]) if cfg else x
     ckpt = use_checkpoint and torch.is_grad_enabled()
-    by_block = ckpt and blocks and diff.supports_block_checkpointing(unet)
+    by_block = ckpt and blocks and diff.supports_block_checkpointing(module)
     if by_block:
-        diff.block_checkpointing(unet, True)
+        diff.block_checkpointing(module, True)
         try:
             out = call(inp, emb)
         finally:
-            diff.block_checkpointing(unet, False)
+            diff.block_checkpointing(module, False)
     elif ckpt:
         out = checkpoint(call, inp, emb, use_reentrant=False)
     else:
@@ -132,54 +143,37 @@ def model_output(diff: Diffusion, x: torch.Tensor, t: int, emb: torch.Tensor, gu
     return out
 
 
-def ddim_step(diff: Diffusion, x: torch.Tensor, out: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM update x_t -> x_{t_prev}; returns (x_prev, x0_pred). Differentiable in x and out."""
-    a_t = _alpha(diff, t, x.device)
-    a_p = _alpha(diff, t_prev, x.device)
-    if diff.prediction_type == "epsilon":
-        eps = out
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    elif diff.prediction_type == "v_prediction":
-        x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
-        eps = a_t.sqrt() * out + (1 - a_t).sqrt() * x
-    else:
-        raise ValueError(f"unsupported prediction_type '{diff.prediction_type}'")
-    sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt() if eta > 0 else torch.zeros((), device=x.device)
-    x_prev = a_p.sqrt() * x0 + (1 - a_p - sigma ** 2).clamp(min=0).sqrt() * eps
-    if eta > 0:
-        if noise is None:
-            raise ValueError("eta > 0 needs per-step noise")
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0
-
-
 def _base_output(diff: Diffusion, x, t, emb, guidance) -> torch.Tensor:
-    """eps of the frozen base model: the same UNet with adapters disabled (LoRA), or the frozen copy."""
+    """Output of the frozen base model: the same denoiser with adapters disabled (LoRA), or the frozen copy."""
     with torch.no_grad():
         if diff.lora is not None:
-            diff.unet.disable_adapters()
+            diff.denoiser.disable_adapters()
             try:
                 return model_output(diff, x, t, emb, guidance)
             finally:
-                diff.unet.enable_adapters()
-        if diff.base_unet is None:
+                diff.denoiser.enable_adapters()
+        if diff.base_denoiser is None:
             raise RuntimeError("kl_coeff > 0 with full fine-tuning needs the frozen base copy (keep_base_copy)")
-        return model_output(diff, x, t, emb, guidance, unet=diff.base_unet)
+        return model_output(diff, x, t, emb, guidance, unet=diff.base_denoiser)
 
 
-def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: int, guidance: float,
+def base_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Conditioning, guidance: float) -> torch.Tensor:
+    """The frozen base model's guided output (no graph): the reference of the DRaFT+ KL term."""
+    return _base_output(diff, x, t, emb, guidance)
+
+
+def sample(diff: Diffusion, latents: torch.Tensor, emb: Conditioning, *, steps: int, guidance: float,
            eta: float = 0.0, grad_steps: Container[int] = (), stop_at: int | None = None,
            step_noise: Callable[[int], torch.Tensor] | None = None, use_checkpoint: bool = True,
            kl: bool = False) -> SampleResult:
-    """Run DDIM from `latents` (x_T). Step i (0-based, i = 0 is the noisiest) computes its eps with a graph iff
-    i in grad_steps (grad_steps need not be contiguous).
+    """Run the family's sampler from `latents` (x_T). Step i (0-based, i = 0 is the noisiest) computes its model
+    output with a graph iff i in grad_steps (grad_steps need not be contiguous).
 
     `stop_at=s` runs steps 0..s-1 and returns the x0 prediction made at step s (ReFL); the result's latents are
-    then x_{t_s}. The latent path is never detached, so gradient from a later step flows back through the
+    then those of step s. The latent path is never detached, so gradient from a later step flows back through the
     earlier differentiable steps; no-grad steps hold no graph at all.
     """
-    ts = timesteps(diff, steps)
+    sched = schedule(diff, steps, tuple(latents.shape[-2:]))
     x = latents
     res = SampleResult(latents=x)
     kl_sum = None
@@ -190,15 +184,14 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
     folded = FoldedLora.if_eligible(diff) if len(graded) < last else None
     try:
         for i in range(last):
-            check_abort()  # a stop request ends an abortable sampling loop within one UNet call
-            t = int(ts[i])
-            t_prev = prev_timestep(diff, t, steps)
+            check_abort()  # a stop request ends an abortable sampling loop within one denoiser call
+            t = sched.t(i)
             grad = enabled and i in grad_steps
             if folded is not None and grad:
                 folded.off()
             elif folded is not None:
                 folded.on()
-            with torch.set_grad_enabled(grad):  # a step outside grad_steps: its eps is computed without a graph
+            with torch.set_grad_enabled(grad):  # a step outside grad_steps: its output is computed without a graph
                 out = model_output(diff, x, t, emb, guidance, use_checkpoint=use_checkpoint and grad,
                                    blocks=i == last_graded)
                 if grad and kl:
@@ -207,10 +200,10 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
                     kl_sum = term if kl_sum is None else kl_sum + term
                     res.kl_steps += 1
             noise = step_noise(i) if (eta > 0 and step_noise is not None) else None
-            # ...but the latent path stays differentiable once a graph exists (steps with a detached eps between
+            # ...but the latent path stays differentiable once a graph exists (steps with a detached output between
             # differentiable ones, as random per-step truncation produces): only the cheap linear update is recorded
             with torch.set_grad_enabled(enabled and (grad or x.requires_grad)):
-                x_new, x0 = ddim_step(diff, x, out, t, t_prev, eta, noise)
+                x_new, x0 = step(diff, sched, i, x, out, eta, noise)
             res.records.append(StepRecord(i, t, bool(out.requires_grad)))
             res.x0_pred = x0
             if stop_at is not None and i == stop_at:
@@ -227,9 +220,7 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: torch.Tensor, *, steps: 
 def decode(diff: Diffusion, latents: torch.Tensor, *, use_checkpoint: bool = True) -> torch.Tensor:
     """Latents -> pixels in [0, 1]: the VAE output is mapped with (x/2 + 0.5).clamp(0, 1) here and only here."""
     vae = diff.vae
-    z = latents / vae.config.scaling_factor
-    if getattr(vae.config, "shift_factor", None):
-        z = z + vae.config.shift_factor
+    z = diff.family.to_vae(diff, latents)
 
     def dec(zz: torch.Tensor) -> torch.Tensor:
         (zz,) = module_inputs(diff, vae, zz)
@@ -254,35 +245,23 @@ def decode(diff: Diffusion, latents: torch.Tensor, *, use_checkpoint: bool = Tru
 
 @torch.no_grad()
 def encode(diff: Diffusion, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1] -> latents as the UNet sees them (the VAE posterior's mode, scaled): `decode`'s inverse
+    """Pixels in [0, 1] -> latents as the denoiser sees them (the VAE posterior's mode, scaled): `decode`'s inverse
     up to the VAE's reconstruction error. Deterministic."""
     vae = diff.vae
     (x,) = module_inputs(diff, vae, pixels.to(diff.device) * 2 - 1)
     with autocast(diff, vae):
         z = vae.encode(x).latent_dist.mode().float()
-    if getattr(vae.config, "shift_factor", None):
-        z = z - vae.config.shift_factor
     # contiguous: the posterior's mode is a view into its moments, and a strided input can send a convolution down
     # another kernel (last-bit differences), so latents loaded from a checkpoint would not resume bitwise
-    return (z * vae.config.scaling_factor).contiguous()
+    return diff.family.from_vae(diff, z).contiguous()
+
+
+def latent_shape(diff: Diffusion, resolution: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the latents of a resolution x resolution image."""
+    return diff.family.latent_shape(diff, resolution)
 
 
 def initial_latents(diff: Diffusion, n: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
     """x_T drawn on the CPU from `generator` (the same numbers on every device), scaled by init_noise_sigma."""
-    h = resolution // diff.vae_scale
-    z = torch.randn((n, diff.latent_channels, h, h), generator=generator, dtype=torch.float32)
-    return (z * diff.scheduler.init_noise_sigma).to(diff.device)
-
-
-def add_noise(diff: Diffusion, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-    ac = diff.scheduler.alphas_cumprod.to(x0.device, torch.float32)
-    a = ac[t] if isinstance(t, int) else ac[t].view(-1, 1, 1, 1)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-
-def denoising_target(diff: Diffusion, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The regression target of the standard denoising loss (eps, or v for v-prediction models)."""
-    if diff.prediction_type == "v_prediction":
-        a = diff.scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
-    return noise
+    z = torch.randn((n, *latent_shape(diff, resolution)), generator=generator, dtype=torch.float32)
+    return (z * diff.family.init_noise_sigma(diff)).to(diff.device)

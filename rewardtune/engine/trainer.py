@@ -20,7 +20,16 @@ import torch
 
 from rewardtune.engine import control
 from rewardtune.engine.callbacks import CallbackList, EvalEvent, StepEvent
-from rewardtune.engine.distributed import DistInfo, all_reduce_sum, any_flag, average_gradients, barrier
+from rewardtune.engine.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_flag,
+    average_gradients,
+    barrier,
+    gather_full,
+    is_dtensor,
+    like,
+)
 from rewardtune.engine.objective import Objective
 from rewardtune.engine.outputs import (
     MetricsWriter,
@@ -31,7 +40,7 @@ from rewardtune.engine.outputs import (
     set_aside,
     write_run_info,
 )
-from rewardtune.engine.pipeline import Diffusion, full_unet_save, lora_save
+from rewardtune.engine.pipeline import Diffusion, full_save, lora_save
 from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample, uncond_embedding
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
 from rewardtune.errors import CheckpointError, RewardtuneError, RunInterrupted, UsageError
@@ -146,18 +155,18 @@ class Trainer:
         self.local_batch = s.batch_size // self.info.world
         self.params = diff.trainable_parameters()
         if not self.params:
-            raise UsageError("nothing to train: the UNet has no trainable parameters")
+            raise UsageError("nothing to train: the denoiser has no trainable parameters")
         self.opt = make_optimizer(self.params, s)
         fp16 = s.mixed_precision == "fp16" and diff.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(diff.device.type, enabled=fp16)
         self.ema = [p.detach().clone() for p in self.params] if s.ema_decay else None
         self.ctx = RunContext(diff, objective, sampling, self.train_prompts, self.info, s.seed, self.local_batch)
-        if sampling.guidance > 1.0:
-            uncond_embedding(diff)  # once, before the first step (the text encoder is frozen)
+        if diff.family.uses_cfg(sampling.guidance):
+            uncond_embedding(diff)  # once, before the first step (the text encoders are frozen)
         self.step = 0
         self.skipped = 0
         self.resumed_from: int | None = None
-        self._eval_views: dict[str, tuple] = {}  # tag -> what the grid showed (for the before/after comparison)
+        self._eval_views: dict[str, tuple] = {}  # before/after -> what the grid showed (for compare.png)
         self._saved_step: int | None = None  # step of the newest checkpoint on disk that this run wrote or loaded
         self._before_step: dict[str, Any] | None = None  # state as the unfinished step found it (when aborted)
 
@@ -176,23 +185,35 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, with whole tensors (gathered from every rank when the denoiser is sharded:
+        then every rank must call it)."""
         return {"step": self.step, "trainable": {k: v.cpu() for k, v in self.diff.trainable_state_dict().items()},
-                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "optimizer": gather_full(self.opt.state_dict()), "scaler": self.scaler.state_dict(),
                 "objective": self.objective.state_dict(), "method": self.method.state_dict(),
-                "skipped": self.skipped, "ema": [e.cpu() for e in self.ema] if self.ema else None,
+                "skipped": self.skipped, "ema": [gather_full(e).cpu() for e in self.ema] if self.ema else None,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state()}}
 
+    def _optimizer_state_like_params(self, sd: dict[str, Any]) -> dict[str, Any]:
+        """A saved optimizer state (whole tensors) laid out as the parameters are: each rank's shard of every
+        per-parameter moment when the denoiser is sharded."""
+        if not self.diff.sharded:
+            return sd
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        state = {k: {n: like(v, params[int(k)]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                     for n, v in st.items()} for k, st in sd["state"].items()}
+        return {**sd, "state": state}
+
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.diff.load_trainable_state_dict({k: v.to(self.diff.device) for k, v in sd["trainable"].items()})
-        self.opt.load_state_dict(sd["optimizer"])
+        self.opt.load_state_dict(self._optimizer_state_like_params(sd["optimizer"]))
         self.scaler.load_state_dict(sd["scaler"])
         self.objective.load_state_dict(sd["objective"])
         self.method.load_state_dict(sd["method"])
         self.skipped = int(sd["skipped"])
         if self.ema is not None and sd.get("ema"):
             for e, v in zip(self.ema, sd["ema"], strict=True):
-                e.copy_(v.to(e.device))
+                e.copy_(like(v.to(e.device), e))
         random.setstate(sd["rng"]["python"])
         np.random.set_state(sd["rng"]["numpy"])
         torch.set_rng_state(sd["rng"]["torch"])
@@ -210,11 +231,12 @@ class Trainer:
     def checkpoint(self) -> Path | None:
         """Checkpoint the last finished step (once: a step already on disk is not written again)."""
         path = None
-        if self.info.main and self._saved_step != self.step:
-            state = self.state_dict()
+        if self._saved_step != self.step and (self.info.main or self.diff.sharded):
+            state = self.state_dict()  # sharded: every rank takes part in gathering the whole tensors
             if self._before_step is not None:
                 state.update(self._before_step)
-            path = save_checkpoint(self.run_dir, self.step, state, self.s.keep_checkpoints)
+            if self.info.main:
+                path = save_checkpoint(self.run_dir, self.step, state, self.s.keep_checkpoints)
         self._saved_step = self.step
         barrier(self.info)
         return path
@@ -231,9 +253,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, tag: str, writer: MetricsWriter | None) -> dict[str, float]:
-        """Eval prompts on fixed noise (the same every time): rewards per term, grid written by rank 0."""
+        """Eval prompts on fixed noise (the same every time): rewards per term, grid written by rank 0. A sharded
+        denoiser needs every rank in its calls, so then every rank samples and rank 0 scores."""
         prompts = list(self.s.eval_prompts)
-        if not prompts or not self.info.main:
+        if not prompts or not (self.info.main or self.diff.sharded):
             return {}
         self._swap_ema()
         try:
@@ -248,6 +271,8 @@ class Trainer:
                            step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device))
                 chunks.append(decode(diff, z.latents))
             pixels = torch.cat(chunks)
+            if not self.info.main:
+                return {}
             groups = torch.arange(len(prompts), device=pixels.device)
             value = self.objective.evaluate(pixels, prompts, groups, update_stats=False, need_grad=False)
         finally:
@@ -264,7 +289,8 @@ class Trainer:
                        verdicts=verdicts, ok=ok).save(path)
         if writer is not None:
             writer.add_image(f"eval/{'grid'}", path, self.step)
-        self._eval_views[tag] = (pixels.cpu(), prompts, verdicts, ok)
+        if tag in ("before", "after"):  # only these two are kept (mid-run grids are written and dropped)
+            self._eval_views[tag] = (pixels.cpu(), prompts, verdicts, ok)
         if tag == "after" and "before" in self._eval_views:
             self._write_comparison(img_dir)
         self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
@@ -293,7 +319,8 @@ class Trainer:
         return verdicts, ok
 
     def _write_comparison(self, img_dir: Path) -> None:
-        """images/compare.png: the first eval prompts before and after training, on the same noise."""
+        """images/compare.png: the first eval prompts before and after training, on the same noise. Written when the
+        'before' eval ran in this process (a resumed run has its after.png, and the before.png of its first part)."""
         from rewardtune.engine.outputs import comparison_grid
 
         sides = []
@@ -350,9 +377,12 @@ class Trainer:
             outs.append(out)
             for k, v in out.metrics.items():
                 extra.setdefault(k, []).append(v)
-        average_gradients(self.params, self.info)
+        if not self.diff.sharded:  # FSDP's reduce-scatter has averaged the (sharded) gradients already
+            average_gradients(self.params, self.info)
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip or float("inf"))
+        if is_dtensor(grad_norm):
+            grad_norm = grad_norm.full_tensor()  # type: ignore[attr-defined]
         flags = torch.stack([(~ok).float(), (~torch.isfinite(grad_norm)).float()])
         flags = all_reduce_sum(flags, self.info)  # skip together: a non-finite step on any rank skips all
         device_metrics = {"loss": torch.stack(losses).mean(), "grad_norm": grad_norm.detach().float()}
@@ -524,17 +554,20 @@ class Trainer:
             return None
 
     def export(self) -> Path | None:
-        """Final weights: LoRA safetensors loadable by `load_lora_weights(dir)`, or the full UNet."""
+        """Final weights: LoRA safetensors loadable by the pipeline's `load_lora_weights(dir)`, or the full denoiser
+        (unet/ or transformer/)."""
         path = None
-        if self.info.main:
+        if self.info.main or self.diff.sharded:  # sharded: every rank gathers, rank 0 writes
+            main = self.info.main
             self._swap_ema()
             try:
                 if self.diff.lora is not None:
-                    path = Path(lora_save(self.diff, str(self.run_dir.lora_dir)))
-                else:
-                    path = Path(full_unet_save(self.diff, str(self.run_dir.path)))  # writes RunDir.unet_dir
+                    path = Path(lora_save(self.diff, str(self.run_dir.lora_dir), write=main))
+                else:  # RunDir.unet_dir or transformer_dir
+                    path = Path(full_save(self.diff, str(self.run_dir.path), write=main))
             finally:
                 self._swap_ema()
+            path = path if main else None
         barrier(self.info)
         return path
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewardtune.errors import Problem, SpecError, UnknownRewardError, UsageError
-from rewardtune.spec.schema import GRADIENT_METHODS, Spec
+from rewardtune.spec.schema import FLOW_FAMILIES, GRADIENT_METHODS, Spec
 
 PathT = tuple[str | int, ...]
 
@@ -744,6 +744,19 @@ def _semantic_problems(spec: Spec, src: SpecSource) -> list[Problem]:
         if all(t.combine == "assemble_ranked" and not _differentiable(reg, t.reward) for t in optimized) and optimized:
             add(("objective",), f"method '{m.name}' needs at least one differentiable optimized term to give a "
                                 "gradient", "add a differentiable reward, or use `method: {name: ranked}`")
+    # model family
+    fam, sp = spec.model.family, spec.sampling
+    flow = fam in FLOW_FAMILIES
+    if sp.scheduler != "auto" and (sp.scheduler == "flow_euler") != flow:
+        add(("sampling", "scheduler"), f"model.family '{fam}' samples with {'flow_euler' if flow else 'ddim'}, not "
+                                       f"{sp.scheduler}", "set sampling.scheduler: auto")
+    if flow and sp.eta > 0:
+        add(("sampling", "eta"), f"model.family '{fam}' is a flow-matching model: its Euler sampler is "
+                                 f"deterministic, and eta={sp.eta} has no meaning there", "set sampling.eta: 0")
+    if flow and sp.resolution % 16:
+        add(("sampling", "resolution"), f"model.family '{fam}' needs a resolution that is a multiple of 16 (its "
+                                        f"latents are cut into 2x2 patches); got {sp.resolution}",
+            f"use {sp.resolution - sp.resolution % 16 or 16} or {sp.resolution + 16 - sp.resolution % 16}")
     # engine checks
     g = spec.sampling.images_per_prompt
     if spec.train.batch_size % g:
@@ -909,6 +922,8 @@ def unresolved_names(spec: Spec) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------------------------ tiny
 TINY_PIPELINE = "zoo:sd1"
+#: model.family -> its tiny twin (same pipeline class and architecture, random weights, built offline)
+TINY_PIPELINES = {"sd1": "zoo:sd1", "sd2": "zoo:sd1", "sdxl": "zoo:sdxl", "sd3": "zoo:sd3", "flux": "zoo:flux"}
 TINY_RESOLUTION = 16
 
 
@@ -930,8 +945,9 @@ def to_tiny(spec: Spec) -> Spec:
             drop = secondary_weight_keys(card_presets)
             t = t.model_copy(update={"kwargs": {k: v for k, v in t.kwargs.items() if k not in drop}})
         terms.append(t.model_copy(update={"preset": preset, "dtype": None, "weights": None}))
-    model = spec.model.model_copy(update={"pretrained": TINY_PIPELINE, "revision": None, "variant": None,
-                                          "family": "sd1", "dtype": "float32"})
+    family = spec.model.family
+    model = spec.model.model_copy(update={"pretrained": TINY_PIPELINES[family], "revision": None, "variant": None,
+                                          "family": family, "dtype": "float32"})
     sampling = spec.sampling.model_copy(update={"resolution": TINY_RESOLUTION})
     train = spec.train.model_copy(update={"mixed_precision": "no"})
     out = spec.model_copy(update={"model": model, "objective": tuple(terms), "sampling": sampling, "train": train})

@@ -17,20 +17,22 @@ class Strict(BaseModel):
 
 # ---------------------------------------------------------------------------------------------------------- model
 class LoRA(Strict):
-    """Train LoRA adapters on the UNet (PEFT). The base weights stay frozen."""
+    """Train LoRA adapters on the denoiser (UNet or transformer; PEFT). The base weights stay frozen."""
 
     type: Literal["lora"] = "lora"
     rank: int = Field(4, ge=1, description="LoRA rank r.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; null means alpha = rank (scale 1).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
-    target_modules: tuple[str, ...] = Field(
-        ("to_q", "to_k", "to_v", "to_out.0"), min_length=1, description="UNet module names that get adapters.")
+    target_modules: tuple[str, ...] | None = Field(
+        None, min_length=1, description="Denoiser module names that get adapters; null: the family's default "
+                                        "(sd1/sd2/sdxl: to_q, to_k, to_v, to_out.0 of every attention; sd3/flux: "
+                                        "those and the text stream's add_q/k/v_proj, to_add_out).")
     init: Literal["gaussian", "default"] = Field(
         "gaussian", description="PEFT init: 'gaussian' (A random, B zero) or PEFT's default (kaiming A, B zero).")
 
 
 class FullUNet(Strict):
-    """Train every UNet weight."""
+    """Train every weight of the denoiser (UNet or transformer)."""
 
     type: Literal["full"] = "full"
 
@@ -45,19 +47,23 @@ class ModelSpec(Strict):
                             description="Hub id, local directory, or `zoo:sd1` (tiny twin) of a diffusers pipeline.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     variant: str | None = Field(None, description="Weights variant to load, e.g. 'fp16'.")
-    family: Literal["sd1", "sd2", "sdxl"] = Field("sd1", description="Model family; sdxl is not supported yet.")
+    family: Literal["sd1", "sd2", "sdxl", "sd3", "flux"] = Field(
+        "sd1", description="Model family: sd1/sd2 (StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline), sd3 "
+                           "(StableDiffusion3Pipeline: SD3, SD3.5), flux (FluxPipeline: FLUX.1). Checked against the "
+                           "pipeline's own class when it loads; --tiny picks the family's tiny twin.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Dtype of the frozen weights (VAE, text encoder, base UNet).")
+        "float32", description="Dtype of the frozen weights (VAE, text encoders, base denoiser).")
     trainable: Annotated[LoRA | FullUNet, Field(discriminator="type")] = Field(
         default_factory=LoRA, description="What is trained: `{type: lora, ...}` or `{type: full}`.")
     ema: EMA | None = Field(None, description="Keep an EMA of the trainable weights (used for eval and export).")
-
-    @field_validator("family")
-    @classmethod
-    def _no_sdxl_yet(cls, v: str) -> str:
-        if v == "sdxl":
-            raise ValueError("family 'sdxl' is not supported yet; use 'sd1' or 'sd2'")
-        return v
+    cache_prompts: bool = Field(
+        False, description="Encode every prompt the run uses (train, eval, the empty prompt) once, before training, "
+                           "into a cache under REWARDTUNE_CACHE; the text encoders then leave the device, and are not "
+                           "loaded at all when the cache already exists (T5-XXL alone is 9 GB in bf16).")
+    vae_slicing: bool = Field(False, description="Decode one image at a time (less activation memory in the decode "
+                                                 "under gradient; same result).")
+    vae_tiling: bool = Field(False, description="Decode in overlapping tiles (far less memory at high resolution; "
+                                                "tile seams are blended, so results differ slightly).")
 
 
 # -------------------------------------------------------------------------------------------------------- prompts
@@ -216,11 +222,21 @@ GRADIENT_METHODS = ("alignprop", "draft_k", "draft_lv", "refl")
 
 
 # ------------------------------------------------------------------------------------------------------- sampling
+#: families sampled with flow matching (FlowMatchEulerDiscreteScheduler); the others with DDIM
+FLOW_FAMILIES = ("sd3", "flux")
+
+
 class SamplingSpec(Strict):
-    scheduler: Literal["ddim"] = Field("ddim", description="Sampler; DDIM (eta controls stochasticity).")
+    scheduler: Literal["auto", "ddim", "flow_euler"] = Field(
+        "auto", description="Sampler: `auto` is the family's (DDIM for sd1/sd2/sdxl, eta controls stochasticity; "
+                            "the flow-matching Euler step with the scheduler's shift for sd3/flux). Naming one "
+                            "checks that it is the family's.")
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps T.")
-    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance; <= 1 disables CFG.")
-    eta: float = Field(0.0, ge=0, le=1, description="DDIM eta (0 = deterministic, 1 = DDPM-like).")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance; <= 1 disables CFG. For flux, the "
+                                                         "distilled guidance the transformer takes (FLUX.1-dev: 3.5; "
+                                                         "no second batch).")
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM eta (0 = deterministic, 1 = DDPM-like); flow-matching "
+                                                    "families (sd3, flux) sample deterministically: 0.")
     resolution: int = Field(512, ge=8, description="Image height and width in pixels (multiple of 8).")
     images_per_prompt: int = Field(1, ge=1, description="Images sampled per prompt in a training batch (they form "
                                                         "the groups that assemble_ranked terms rank within).")
@@ -251,8 +267,12 @@ class TrainSpec(Strict):
         "no", description="Compute dtype of the UNet and VAE: modules whose frozen weights are already in it (model."
                           "dtype) run plainly in it, others under autocast. LoRA master weights stay float32.")
     gradient_checkpointing: bool = Field(
-        True, description="Checkpoint the differentiable UNet steps (the last block by block) and the VAE decode "
-                          "(block by block).")
+        True, description="Checkpoint the differentiable denoiser steps (the last block by block) and the VAE "
+                          "decode (block by block).")
+    fsdp: bool = Field(
+        False, description="Shard the denoiser over the ranks with FSDP2 (fully_shard per block): its weights, "
+                           "gradients and optimizer state are split N ways, for a model that does not fit one "
+                           "device. Needs several ranks (launcher.type: slurm, or torchrun).")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms): "
                                                    "a resumed GPU run then equals an uninterrupted one bitwise, at "
                                                    "some speed cost. CPU runs are deterministic regardless.")

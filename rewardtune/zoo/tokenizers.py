@@ -135,3 +135,15 @@ def train_wordpiece_vocab(vocab_size: int = 200) -> list[str]:
     vocab, _ = train_bpe(counts, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]", *alphabet],
                          vocab_size, prefix="##")
     return vocab
+
+
+def tiny_t5_tokenizer(model_max_length: int = 16):
+    """A character-level T5 (Unigram) tokenizer: pad, eos, unk, the word-start marker, then printable ASCII; no
+    sentencepiece file needed. Ids: pad 0, eos 1, unk 2, as T5's."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    chars = sorted(set(string.ascii_letters + string.digits + string.punctuation))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

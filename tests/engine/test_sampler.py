@@ -4,15 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rewardtune.engine.sampler import (
-    ddim_step,
-    decode,
-    encode_prompts,
-    initial_latents,
-    prev_timestep,
-    sample,
-    timesteps,
-)
+from rewardtune.engine.families.sd import ddim_step, prev_timestep
+from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample, timesteps
 
 
 def _record_unet_calls(diff):

@@ -9,11 +9,11 @@ from rewardtune.registry import get_card
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 SPECS = sorted(SPECS_DIR.rglob("*.yaml"))
-EXPECTED = {"demo", "finerewards", "alignprop", "draft_k", "draft_lv", "refl", "ranked"}
+EXPECTED = {"demo", "finerewards", "alignprop", "draft_k", "draft_lv", "refl", "ranked", "sdxl", "sd3", "flux"}
 
 
 def test_every_shipped_spec_is_found():
-    assert len(SPECS) == 7, [p.name for p in SPECS]  # glob is recursive; a new spec must be added here
+    assert len(SPECS) == 10, [p.name for p in SPECS]  # glob is recursive; a new spec must be added here
     assert {p.stem for p in SPECS} == EXPECTED
 
 

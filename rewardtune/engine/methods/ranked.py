@@ -6,28 +6,32 @@ Each round:
 3. Rank each term within each prompt (1 = best, ties averaged; a real rank, not argsort).
 4. Combine the ranks with the term weights: c_i = sum_j a_j s_ij (see `rewardtune.engine.objective`).
 5. Keep the top-m per prompt: their images, re-encoded by the VAE, and prompts.
-6. Train `steps_per_round` optimizer steps with the standard denoising loss on the kept latents.
+6. Train `steps_per_round` optimizer steps with the standard denoising loss on the kept latents (eps or v for
+   DDIM families, the flow velocity for flow matching).
 The kept set is part of the checkpoint, so a resumed run continues the same round.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from rewardtune.engine.methods.base import register_method
 from rewardtune.engine.objective import top_m_per_group
 from rewardtune.engine.sampler import (
-    add_noise,
+    add_training_noise,
     decode,
-    denoising_target,
+    denoiser_forward,
     encode,
     encode_prompts,
+    latent_shape,
     sample,
-    unet_forward,
 )
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator
+from rewardtune.errors import UsageError
 
 
 @dataclass
@@ -47,16 +51,19 @@ class RankedMethod:
         g = generator(ctx.seed, "ranked-round", round_index)
         n_prompts = len(ctx.train_prompts)
         pick = torch.randint(n_prompts, (self.prompts_per_round,), generator=g).tolist()
-        h = s.resolution // diff.vae_scale
-        shape = (diff.latent_channels, h, h)
+        shape = latent_shape(diff, s.resolution)
         noise = torch.randn((self.prompts_per_round, self.samples_per_prompt, *shape), generator=g)
         if self.prompts_per_round < info.world:
             raise ValueError(f"method.prompts_per_round={self.prompts_per_round} gives some of the {info.world} "
                              "ranks no prompt; use at least one prompt per rank")
+        if diff.sharded and self.prompts_per_round % info.world:
+            raise UsageError(f"method.prompts_per_round={self.prompts_per_round} does not split evenly over "
+                             f"{info.world} ranks, which a sharded denoiser (train.fsdp) needs: every rank takes part "
+                             f"in every denoiser call. Use a multiple of {info.world}")
         mine = list(range(info.rank, self.prompts_per_round, info.world))
         prompts = [ctx.train_prompts[pick[p]] for p in mine for _ in range(self.samples_per_prompt)]
         groups = torch.tensor([p for p in mine for _ in range(self.samples_per_prompt)])
-        x_t = noise[mine].reshape(-1, *shape).to(diff.device) * diff.scheduler.init_noise_sigma
+        x_t = noise[mine].reshape(-1, *shape).to(diff.device) * diff.family.init_noise_sigma(diff)
         eta_g = generator(ctx.seed, "ranked-eta", round_index, info.rank)
         chunk = max(1, ctx.batch_size)
         pixels = []
@@ -92,10 +99,10 @@ class RankedMethod:
         idx = torch.randint(len(self.kept_prompts), (n,), generator=batch.gen)
         x0 = self.kept_latents.to(diff.device)[idx.to(diff.device)]
         noise = batch.randn(*x0.shape[1:])
-        t = batch.randint_rows(diff.scheduler.config.num_train_timesteps)
+        t = batch.randint_rows(diff.family.num_train_timesteps(diff))
         emb = encode_prompts(diff, [self.kept_prompts[i] for i in idx.tolist()], 1.0)
-        out = unet_forward(diff, add_noise(diff, x0, noise, t), t, emb)
-        loss = F.mse_loss(out, denoising_target(diff, x0, noise, t))
+        noisy, tt, target = add_training_noise(diff, x0, noise, t)
+        loss = F.mse_loss(denoiser_forward(diff, noisy, tt, emb, ctx.sampling.guidance), target)
         if round_out is not None:
             round_out.loss = loss
             round_out.metrics["denoise_loss"] = loss.detach()
@@ -110,3 +117,9 @@ class RankedMethod:
         self.kept_latents = sd["kept_latents"]
         self.kept_prompts = list(sd["kept_prompts"])
         self.round_index = int(sd["round_index"])
+
+
+@register_method("ranked")
+def build(m: Any, base_dir: Path | None = None) -> RankedMethod:
+    return RankedMethod(samples_per_prompt=m.samples_per_prompt, top_m=m.top_m,
+                        prompts_per_round=m.prompts_per_round, steps_per_round=m.steps_per_round)

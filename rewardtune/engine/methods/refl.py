@@ -1,9 +1,10 @@
-"""ReFL (ImageReward): stop the DDIM chain at a random step, predict x_0 there with one differentiable UNet call,
-and apply a loss to its reward.
+"""ReFL (ImageReward): stop the sampling chain at a random step, predict x_0 there with one differentiable
+denoiser call, and apply a loss to its reward.
 
 1. Draw the stop step s uniformly in [lo, hi] (0-based schedule indices; default 30-39 of 40).
 2. Steps 0..s-1 run under no_grad.
-3. At step s, one differentiable UNet call predicts x_0, which is decoded and scored.
+3. At step s, one differentiable denoiser call predicts x_0 (DDIM: from eps or v; flow matching:
+   x_0 = x_t - sigma_s v), which is decoded and scored.
 4. Loss: `scale * relu(margin - r)` as in ReFL (lambda = 1e-3, c = 2), or plain `-r`.
 
 Optionally every `every`-th step is a denoising (pretraining) step on a caption/image dataset, as the paper
@@ -14,19 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from rewardtune.engine.sampler import (
-    add_noise,
-    decode,
-    denoising_target,
-    encode,
-    encode_prompts,
-    sample,
-    unet_forward,
-)
+from rewardtune.engine.methods.base import Stateless, register_method, sample_and_score
+from rewardtune.engine.sampler import add_training_noise, denoiser_forward, encode, encode_prompts
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, kl_penalty
 
 
@@ -67,7 +62,7 @@ class PretrainData:
 
 
 @dataclass
-class ReFLMethod:
+class ReFLMethod(Stateless):
     stop_range: tuple[int, int] = (30, 39)
     loss_type: str = "relu"
     margin: float = 2.0
@@ -76,26 +71,21 @@ class ReFLMethod:
     pretrain: PretrainData | None = None
     name: str = "refl"
 
+    def extra_prompts(self) -> list[str]:
+        return [caption for _, caption in self.pretrain.items()] if self.pretrain is not None else []
+
     def is_pretrain_step(self, step: int) -> bool:
         return self.pretrain is not None and step % self.pretrain.every == self.pretrain.every - 1
 
     def loss(self, ctx: RunContext, batch: Batch) -> MethodOutput:
         if self.is_pretrain_step(batch.step):
             return self._pretrain_loss(ctx, batch)
-        s, diff = ctx.sampling, ctx.diff
         stop = batch.randint(*self.stop_range)
-        emb = encode_prompts(diff, batch.prompts, s.guidance)
-        h = s.resolution // diff.vae_scale
-        x_t = batch.randn(diff.latent_channels, h, h) * diff.scheduler.init_noise_sigma
-        res = sample(diff, x_t, emb, steps=s.steps, guidance=s.guidance, eta=s.eta, grad_steps=(stop,),
-                     stop_at=stop, use_checkpoint=s.use_checkpoint,
-                     step_noise=lambda i: batch.randn(*x_t.shape[1:]), kl=self.kl_coeff > 0)
-        pixels = decode(diff, res.x0_pred, use_checkpoint=s.use_checkpoint)
-        value = ctx.objective.evaluate(pixels, batch.prompts, batch.groups)
-        r = value.per_sample
+        out = sample_and_score(ctx, batch, (stop,), stop_at=stop, kl=self.kl_coeff > 0)
+        r = out.value.per_sample
         loss = self.scale * F.relu(self.margin - r).mean() if self.loss_type == "relu" else -r.mean()
-        kl, m = kl_penalty(self.kl_coeff, res.kl, res.kl_steps)
-        return MethodOutput(loss + kl, value, pixels.detach(), list(batch.prompts),
+        kl, m = kl_penalty(self.kl_coeff, out.result.kl, out.result.kl_steps)
+        return MethodOutput(loss + kl, out.value, out.pixels.detach(), list(batch.prompts),
                             {"stop_step": float(stop), **m})
 
     def _pretrain_loss(self, ctx: RunContext, batch: Batch) -> MethodOutput:
@@ -105,15 +95,19 @@ class ReFLMethod:
         idx = [int(i) for i in torch.randint(len(items), (self.pretrain.batch_size,), generator=batch.gen)]
         x0 = torch.stack([self.pretrain.latents(diff, i, s.resolution) for i in idx])
         noise = torch.randn(x0.shape, generator=batch.gen).to(x0.device)
-        t = torch.randint(0, diff.scheduler.config.num_train_timesteps, (len(idx),), generator=batch.gen).to(x0.device)
+        t = torch.randint(0, diff.family.num_train_timesteps(diff), (len(idx),), generator=batch.gen).to(x0.device)
         emb = encode_prompts(diff, [items[i][1] for i in idx], 1.0)
-
-        out = unet_forward(diff, add_noise(diff, x0, noise, t), t, emb)
-        mse = F.mse_loss(out, denoising_target(diff, x0, noise, t))
+        noisy, tt, target = add_training_noise(diff, x0, noise, t)
+        mse = F.mse_loss(denoiser_forward(diff, noisy, tt, emb, s.guidance), target)
         return MethodOutput(self.pretrain.weight * mse, None, None, [], {"pretrain_loss": mse.detach()})
 
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, sd: dict) -> None:
-        pass
+@register_method("refl")
+def build(m: Any, base_dir: Path | None = None) -> ReFLMethod:
+    pre = None
+    if m.pretrain is not None:
+        p = Path(m.pretrain.data)
+        p = p if p.is_absolute() or base_dir is None else base_dir / p
+        pre = PretrainData(p, weight=m.pretrain.weight, every=m.pretrain.every, batch_size=m.pretrain.batch_size)
+    return ReFLMethod(stop_range=tuple(m.stop_range), loss_type=m.loss, margin=m.margin, scale=m.scale,
+                      kl_coeff=m.kl_coeff, pretrain=pre)
