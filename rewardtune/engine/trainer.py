@@ -76,6 +76,7 @@ class TrainSettings:
     images_every: int = 50
     eval_prompts: tuple[str, ...] = ()
     tensorboard: bool = False
+    wandb_project: str | None = None  # log to wandb, in this project (logging.trackers)
     progress: bool = True
     progress_every_s: float = 10.0  # not a terminal: one progress line at most this often (0: every step)...
     progress_every_steps: int = 0  # ...or every this many steps (0: by time only)
@@ -466,7 +467,10 @@ class Trainer:
         writer = None
         if info.main:
             write_run_info(run, self.spec, write_spec=self.resumed_from is None)
-            writer = MetricsWriter(run, s.tensorboard, resume_from_step=self.resumed_from)
+            wandb = None if s.wandb_project is None else {
+                "project": s.wandb_project, "name": f"{getattr(self.spec, 'name', 'run')}-{run.path.name}",
+                "config": self.spec.model_dump(mode="json") if self.spec is not None else {}}
+            writer = MetricsWriter(run, s.tensorboard, resume_from_step=self.resumed_from, wandb=wandb)
         self.callbacks.train_start({"output_dir": str(self.out), "start_step": self.step, "steps": s.steps,
                                     "rank": info.rank, "world": info.world})
         before = self._logged_before() if self.resumed_from is not None else {}
@@ -534,6 +538,14 @@ class Trainer:
                     if after and writer is not None:
                         writer.write(self.step, after)
                     weights = self.export()
+                    if weights is not None and self.spec is not None:
+                        from rewardtune.share import write_model_card
+
+                        # README.md (hub metadata, metrics) and the before/after grid beside the weights
+                        write_model_card(weights, self.spec, steps=self.step,
+                                         before={k.removeprefix("eval/"): v for k, v in before.items()},
+                                         after={k.removeprefix("eval/"): v for k, v in after.items()},
+                                         images_dir=run.images_dir)
         finally:
             control.clear_stop()  # a request that came as the last step ended must not stop the next run
             if writer is not None:

@@ -155,6 +155,10 @@ def _extra_findings(spec: Any) -> list[Finding]:
     if spec.logging.tensorboard and _missing("tensorboard"):
         out.append(_extra(spec, ("logging", "tensorboard"), "tensorboard", "tensorboard",
                           "set logging.tensorboard: false"))
+    for i, tracker in enumerate(spec.logging.trackers):
+        if _missing(tracker) and not (tracker == "tensorboard" and spec.logging.tensorboard):
+            out.append(_extra(spec, ("logging", "trackers", i), tracker, tracker,
+                              f"remove {tracker} from logging.trackers"))
     if spec.train.optimizer == "adamw8bit" and _missing("bitsandbytes"):
         out.append(_extra(spec, ("train", "optimizer"), "bitsandbytes", "bnb", "use train.optimizer: adamw"))
     from rewardtune.errors import UnknownRewardError

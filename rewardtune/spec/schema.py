@@ -285,7 +285,21 @@ class LoggingSpec(Strict):
     every: int = Field(1, ge=1, description="Log metrics every N steps.")
     images_every: int = Field(50, ge=0, description="Image grid of eval prompts on fixed noise every N steps "
                                                     "(0 = only before and after).")
-    tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard).")
+    tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard); the same as "
+                                                 "listing tensorboard in `trackers`.")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Experiment trackers that get the metrics of every logged step and the "
+                                          "eval grids: tensorboard (events under RUN_DIR/tensorboard; needs "
+                                          "tensorboard) and wandb (a run in project `wandb_project`, files under "
+                                          "RUN_DIR/wandb; needs wandb, `pip install 'rewardtune[wandb]'`; "
+                                          "WANDB_MODE=offline keeps it on disk).")
+    wandb_project: str = Field("rewardtune", min_length=1, description="The wandb project runs are logged to.")
+    push_to_hub: bool = Field(False, description="When the run finishes, upload its export (weights, model card, "
+                                                 "before/after grid) to a hub model repository (needs a hub token: "
+                                                 "`hf auth login` or HF_TOKEN).")
+    hub_repo_id: str | None = Field(None, description="The repository push_to_hub uploads to, `user/name` "
+                                                      "(default: the spec's name under your account).")
+    hub_private: bool = Field(True, description="Create the push_to_hub repository as private.")
     eval_prompts: int = Field(4, ge=1, description="Evaluation prompts in each image grid (the first N).")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per eval prompt, each on its own fixed noise: the eval set is the prompts "
