@@ -34,7 +34,7 @@ def COMMAND(  # noqa: N802
     path = resolved.path
     out = console()
     console(stderr=True).print(resolved.note(), markup=False, soft_wrap=True, style="dim")
-    check_before_loading(str(path), list(overrides or []), tiny, shown=spec)
+    check_before_loading(str(path), list(overrides or []), tiny, shown=spec, output_dir=output_dir)
     import signal
 
     from rewardtune.api import run
@@ -79,19 +79,26 @@ def COMMAND(  # noqa: N802
         out.print(f"weights: {result.weights_path}")
 
 
-def check_before_loading(spec: str, overrides: list[str], tiny: bool, shown: str | None = None) -> None:
+def check_before_loading(spec: str, overrides: list[str], tiny: bool, shown: str | None = None,
+                         output_dir: str | None = None) -> None:
     """What the run would reject, before any model loads: the spec's preflight (prompt files, local paths, extras,
-    device; exit 2/4, every problem at once), then every checkpoint it needs (exit 4, all missing ones at once,
-    with the command that fetches them)."""
+    device; exit 2/4, every problem at once), an output directory that cannot be written (exit 2), then every
+    checkpoint it needs (exit 4, all missing ones at once, with the command that fetches them)."""
     import shlex
+    from pathlib import Path
 
     from rewardtune.cli.weights import require
     from rewardtune.rewards._weights import spec_weights
+    from rewardtune.rundir import RunDir
     from rewardtune.spec.load import load_spec
     from rewardtune.spec.preflight import preflight
 
     s = load_spec(spec, overrides=overrides, tiny=tiny)
     preflight(s)
+    # as rewardtune.run picks it; it checks it again (and locks it) before loading
+    out = Path(output_dir) if output_dir is not None else Path(
+        s.resolved_output_dir.rstrip("/") + "-tiny" if tiny else s.resolved_output_dir)
+    RunDir(out).check_writable()
     require(spec_weights(s), shlex.join(["rewardtune", "weights", shown or spec, *overrides, *(["--tiny"] if tiny else []),
                                          "--download"]), out=console(stderr=True))
 
