@@ -33,6 +33,22 @@ def test_evaluate_reproduces_the_runs_own_eval(tmp_path, spec_factory, trainable
     assert [r["prompt"] for r in data["per_prompt"]] == ["a cat", "a red car"]
 
 
+@pytest.mark.parametrize("twin,family,guidance", [("zoo:sdxl", "sdxl", 3.0), ("zoo:sd3", "sd3", 3.0),
+                                                  ("zoo:flux", "flux", 3.5)])
+def test_evaluate_every_family(tmp_path, spec_factory, twin, family, guidance):
+    """SDXL, SD3 and FLUX LoRAs (their tiny twins): evaluate reproduces the run's eval, so the LoRA was loaded
+    into the family's denoiser (a UNet or a transformer) and sampled through its seam."""
+    res = api.run(spec_factory(model={"pretrained": twin, "family": family,
+                                      "trainable": {"type": "lora", "rank": 4, "alpha": 16}},
+                               sampling={"steps": 3, "guidance_scale": guidance, "resolution": 16},
+                               train={"steps": 2}), output_dir=tmp_path / "run", progress=False)
+    report = evaluate(tmp_path / "run", device="cpu")
+    s = report.summary["test-brightness"]
+    assert s.before == pytest.approx(res.eval_before["test-brightness"], abs=1e-6)
+    assert s.after == pytest.approx(res.eval_after["test-brightness"], abs=1e-6)
+    assert s.after != pytest.approx(s.before, abs=1e-7)
+
+
 def _prompts(tmp_path):
     p = tmp_path / "prompts.txt"
     p.write_text("a cat\na red car\n")
