@@ -45,8 +45,6 @@ def COMMAND(  # noqa: N802
                                                                      "(default: PATH/eval)."),
     as_json: bool = typer.Option(False, "--json", help="Print scores.json to stdout instead of the table."),
 ) -> None:
-    import shlex
-
     from rewardtune import evaluate as ev
     from rewardtune.cli.weights import require
     from rewardtune.errors import UsageError
@@ -64,9 +62,12 @@ def COMMAND(  # noqa: N802
                                batch_size=batch_size)
     plist, n, where = ev.prompts_for(target, prompts, images_per_prompt, limit)
     # every checkpoint, before any loads: all missing ones in one message (exit 4)
-    fetch = None if weights or settings.base.startswith(("zoo:", "/", ".")) else shlex.join(
-        ["rewardtune", "weights", *(reward or [])]) + " --download" if reward else None
-    require(ev.needed_weights(target, settings, reward, weight_map), fetch, out=err)
+    refs = ev.needed_weights(target, settings, reward, weight_map)
+    if base or target.kind != "run":  # the pipeline was named here or by the model card, not by a spec
+        from dataclasses import replace
+
+        refs[0] = replace(refs[0], setting="--base" if base else f"base_model in {target.weights / 'README.md'}")
+    require(refs, _fetch_command(target, settings, reward, base, weights), out=err)
     err.print(f"evaluating {target.kind} {target.weights} on {settings.base}: {len(plist) * n} images ({where}"
               + (f", {n} per prompt" if n > 1 else "") + f"), {settings.steps} steps, seed {settings.seed}",
               markup=False, soft_wrap=True, style="dim")
@@ -87,6 +88,23 @@ def COMMAND(  # noqa: N802
     else:
         out.print(summary_table(report))
     err.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False, soft_wrap=True)
+
+
+def _fetch_command(target, settings, reward, base, weights) -> str | None:
+    """The `rewardtune weights ... --download` that fetches everything this evaluation needs, when one does: a
+    run's spec names its pipeline and terms; a base pipeline given as a hub id (--base, a model card) is fetched
+    by `hf download` only (the message lists it)."""
+    import shlex
+
+    from rewardtune.rewards._weights import weight_kind
+
+    if weights:
+        return None
+    args = [str(target.path / "spec.yaml")] if target.kind == "run" and not base else []
+    args += list(reward or [])
+    if not args or (not (target.kind == "run" and not base) and weight_kind(settings.base) == "hub"):
+        return None
+    return shlex.join(["rewardtune", "weights", *args, "--download"])
 
 
 def _weight_keys(rewards: list[str]) -> dict[str, list[str]]:

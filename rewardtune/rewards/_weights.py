@@ -388,7 +388,7 @@ def missing_message(statuses: Sequence[WeightStatus], fetch_command: str | None)
     if hub and fetch_command:
         fixes.append(f"`{fetch_command}` fetches {'them' if len(hub) > 1 else 'it'} (resumable)")
     if hub:
-        fixes.append("or, where there is network: " + "; ".join(
+        fixes.append(("or, where" if fixes else "where") + " there is network: " + "; ".join(
             f"hf download {s.ref.ref}" + (f" --revision {s.ref.revision}" if s.ref.revision else "") for s in hub)
             + " (then copy the cache here, or set HF_HOME)")
     if any(s.ref.kind == "local" for s in bad):
