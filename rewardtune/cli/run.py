@@ -98,7 +98,10 @@ def check_before_loading(spec: str, overrides: list[str], tiny: bool, shown: str
     # as rewardtune.run picks it; it checks it again (and locks it) before loading
     out = Path(output_dir) if output_dir is not None else Path(
         s.resolved_output_dir.rstrip("/") + "-tiny" if tiny else s.resolved_output_dir)
+    created = [a for a in (out, *out.parents) if not a.exists()]  # deepest first
     RunDir(out).check_writable()
+    for a in created:  # leave nothing behind when the run stops below; rewardtune.run creates it again
+        a.rmdir()
     require(spec_weights(s), shlex.join(["rewardtune", "weights", shown or spec, *overrides, *(["--tiny"] if tiny else []),
                                          "--download"]), out=console(stderr=True))
 
