@@ -188,7 +188,6 @@ def prompts_for(target: Target, source: str | None, images_per_prompt: int | Non
             raise UsageError(f"the run's eval prompts cannot be read here ({e}); give --prompts") from None
         prompts = prompts[:s.logging.eval_prompts]
         where = f"the run's eval prompts, {_describe(s.prompts.eval)}"
-        n = n or s.logging.eval_images_per_prompt
     elif source in BUILTIN_SETS:
         prompts, where = read_prompt_file(DATA / BUILTIN_SETS[source]), f"built-in set '{source}'"
     else:
@@ -205,6 +204,8 @@ def prompts_for(target: Target, source: str | None, images_per_prompt: int | Non
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise UsageError(f"--prompts {source}: cannot read it ({e})") from None
         where = f"file {p}"
+    if n is None and s is not None:
+        n = s.logging.eval_images_per_prompt  # as many images per prompt as the run's own eval
     if limit:
         prompts = prompts[:limit]
     if not prompts:
