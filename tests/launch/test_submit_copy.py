@@ -3,7 +3,6 @@ directory, so a shipped name or a relative path works on the node, and an edit a
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -43,8 +42,14 @@ def test_the_job_reads_the_copy_not_the_file_it_was_submitted_from(elsewhere, tm
     away before the job starts: the job runs the spec as submitted, with its imports found beside the original."""
     spec_dir = tmp_path / "specdir"
     spec_dir.mkdir()
-    for f in ("tiny.yaml", "launch_rewards.py"):
-        shutil.copy(DATA / f, spec_dir / f)
+    # its own reward file and name: launch_rewards.py, imported by other tests of this process from tests/launch/data,
+    # registered launch-brightness already, and a second registration of a name is an error
+    (spec_dir / "copy_rewards.py").write_text(
+        "import rewardtune\n\n\n@rewardtune.register_reward('launch-copy-brightness')\n"
+        "def brightness(pixels, prompts):\n    return pixels.mean(dim=(1, 2, 3))\n")
+    text = (DATA / "tiny.yaml").read_text().replace("[launch_rewards.py]", "[copy_rewards.py]").replace(
+        "reward: launch-brightness", "reward: launch-copy-brightness")
+    (spec_dir / "tiny.yaml").write_text(text)
     os.chdir(spec_dir)
     run = tmp_path / "run"
     sub = L.submit("tiny.yaml", SMALL, tiny=True, cluster="local", output_dir=run)
@@ -53,4 +58,4 @@ def test_the_job_reads_the_copy_not_the_file_it_was_submitted_from(elsewhere, tm
     sub.wait(timeout_s=600)
     assert "name: launch-tiny" in (run / "spec.yaml").read_text()
     assert [e["event"] for e in L.read_events(run)][-1] == "finished"
-    assert (run / "slurm" / L.SUBMITTED_SPEC).read_bytes() == (DATA / "tiny.yaml").read_bytes()
+    assert (run / "slurm" / L.SUBMITTED_SPEC).read_text() == text
