@@ -65,6 +65,8 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
                 "weights": None if result.weights_path is None else str(result.weights_path),
                 "skipped_steps": result.skipped_steps, "eval_before": result.eval_before,
                 "eval_after": result.eval_after})
+            if spec.logging.push_to_hub and result.weights_path is not None:  # pragma: no cover - network
+                _push(spec, result.weights_path)
         return result
     finally:
         start.release()
@@ -109,3 +111,18 @@ def _record_result(run: Any, result: dict[str, Any]) -> None:
 
     with contextlib.suppress(OSError, OutputDirError):
         run.write_result(result)
+
+
+def _push(spec: Any, folder: Path) -> None:  # pragma: no cover - needs the network
+    """logging.push_to_hub: upload the export. A failure leaves the run done and says how to push by hand."""
+    from rewardtune.errors import RewardtuneError
+    from rewardtune.share import push_to_hub
+
+    repo = spec.logging.hub_repo_id or spec.name
+    try:
+        url = push_to_hub(folder, repo, private=spec.logging.hub_private)
+    except Exception as e:  # noqa: BLE001 - no token, no network, no rights: the run itself is done and kept
+        raise RewardtuneError(f"the run finished and its export is in {folder}, but uploading it to '{repo}' failed "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Upload it with "
+                              f"`hf upload {repo} {folder}` once `hf auth login` works.") from None
+    print(f"pushed {folder} to {url}", flush=True)

@@ -5,7 +5,8 @@
       spec.yaml                 the resolved spec the run was started with (a resume must give the same spec)
       versions.json             library versions of the latest attempt
       metrics.jsonl             one JSON line per logged step (step 0: the 'before' eval)
-      tensorboard/              event files (logging.tensorboard)
+      tensorboard/              event files (logging.trackers: [tensorboard])
+      wandb/                    wandb's own files and run-id.txt, the id a resumed run logs on under (logging.trackers)
       images/                   before.png, step_NNNNNN.png, after.png, compare.png (before/after pairs)
       checkpoints/step_NNNNNNNN/  state.json + tensors.safetensors: one directory per checkpoint, written under a
                                 temporary name and renamed into place (never a pickle)
@@ -57,6 +58,7 @@ class RunDir:
     CHECKPOINTS = "checkpoints"
     IMAGES = "images"
     TENSORBOARD = "tensorboard"
+    WANDB = "wandb"
     LORA = "lora"
     UNET = "unet"
     TRANSFORMER = "transformer"
@@ -64,7 +66,7 @@ class RunDir:
     JOB = "job.json"
     EVENTS = "events.jsonl"
     # what a fresh start (overwrite) removes; the spec, versions, job records and the lock stay
-    OUTPUTS = (CHECKPOINTS, LORA, UNET, TRANSFORMER, IMAGES, TENSORBOARD, METRICS, RESULT)
+    OUTPUTS = (CHECKPOINTS, LORA, UNET, TRANSFORMER, IMAGES, TENSORBOARD, WANDB, METRICS, RESULT)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -104,6 +106,10 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / self.TENSORBOARD
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / self.WANDB
 
     @property
     def lora_dir(self) -> Path:

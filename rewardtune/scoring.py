@@ -108,32 +108,45 @@ def parse_reward_arg(arg: str, *, tiny: bool = False) -> RewardChoice:
     return RewardChoice(name=name, preset=preset, label=arg)
 
 
-def parse_weights_args(args: Sequence[str], labels: Sequence[str]) -> dict[str, str]:
-    """`LABEL=PATH` items (or a bare PATH when one reward is scored) -> {label: hub id or directory}."""
-    out: dict[str, str] = {}
+def parse_weights_args(args: Sequence[str], labels: Sequence[str],
+                       keys: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, str]]:
+    """`LABEL=PATH` or `LABEL.KEY=PATH` items (or a bare PATH when one reward is scored) -> {label: {key: hub id or
+    directory}}. KEY is `weights` (the reward's own checkpoint, the default) or one of its secondary weights
+    (`keys[label]`, e.g. pickscore's `processor`, imagereward's `tokenizer`)."""
+    out: dict[str, dict[str, str]] = {}
+    keys = keys or {}
     for a in args:
         label, sep, path = a.partition("=")
+        key = "weights"
         if not sep:
             if len(labels) != 1:
                 raise ArgumentError("weights", a, f"say which reward these weights are for, as REWARD=PATH "
                                                   f"(e.g. {labels[0]}={a})")
             label, path = labels[0], a
+        if label not in labels and "." in label and label.rsplit(".", 1)[0] in labels:
+            label, key = label.rsplit(".", 1)
+            allowed = [k for k in keys.get(label, ()) if not k.endswith("revision")]
+            if key not in ("weights", *allowed):
+                raise ArgumentError("weights", a, f"{label} has no weights key '{key}'; its keys: "
+                                                  f"{', '.join(['weights', *allowed])}")
         if label not in labels:
             raise ArgumentError("weights", a, f"'{label}' is not a reward being scored ({', '.join(labels)})")
         if not path:
             raise ArgumentError("weights", a, "give a directory or hub id after '='")
-        if label in out:
-            raise ArgumentError("weights", a, f"weights for {label} are given twice; give them once")
-        out[label] = path
+        if key in out.get(label, {}):
+            what = f"{label}.{key}" if key != "weights" else label
+            raise ArgumentError("weights", a, f"weights for {what} are given twice; give them once")
+        out.setdefault(label, {})[key] = path
     return out
 
 
 def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, device: str = "cpu",
                  dtype: str = "float32", batch_size: int | None = None,
-                 weights: dict[str, str] | None = None) -> RewardSet:
+                 weights: Mapping[str, str | Mapping[str, str]] | None = None) -> RewardSet:
     """Build the rewards of `args` (names or `name:preset`) and load their weights now, so that missing weights
     fail before any image is read. `weights` maps a label to a hub id or local directory that replaces its
-    preset's weights. Returns {label: Reward} in argument order."""
+    preset's weights, or to {key: hub id or directory} for its own (`weights`) and secondary weights
+    (`processor`, `tokenizer`, `clip_weights`, ...). Returns {label: Reward} in argument order."""
     from rewardtune.registry import load_reward
 
     choices = [a if isinstance(a, RewardChoice) else parse_reward_arg(a, tiny=tiny) for a in args]
@@ -146,7 +159,8 @@ def load_rewards(args: Sequence[str | RewardChoice], *, tiny: bool = False, devi
     out = RewardSet()
     with sharing():  # rewards that need the same frozen tower get one copy
         for c in choices:
-            kw = {"weights": weights[c.label]} if weights and c.label in weights else {}
+            given = (weights or {}).get(c.label)
+            kw = dict(given) if isinstance(given, Mapping) else ({"weights": given} if given else {})
             r = load_reward(c.name, c.preset, device=device, dtype=dtype, max_batch_size=batch_size, **kw)
             r.load()
             out[c.label] = r

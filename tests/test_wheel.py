@@ -64,3 +64,11 @@ def test_wheel_ships_the_shapes_world_and_runs_the_demo(installed: Path):
     assert (installed / "demo-out" / "images" / "compare.png").is_file()
     assert (installed / "demo-out" / "lora").is_dir()
     assert "shapes-eval" in p.stdout
+    # from weights to a shared result, all from the wheel: the export's model card, eval of the run, the checks
+    assert "base_model: zoo:shapes-sd1" in (installed / "demo-out" / "lora" / "README.md").read_text()
+    p = _run(installed, "rewardtune", "eval", "demo-out", "--json")
+    assert p.returncode == 0, p.stderr
+    assert '"shapes-eval"' in p.stdout and (installed / "demo-out" / "eval" / "compare.png").is_file()
+    for args in (["--version"], ["specs"], ["weights", "demo"], ["validate", "--explain", "logging.trackers"]):
+        p = _run(installed, "rewardtune", *args)
+        assert p.returncode == 0, f"{args}: {p.stdout}{p.stderr}"

@@ -5,7 +5,8 @@ import typer
 
 from rewardtune.cli.common import console, guarded
 
-HELP = "List registered rewards: differentiable or not, inputs, presets, default weights, dependencies."
+HELP = ("List registered rewards: differentiable or not, inputs, presets, default weights, and whether each is ready "
+        "here (its weights in the hub cache, its extras installed).")
 
 
 @guarded
@@ -52,30 +53,56 @@ def print_plugin_warnings() -> None:
         err.print("[yellow]warning:[/] " + escape(p.message()), soft_wrap=True)
 
 
-def _status(card) -> str:
+def readiness(card, preset: str | None = None) -> tuple[str, str]:
+    """(state, how to fix) of a reward's preset on this machine: ready, not implemented, extra missing (a package
+    it or its weights need is not installed), or weights missing (not in the hub cache, or a local path that is
+    not there). Reads files only: no torch, no network."""
+    from rewardtune.rewards._weights import check, reward_weights
+
     if not card.implemented():
-        return "[yellow]not implemented[/]"
+        return "not implemented", ""
     missing = card.missing_requirements()
     if missing:
         extras = sorted({m.get("extra") or m["package"] for m in missing})
-        from rich.markup import escape
+        return "extra missing", f"pip install 'rewardtune[{','.join(extras)}]'"
+    statuses = check(reward_weights(card, preset), sizes=False)
+    extra = [s for s in statuses if s.state == "extra"]
+    if extra:
+        return "extra missing", extra[0].detail.split(": ", 1)[-1]
+    absent = [s for s in statuses if not s.ok]
+    if absent:
+        name = card.name + (f":{preset}" if preset and preset != card.default_preset else "")
+        return "weights missing", (f"{len(absent)} of {len(statuses)} checkpoints; rewardtune weights {name} "
+                                   "--download")
+    return "ready", ""
 
-        return "[red]missing deps[/] " + escape(f"(pip install 'rewardtune[{','.join(extras)}]')")
-    return "[green]ready[/]"
+
+def _status(card, preset: str | None = None) -> str:
+    from rich.markup import escape
+
+    state, fix = readiness(card, preset)
+    colour = {"ready": "green", "not implemented": "yellow", "extra missing": "yellow"}.get(state, "red")
+    return f"[{colour}]{state}[/]" + (" " + escape(f"({fix})") if fix else "")
 
 
 def _card_summary(c) -> dict:
+    state, fix = readiness(c)
     return {"name": c.name, "differentiable": c.differentiable, "inputs": list(c.inputs),
             "presets": list(c.presets), "default_weights": c.default_weights, "implemented": c.implemented(),
-            "missing_dependencies": [m["package"] for m in c.missing_requirements()], "origin": c.origin}
+            "missing_dependencies": [m["package"] for m in c.missing_requirements()], "origin": c.origin,
+            "status": state, "status_fix": fix}
 
 
 def _show_card(c, as_json: bool) -> None:
     import json
 
+    from rewardtune.rewards._weights import WEIGHT_KEYS, secondary_weight_keys
+
     data = {**_card_summary(c), "implementation": c.implementation, "description": c.description,
-            "direction": c.direction, "typical_range": c.typical_range, "params": c.params, "presets": c.presets,
-            "citation": c.citation, "license": c.license}
+            "direction": c.direction, "typical_range": c.typical_range, "params": c.params,
+            "weight_keys": ["weights", *(k for k in secondary_weight_keys(c.presets) if k in WEIGHT_KEYS)],
+            "revision_keys": [k for k in secondary_weight_keys(c.presets) if k not in WEIGHT_KEYS], "presets": c.presets,
+            "preset_status": {p: readiness(c, p)[0] for p in c.presets}, "citation": c.citation, "license": c.license}
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
@@ -83,5 +110,8 @@ def _show_card(c, as_json: bool) -> None:
 
     out = console()
     out.print(f"[bold]{c.name}[/]  {_status(c)}  [dim]{c.origin}[/]")
-    out.print(yaml.safe_dump({k: v for k, v in data.items() if k not in ("name", "origin")}, sort_keys=False),
-              markup=False)
+    out.print(yaml.safe_dump({k: v for k, v in data.items() if k not in ("name", "origin", "status", "status_fix")},
+                             sort_keys=False), markup=False)
+    out.print(f"[dim]Weights keys: in a spec `objective[N].weights` and `objective[N].kwargs.KEY`; in `rewardtune "
+              f"score`, `--weights {c.name}.KEY=DIR`. `rewardtune weights {c.name}` lists its checkpoints.[/]",
+              soft_wrap=True)

@@ -1,36 +1,18 @@
 """`rewardtune run SPEC [key=value ...] [--tiny] [--resume] [--output-dir DIR]`: train."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from rewardtune.cli.common import console, guarded
 
 HELP = ("Fine-tune the spec's model against its objective. SPEC is a YAML file or the name of a shipped spec "
-        "(e.g. `demo`); key=value overrides are validated like the spec.")
-
-
-def find_spec(spec: str) -> Path:
-    """A path, or the name of a spec shipped with rewardtune (`demo`, `draft_k`, `specs/demo.yaml`)."""
-    from rewardtune.errors import UsageError
-    from rewardtune.registry import bundled_dir
-
-    p = Path(spec)
-    if p.exists():
-        return p
-    shipped = bundled_dir("specs")
-    for cand in (shipped / p.name, shipped / f"{p.name}.yaml"):
-        if cand.is_file():
-            return cand
-    names = sorted(x.stem for x in shipped.rglob("*.yaml")) if shipped.is_dir() else []
-    raise UsageError(f"spec '{spec}' not found (no such file, and no shipped spec of that name). "
-                     f"Shipped specs: {', '.join(names) or '(none)'}.")
+        "(e.g. `demo`; a local demo.yaml wins, `rewardtune specs` lists them); key=value overrides are validated like "
+        "the spec.")
 
 
 @guarded
 def COMMAND(  # noqa: N802
-    spec: str = typer.Argument(..., help="Spec file, or a shipped spec's name (see specs/)."),
+    spec: str = typer.Argument(..., help="Spec file, or a shipped spec's name (`rewardtune specs`)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.steps=50 train.lr=3e-4."),
     tiny: bool = typer.Option(False, "--tiny", help="Run offline on tiny twins of every model (seconds on a CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output dir."),
@@ -46,8 +28,13 @@ def COMMAND(  # noqa: N802
         raise UsageError(f"overrides must look like key=value (got {bad[0]!r})")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
-    path = find_spec(spec)
+    from rewardtune.cli.specs import resolve_spec_arg
+
+    resolved = resolve_spec_arg(spec)
+    path = resolved.path
     out = console()
+    console(stderr=True).print(resolved.note(), markup=False, soft_wrap=True, style="dim")
+    check_before_loading(str(path), list(overrides or []), tiny, shown=spec, output_dir=output_dir)
     import signal
 
     from rewardtune.api import run
@@ -90,6 +77,33 @@ def COMMAND(  # noqa: N802
         out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:
         out.print(f"weights: {result.weights_path}")
+
+
+def check_before_loading(spec: str, overrides: list[str], tiny: bool, shown: str | None = None,
+                         output_dir: str | None = None) -> None:
+    """What the run would reject, before any model loads: the spec's preflight (prompt files, local paths, extras,
+    device; exit 2/4, every problem at once), an output directory that cannot be written (exit 2), then every
+    checkpoint it needs (exit 4, all missing ones at once, with the command that fetches them)."""
+    import shlex
+    from pathlib import Path
+
+    from rewardtune.cli.weights import require
+    from rewardtune.rewards._weights import spec_weights
+    from rewardtune.rundir import RunDir
+    from rewardtune.spec.load import load_spec
+    from rewardtune.spec.preflight import preflight
+
+    s = load_spec(spec, overrides=overrides, tiny=tiny)
+    preflight(s)
+    # as rewardtune.run picks it; it checks it again (and locks it) before loading
+    out = Path(output_dir) if output_dir is not None else Path(
+        s.resolved_output_dir.rstrip("/") + "-tiny" if tiny else s.resolved_output_dir)
+    created = [a for a in (out, *out.parents) if not a.exists()]  # deepest first
+    RunDir(out).check_writable()
+    for a in created:  # leave nothing behind when the run stops below; rewardtune.run creates it again
+        a.rmdir()
+    require(spec_weights(s), shlex.join(["rewardtune", "weights", shown or spec, *overrides, *(["--tiny"] if tiny else []),
+                                         "--download"]), out=console(stderr=True))
 
 
 def eval_table(before: dict[str, float], after: dict[str, float], steps: int):

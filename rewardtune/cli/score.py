@@ -72,10 +72,12 @@ def COMMAND(  # noqa: N802 - the CLI discovers verbs by this name
                                          help="Follow symbolic links found inside folders (to files or folders). "
                                               "Without it they are skipped and listed; links named as PATHS are "
                                               "always followed."),
-    weights: list[str] = typer.Option(None, "--weights", "-w", metavar="[REWARD=]PATH",
+    weights: list[str] = typer.Option(None, "--weights", "-w", metavar="[REWARD[.KEY]=]PATH",
                                       help="Use these weights for a reward instead of its preset's: a local "
                                            "directory (a downloaded copy) or a hub id. REWARD= may be left out "
-                                           "when one reward is scored. Repeat for several."),
+                                           "when one reward is scored; REWARD.KEY=PATH sets a secondary weight "
+                                           "(pickscore.processor, imagereward.tokenizer, aesthetic.clip_weights: "
+                                           "`rewardtune rewards NAME` lists them). Repeat for several."),
 ) -> None:
     from rewardtune.scoring import ArgumentError
 
@@ -163,16 +165,20 @@ def _score(paths, prompt, prompts_file, reward, tiny, batch_size, device, dtype,
     from rewardtune.registry import get_card
     from rewardtune.scoring import parse_reward_arg
 
-    cards = {c.label: get_card(c.name) for c in (parse_reward_arg(a, tiny=tiny) for a in reward_args)}
+    choices = {c.label: c for c in (parse_reward_arg(a, tiny=tiny) for a in reward_args)}
+    cards = {label: get_card(c.name) for label, c in choices.items()}
+    from rewardtune.rewards._weights import secondary_weight_keys
     from rewardtune.scoring import parse_weights_args
 
-    weight_map = parse_weights_args(list(weights or []), list(cards))
+    weight_map = parse_weights_args(list(weights or []), list(cards),
+                                    {k: secondary_weight_keys(c.presets) for k, c in cards.items()})
     thresholds = parse_min_scores(list(min_score or []), list(cards))
     wanting = [k for k, c in cards.items() if "prompt" in c.inputs]
     if prompt is None and prompt_map is None and wanting:
         raise UsageError(f"--prompt is required: {', '.join(wanting)} score images against a prompt "
                          "(or give --prompts-file).")
     dev = resolve_device(device)
+    _require_weights(choices, cards, weight_map, reward_args, weights, tiny, err)
     try:
         with _status(err, "Loading rewards", enabled=not no_progress):
             rewards = load_rewards(reward_args, tiny=tiny, device=dev, dtype=dtype, batch_size=batch_size,
@@ -226,6 +232,26 @@ def _score(paths, prompt, prompts_file, reward, tiny, batch_size, device, dtype,
     _hints(err, rows)
     if failed:
         raise SystemExit(EXIT_FILES_FAILED)
+
+
+def _require_weights(choices, cards, weight_map, reward_args, weights, tiny, err) -> None:
+    """Every checkpoint the rewards need, checked before any is loaded: all missing ones in one message (exit 4)."""
+    import shlex
+
+    from rewardtune.cli.weights import require
+    from rewardtune.rewards._weights import merge_refs, reward_weights
+
+    refs = []
+    for label, c in choices.items():
+        if cards[label].factory is not None:
+            continue
+        if c.preset is not None and c.preset not in cards[label].presets:
+            continue  # loading the reward reports the unknown preset
+        refs += reward_weights(cards[label], c.preset, weight_map.get(label), label=label)
+    # `rewardtune weights` fetches presets' checkpoints; with --weights some are replaced (hf download names them)
+    command = None if weights else shlex.join(["rewardtune", "weights", *reward_args, *(["--tiny"] if tiny else []),
+                                               "--download"])
+    require(merge_refs(refs), command, out=err)
 
 
 def _not_read(found) -> str:

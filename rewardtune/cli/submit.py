@@ -11,7 +11,8 @@ HELP = ("Validate a spec and submit it to SLURM (submitit). Flags override the s
 
 @guarded
 def COMMAND(  # noqa: N802
-    spec: str = typer.Argument(..., help="Spec file."),
+    spec: str = typer.Argument(..., help="Spec file, or a shipped spec's name (a local file of that name wins). "
+                                         "It is copied into the job folder: the job never reads it from here."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, validated like the spec."),
     partition: str = typer.Option(None, "--partition", "-p", help="SLURM partition."),
     account: str = typer.Option(None, "--account", "-A", help="SLURM account."),
@@ -59,6 +60,11 @@ def COMMAND(  # noqa: N802
     overrides = list(overrides or [])
     if no_imports and not dry_run:
         raise UsageError("--no-imports goes with --dry-run: a submitted job imports the spec's code when it runs")
+    from rewardtune.cli.specs import resolve_spec_arg
+
+    resolved = resolve_spec_arg(spec)
+    console(stderr=True).print(resolved.note(), markup=False, soft_wrap=True, style="dim")
+    spec = str(resolved.path)
     s = load_spec(spec, overrides=overrides, tiny=tiny, imports=not no_imports)
     for name in unresolved_names(s):
         console(stderr=True).print(f"note: not checked (--no-imports): {name}", markup=False, soft_wrap=True)
@@ -93,6 +99,8 @@ def COMMAND(  # noqa: N802
     out.print(f"[green]{verb}[/] job {ids} ({cluster}; {launcher.nodes} node{'s' * (launcher.nodes > 1)}, "
               f"{n} process{'es' * (n > 1)}, {launcher.time_min} min)")
     out.print(f"  run dir: {run_dir}", markup=False, soft_wrap=True)
+    out.print(f"  spec:    {L.RunDir(run_dir).slurm_dir / L.SUBMITTED_SPEC} (the copy the job reads)", markup=False,
+              soft_wrap=True)
     for i, jid in enumerate(sub.job_ids if cluster != "debug" else []):  # debug: no logs, output goes here
         tag = f" [{jid}]" if len(sub.job_ids) > 1 else ""
         out.print(f"  stdout{tag}: {sub.stdout[i]}", markup=False, soft_wrap=True)

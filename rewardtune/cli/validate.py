@@ -27,14 +27,24 @@ def _is(p: Path, test: str) -> bool:
 
 @guarded
 def COMMAND(  # noqa: N802
-    specs: list[str] = typer.Argument(..., help="Spec files (or folders, searched recursively), then key=value "
-                                                "overrides applied to each."),
+    specs: list[str] = typer.Argument(None, help="Spec files (or folders, searched recursively; `specs/` is the "
+                                                 "shipped specs when there is no such folder here), then key=value "
+                                                 "overrides applied to each.", show_default=False),
     tiny: bool = typer.Option(False, "--tiny", help="Also check the tiny-twin version of the spec."),
     show: bool = typer.Option(False, "--show", help="Print the resolved spec (YAML) of each valid file."),
     no_imports: bool = typer.Option(False, "--no-imports", help="Run no code from the spec: skip its `imports:` "
                                                                 "and `module:Class` rewards, and list the names "
                                                                 "left unchecked."),
+    explain: list[str] = typer.Option(None, "--explain", metavar="FIELD",
+                                      help="Print the reference of a spec field (e.g. train.lr, method.k, logging) "
+                                           "and exit; repeatable."),
 ) -> None:
+    if explain:
+        for i, key in enumerate(explain):
+            if i:
+                typer.echo("")
+            typer.echo(explain_field(key))
+        return
     from rewardtune.cli.rewards import print_plugin_warnings
     from rewardtune.errors import SpecError
     from rewardtune.spec.load import load_spec, unresolved_names
@@ -42,17 +52,21 @@ def COMMAND(  # noqa: N802
 
     files: list[Path] = []
     overrides: list[str] = []
-    for a in specs:
+    for a in specs or []:
         if "=" in a and not _is(Path(a), "exists"):
             overrides.append(a)
             continue
         p = Path(a)
+        if not _is(p, "exists") and Path(a).parts[:1] == ("specs",):  # `validate specs/` outside a checkout
+            shipped = _shipped_path(a)
+            if shipped is not None:
+                p = shipped
         if _is(p, "is_dir"):
             files += sorted(list(p.rglob("*.yaml")) + list(p.rglob("*.yml")))
         else:
-            files.append(p)
+            files.append(_resolve(str(p)) if not _is(p, "exists") else p)
     if not files:
-        raise typer.BadParameter("give at least one spec file")
+        raise typer.BadParameter("give at least one spec file (or --explain FIELD)")
     out = console()
     worst = 0
     for f in files:
@@ -77,3 +91,126 @@ def COMMAND(  # noqa: N802
     print_plugin_warnings()
     if worst:
         raise typer.Exit(worst)
+
+
+def _resolve(arg: str) -> Path:
+    """A spec argument that is not a file here: `demo` -> ./demo.yaml, else the shipped spec; else the path as
+    given (loading it reports that it is missing)."""
+    from rewardtune.cli.specs import resolve_spec_arg
+    from rewardtune.errors import UsageError
+
+    try:
+        return resolve_spec_arg(arg).path
+    except UsageError:
+        return Path(arg)
+
+
+def _shipped_path(arg: str) -> Path | None:
+    """`specs/`, `specs/demo.yaml` -> the shipped folder or file, when rewardtune ships it."""
+    from rewardtune.registry import bundled_dir
+
+    rel = Path(arg).parts[1:]
+    p = bundled_dir("specs").joinpath(*rel)
+    return p if _is(p, "exists") else None
+
+
+# ------------------------------------------------------------------------------------------- field reference
+def explain_field(key: str) -> str:
+    """The reference of one spec field (or section), from the schema itself: its type, default and meaning; a
+    section lists its fields. `objective[0].weight` and `objective.weight` both work; a field of a union (method.k)
+    is shown for every member that has it."""
+    import re
+
+    from rewardtune.errors import UsageError
+    from rewardtune.spec.load import models_in
+    from rewardtune.spec.schema import Spec
+
+    parts = [p for p in re.sub(r"\[\d*\]", "", key.strip()).split(".") if p]
+    if not parts:
+        raise UsageError("--explain takes a field such as train.lr, method.k or logging")
+    models = [Spec]
+    field = None
+    owners: list = []
+    for i, name in enumerate(parts):
+        owners = [m for m in models if name in m.model_fields]
+        if not owners:
+            import difflib
+
+            known = sorted({f for m in models for f in m.model_fields})
+            where = ".".join(parts[:i]) or "the top level"
+            guess = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            raise UsageError(f"--explain {key}: {where} has no field '{name}'"
+                             + (f". Did you mean '{'.'.join([*parts[:i], guess[0]])}'?" if guess else "")
+                             + f" Fields there: {', '.join(known)}.")
+        field = owners[0].model_fields[name]
+        models = [m for o in owners for m in models_in(o.model_fields[name].annotation)]
+        if i < len(parts) - 1 and not models:
+            raise UsageError(f"--explain {key}: '{'.'.join(parts[:i + 1])}' is a value, not a section"
+                             + (" (a reward's arguments: `rewardtune rewards NAME`)" if name == "kwargs" else ""))
+    lines = []
+    path = ".".join(parts)
+    for o in owners:
+        f = o.model_fields[parts[-1]]
+        tag = f" (in {o.__name__})" if len(owners) > 1 else ""
+        lines.append(f"{path}{tag}: {_type(f.annotation)}, default {_default(f)}")
+        if f.description:
+            lines.append(f"  {f.description}")
+    if models:
+        for m in dict.fromkeys(models):
+            head = f"{m.__name__}" + (f": {(m.__doc__ or '').strip().splitlines()[0]}" if m.__doc__
+                                      and not m.__doc__.lstrip().startswith(("!!!", "Usage docs")) else "")
+            lines.append(f"  {head}")
+            for n, sub in m.model_fields.items():
+                lines.append(f"    {n}: {_type(sub.annotation)}, default {_default(sub)}"
+                             + (f"  - {sub.description}" if sub.description else ""))
+    if field is not None and parts[-1] == "kwargs":
+        lines.append("  A reward's arguments and weights keys: `rewardtune rewards NAME`.")
+    lines.append("Sections: model, prompts, objective, method, sampling, train, logging, launcher "
+                 "(`--explain SECTION` lists one).")
+    return "\n".join(lines)
+
+
+def _type(ann) -> str:
+    import typing
+
+    from pydantic import BaseModel
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) if isinstance(a, str) else str(a) for a in args)
+    if origin is typing.Annotated:
+        return _type(args[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type(a) for a in args)
+    if origin in (tuple, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type(args[0])}"
+        return "[" + ", ".join(_type(a) for a in args) + "]"
+    if origin is dict:
+        return "mapping"
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann.__name__
+    if ann is type(None):
+        return "null"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _default(field) -> str:
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    if field.default is PydanticUndefined:
+        if field.default_factory is None:
+            return "none (required)"
+        val = field.default_factory()
+        if isinstance(val, BaseModel):
+            return "its fields' defaults"
+        return repr(val) if val not in ({}, [], ()) else "empty"
+    d = field.default
+    if d is None:
+        return "null"
+    if isinstance(d, bool):
+        return str(d).lower()
+    if isinstance(d, tuple):
+        return str(list(d))
+    return str(d)

@@ -124,7 +124,9 @@ def train_settings(spec: Any, eval_prompts: list[str]) -> TrainSettings:
         grad_clip=t.grad_clip, seed=t.seed, mixed_precision=t.mixed_precision, max_nonfinite=t.max_nonfinite,
         checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, log_every=lg.every,
         images_every=lg.images_every, eval_prompts=tuple(eval_prompts[:lg.eval_prompts]) * lg.eval_images_per_prompt,
-        tensorboard=lg.tensorboard, progress=lg.progress, ema_decay=ema.decay if ema else None,
+        tensorboard=lg.tensorboard or "tensorboard" in lg.trackers,
+        wandb_project=lg.wandb_project if "wandb" in lg.trackers else None, progress=lg.progress, progress_every_s=lg.progress_every_s,
+        progress_every_steps=lg.progress_every_steps or 0, ema_decay=ema.decay if ema else None,
         ema_every=ema.update_every if ema else 1)
 
 

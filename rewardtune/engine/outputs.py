@@ -416,10 +416,12 @@ def open_run_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, spec:
 
 # ------------------------------------------------------------------------------------------------------- metrics
 class MetricsWriter:
-    """metrics.jsonl, one line per logged step (and tensorboard). A resumed run first drops the lines after the
-    step it resumes from, so every step appears once."""
+    """metrics.jsonl, one line per logged step, and the trackers: tensorboard, and wandb when `wandb` gives its
+    `wandb.init` arguments (project, name, config). A resumed run first drops the lines after the step it resumes
+    from, so every step appears once; its wandb run continues under the same id."""
 
-    def __init__(self, run: RunDir, tensorboard: bool, resume_from_step: int | None = None):
+    def __init__(self, run: RunDir, tensorboard: bool, resume_from_step: int | None = None, *,
+                 wandb: dict[str, Any] | None = None):
         self.path = run.metrics_file
         if resume_from_step is not None and self.path.exists():
             kept = [json.dumps(rec) for rec in run.metrics() if rec.get("step", 0) <= resume_from_step]
@@ -440,6 +442,9 @@ class MetricsWriter:
 
                 raise MissingDependencyError("tensorboard", "tensorboard", "logging.tensorboard") from e
             self.tb = SummaryWriter(str(run.tensorboard_dir), purge_step=resume_from_step)
+        self.wb = None
+        if wandb is not None:
+            self.wb = _wandb_run(run, wandb, resumed=resume_from_step is not None)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         rec = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -452,6 +457,8 @@ class MetricsWriter:
             for k, v in metrics.items():
                 if isinstance(v, int | float) and math.isfinite(float(v)):
                     self.tb.add_scalar(k, float(v), step)
+        if self.wb is not None:
+            self.wb.log({k: v for k, v in rec.items() if k != "step" and v is not None}, step=step)
 
     def add_image(self, tag: str, path: Path, step: int) -> None:
         if self.tb is not None:
@@ -460,11 +467,34 @@ class MetricsWriter:
 
             arr = np.asarray(Image.open(path).convert("RGB"))
             self.tb.add_image(tag, arr, step, dataformats="HWC")
+        if self.wb is not None:
+            import wandb
+
+            self.wb.log({tag: wandb.Image(str(path))}, step=step)
 
     def close(self) -> None:
         self.f.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
+
+
+def _wandb_run(run: RunDir, settings: dict[str, Any], resumed: bool) -> Any:
+    """A wandb run whose files live under RUN_DIR/wandb; a resumed run continues the id kept there."""
+    try:
+        import wandb
+    except ImportError as e:
+        from rewardtune.errors import MissingDependencyError
+
+        raise MissingDependencyError("wandb", "wandb", "logging.trackers: [wandb]") from e
+    run.wandb_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run.wandb_dir / "run-id.txt"
+    run_id = id_file.read_text().strip() if resumed and id_file.is_file() else None
+    if not run_id:
+        run_id = uuid.uuid4().hex[:12]  # wandb takes any id of letters and digits
+        id_file.write_text(run_id + "\n")
+    return wandb.init(dir=str(run.path), id=run_id, resume="allow", **settings)
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CorruptCheckpoint", "MetricsWriter", "OutputDirError", "Resumable", "RunStart",

@@ -76,7 +76,10 @@ class TrainSettings:
     images_every: int = 50
     eval_prompts: tuple[str, ...] = ()
     tensorboard: bool = False
+    wandb_project: str | None = None  # log to wandb, in this project (logging.trackers)
     progress: bool = True
+    progress_every_s: float = 10.0  # not a terminal: one progress line at most this often (0: every step)...
+    progress_every_steps: int = 0  # ...or every this many steps (0: by time only)
     ema_decay: float | None = None
     ema_every: int = 1
 
@@ -464,7 +467,10 @@ class Trainer:
         writer = None
         if info.main:
             write_run_info(run, self.spec, write_spec=self.resumed_from is None)
-            writer = MetricsWriter(run, s.tensorboard, resume_from_step=self.resumed_from)
+            wandb = None if s.wandb_project is None else {
+                "project": s.wandb_project, "name": f"{getattr(self.spec, 'name', 'run')}-{run.path.name}",
+                "config": self.spec.model_dump(mode="json") if self.spec is not None else {}}
+            writer = MetricsWriter(run, s.tensorboard, resume_from_step=self.resumed_from, wandb=wandb)
         self.callbacks.train_start({"output_dir": str(self.out), "start_step": self.step, "steps": s.steps,
                                     "rank": info.rank, "world": info.world})
         before = self._logged_before() if self.resumed_from is not None else {}
@@ -472,7 +478,8 @@ class Trainer:
             before = self._abortable_eval("before", writer) or {}  # interrupted: the loop stops at its first check
             if before and writer is not None:
                 writer.write(0, before)
-        progress = _Progress(s.progress and info.main, s.steps, self.step)
+        progress = _Progress(s.progress and info.main, s.steps, self.step, every_s=s.progress_every_s,
+                             every_steps=s.progress_every_steps)
         progress.last_eval = {k.removeprefix("eval/"): v for k, v in before.items() if k != "eval/objective"}
         last_metrics: dict[str, float] = {}
         stopped, reason = False, ""
@@ -531,6 +538,14 @@ class Trainer:
                     if after and writer is not None:
                         writer.write(self.step, after)
                     weights = self.export()
+                    if weights is not None and self.spec is not None:
+                        from rewardtune.share import write_model_card
+
+                        # README.md (hub metadata, metrics) and the before/after grid beside the weights
+                        write_model_card(weights, self.spec, steps=self.step,
+                                         before={k.removeprefix("eval/"): v for k, v in before.items()},
+                                         after={k.removeprefix("eval/"): v for k, v in after.items()},
+                                         images_dir=run.images_dir)
         finally:
             control.clear_stop()  # a request that came as the last step ended must not stop the next run
             if writer is not None:
@@ -607,43 +622,84 @@ class _PhaseTimer:
 
 
 class _Progress:
-    """A rich progress bar with live reward, loss, step time and memory (no-op when disabled)."""
+    """Live progress: reward, the latest eval, loss, step time and memory (no-op when disabled).
 
-    def __init__(self, enabled: bool, total: int, start: int):
+    On a terminal, a rich progress bar. Anywhere else (a pipe, a file, a SLURM log) a bar is drawn only when the run
+    ends, so progress becomes plain lines on stdout, each flushed at once: the first step, then one line every
+    `every_s` seconds or `every_steps` steps (whichever comes first), every step that brings an eval, and the last
+    step."""
+
+    def __init__(self, enabled: bool, total: int, start: int, *, every_s: float = 10.0, every_steps: int = 0,
+                 stream: Any = None):
         self.enabled, self.total, self.start = enabled, total, start
+        self.every_s, self.every_steps = every_s, every_steps
+        self.stream = stream
         self.p = None
+        self.lines = False
         self.last_eval: dict[str, float] = {}  # shown until the next eval: a monitor next to the optimized reward
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        if not self.enabled:
+            return self
+        import sys
 
-            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                              TextColumn("{task.fields[info]}"), transient=False)
-            self.p.__enter__()
-            self.task = self.p.add_task("train", total=self.total, completed=self.start, info="")
+        from rich.console import Console
+
+        stream = self.stream or sys.stdout
+        if not Console(file=stream).is_terminal:
+            self.lines = True
+            self.stream = stream
+            self.t0 = self.t_line = time.monotonic()
+            self.line_step = self.start
+            return self
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          TextColumn("{task.fields[info]}"), transient=False)
+        self.p.__enter__()
+        self.task = self.p.add_task("train", total=self.total, completed=self.start, info="")
         return self
 
     def update(self, step: int, m: dict[str, float], labels: list[str]) -> None:
-        if self.p is None:
+        if self.p is None and not self.lines:
             return
-        parts = []
-        if "objective" in m:
-            parts.append(f"reward {m['objective']:.4g}")
         evals = {k.removeprefix("eval/"): v for k, v in m.items() if k.startswith("eval/") and k != "eval/objective"}
         if evals:
             self.last_eval = evals
+        parts = []
+        if "objective" in m:
+            parts.append(f"reward {m['objective']:.4g}")
         if self.last_eval:
-            parts.append("[cyan]eval " + " ".join(f"{k} {v:.3g}" for k, v in self.last_eval.items()
-                                                 if k.count("/") == 0) + "[/]")
+            shown = " ".join(f"{k} {v:.3g}" for k, v in self.last_eval.items() if k.count("/") == 0)
+            parts.append(shown and (f"eval {shown}" if self.lines else f"[cyan]eval {shown}[/]"))
         parts.append(f"loss {m['loss']:.4g}")
         parts.append(f"{m['time/step_s']:.2f}s/step")
         parts.append(f"{m['memory/peak_mb']:.0f}MB")
         if m.get("skipped_total"):
-            parts.append(f"[yellow]skipped {int(m['skipped_total'])}[/]")
-        self.p.update(self.task, completed=step, info="  ".join(parts))
+            n = int(m["skipped_total"])
+            parts.append(f"skipped {n}" if self.lines else f"[yellow]skipped {n}[/]")
+        if self.p is not None:
+            self.p.update(self.task, completed=step, info="  ".join(parts))
+            return
+        now = time.monotonic()
+        due = (step == self.start + 1 or step >= self.total or bool(evals) or now - self.t_line >= self.every_s
+               or (self.every_steps and step - self.line_step >= self.every_steps))
+        if not due:
+            return
+        done = step - self.start
+        elapsed = now - self.t0
+        eta = elapsed / done * (self.total - step) if done else 0.0
+        head = f"train {step}/{self.total} ({100 * step // max(1, self.total)}%)"
+        tail = f"elapsed {_clock(elapsed)}, eta {_clock(eta)}"
+        print("  ".join([head, *parts, tail]), file=self.stream, flush=True)
+        self.t_line, self.line_step = now, step
 
     def __exit__(self, *exc):
         if self.p is not None:
             self.p.__exit__(*exc)
         return False
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

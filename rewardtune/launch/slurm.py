@@ -293,10 +293,16 @@ def read_job_record(run_dir: Path | str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- the job
-def _engine_run(spec_path: str, overrides: Sequence[str], tiny: bool, resume: bool, output_dir: str) -> Any:
+def _engine_run(spec_path: str, overrides: Sequence[str], tiny: bool, resume: bool, output_dir: str,
+                spec_dir: str | None = None) -> Any:
     from rewardtune.api import run
+    from rewardtune.spec.load import load_spec
 
-    return run(spec_path, overrides=tuple(overrides), tiny=tiny, resume=resume, output_dir=output_dir)
+    if spec_dir is None:
+        return run(spec_path, overrides=tuple(overrides), tiny=tiny, resume=resume, output_dir=output_dir)
+    # the copy submit put in the job folder, its relative paths (prompt files, imports) resolved as the original's
+    spec = load_spec(spec_path, overrides=list(overrides), tiny=tiny, base_dir=spec_dir)
+    return run(spec, resume=resume, output_dir=output_dir)
 
 
 @dataclass
@@ -314,6 +320,7 @@ class TrainingJob(Checkpointable):
     max_requeues: int = 3
     requeues: int = 0
     spec_sha256: str = ""
+    spec_dir: str | None = None  # the submitted spec's own folder, when spec_path is submit's copy of it
     _stopped: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -355,7 +362,7 @@ class TrainingJob(Checkpointable):
             signal.signal(usr_sig, on_usr)
         pg = _init_distributed(env) if world > 1 else None
         try:
-            result = _engine_run(self.spec_path, self.overrides, self.tiny, resume, self.output_dir)
+            result = _engine_run(self.spec_path, self.overrides, self.tiny, resume, self.output_dir, self.spec_dir)
         except BaseException as e:
             if rank == 0 and not isinstance(e, SystemExit):
                 import traceback
@@ -399,7 +406,7 @@ class TrainingJob(Checkpointable):
             return None
         nxt = TrainingJob(self.spec_path, self.overrides, self.tiny, self.output_dir, resume=True,
                           max_requeues=self.max_requeues, requeues=self.requeues + 1,
-                          spec_sha256=self.spec_sha256)
+                          spec_sha256=self.spec_sha256, spec_dir=self.spec_dir)
         append_event(self.output_dir, "requeued", requeues=nxt.requeues, max_requeues=self.max_requeues,
                      checkpoint_written=self._stopped)
         return DelayedSubmission(nxt)
@@ -600,10 +607,19 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
            **launcher_flags: Any) -> Submission:
     """Validate `spec_path` (with overrides) and submit it. Python twin of `rewardtune submit`.
 
+    The spec file is copied into the job folder (RUN_DIR/slurm/submitted-spec.yaml, byte for byte): the job reads
+    that copy, never the caller's working directory, so a spec named by a relative path or by a shipped name runs
+    the same on the node, and editing the original after submitting changes nothing. Relative paths inside it
+    (prompt files, imports) still resolve against the original's folder.
+
     `launcher_flags` override the spec's slurm block (partition=..., time_min=..., gpus_per_node=...)."""
-    from rewardtune.spec.load import load_spec
+    from rewardtune.spec.load import find_spec_file, load_spec
 
     spec = load_spec(spec_path, overrides=list(overrides), tiny=tiny)
+    source = find_spec_file(spec_path)
+    if source is None:  # load_spec found it a moment ago
+        raise UsageError(f"spec file '{spec_path}' not found")
+    source = source.resolve()
     lau = launcher or launcher_with(spec.launcher, **launcher_flags)
     run_dir = Path(output_dir or spec.resolved_output_dir).resolve()
     _refuse_live_job(run_dir)
@@ -618,23 +634,38 @@ def submit(spec_path: str | Path, overrides: Sequence[str] = (), *, tiny: bool =
                          f"{world}")
     RunDir(run_dir).check_writable()  # before anything is submitted: the job and its records write there
     ex = make_executor(lau, spec.name, run_dir, cluster)
+    copy = copy_spec(source, run_dir)
     seeds = [spec.train.seed + i for i in range(lau.array)] if lau.array else [None]
     jobs_in = []
     for seed in seeds:
         ov = tuple(overrides) + ((f"train.seed={seed}",) if seed is not None else ())
         out = run_dir if seed is None else run_dir / f"seed-{seed}"
-        jobs_in.append(TrainingJob(str(Path(spec_path).resolve()), ov, tiny, str(out), resume=resume,
-                                   max_requeues=lau.max_requeues, spec_sha256=_sha256(spec_path)))
+        jobs_in.append(TrainingJob(str(copy), ov, tiny, str(out), resume=resume, max_requeues=lau.max_requeues,
+                                   spec_sha256=_sha256(copy), spec_dir=str(source.parent)))
     if len(jobs_in) == 1:
         jobs = [ex.submit(jobs_in[0])]
     else:
         with ex.batch():
             jobs = [ex.submit(j) for j in jobs_in]
-    return _record(run_dir, cluster, spec_path, overrides, tiny, lau, jobs, jobs_in)
+    return _record(run_dir, cluster, source, overrides, tiny, lau, jobs, jobs_in, copy)
+
+
+SUBMITTED_SPEC = "submitted-spec.yaml"
+
+
+def copy_spec(source: Path, run_dir: Path) -> Path:
+    """RUN_DIR/slurm/submitted-spec.yaml: the spec file as submitted, byte for byte (comments kept)."""
+    from rewardtune.rundir import atomic_write_bytes
+
+    rd = RunDir(run_dir)
+    rd.slurm_dir.mkdir(parents=True, exist_ok=True)
+    target = rd.slurm_dir / SUBMITTED_SPEC
+    atomic_write_bytes(target, source.read_bytes(), "the submitted spec")
+    return target
 
 
 def _record(run_dir: Path, cluster: str, spec_path: Any, overrides: Sequence[str], tiny: bool,
-            lau: SlurmLauncher, jobs: list[Any], jobs_in: list[TrainingJob]) -> Submission:
+            lau: SlurmLauncher, jobs: list[Any], jobs_in: list[TrainingJob], copy: Path | None = None) -> Submission:
     ids = [str(j.job_id) for j in jobs]
     folders = [Path(j.paths.folder) for j in jobs]
     outs = [Path(j.paths.stdout) for j in jobs]
@@ -646,6 +677,7 @@ def _record(run_dir: Path, cluster: str, spec_path: Any, overrides: Sequence[str
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
         "spec": str(Path(spec_path).resolve()),
+        "spec_copy": None if copy is None else str(copy),
         "overrides": list(overrides),
         "tiny": tiny,
         "run_dirs": [j.output_dir for j in jobs_in],

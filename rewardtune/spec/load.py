@@ -315,7 +315,9 @@ def _read_spec_bytes(p: Path, shown: str) -> bytes:
                                                                   "file") from None
 
 
-def read_spec_source(path: str | Path) -> SpecSource:
+def read_spec_source(path: str | Path, base_dir: Path | None = None) -> SpecSource:
+    """Read a spec file. Relative paths in it resolve against its folder, or against `base_dir` when given (a
+    copy of a spec, such as the one `submit` puts in the job folder, resolves them as the original did)."""
     p = find_spec_file(path)
     if p is None:
         from rewardtune.registry import bundled_dir
@@ -324,7 +326,7 @@ def read_spec_source(path: str | Path) -> SpecSource:
         raise SpecError([Problem("", f"spec file '{path}' not found", None,
                                  "check the path; shipped specs: " + (", ".join(names) or "none"))], str(path))
     shown = str(path) if _exists(Path(path)) else str(p)
-    return source_from_bytes(_read_spec_bytes(p, shown), name=shown, base_dir=p.resolve().parent)
+    return source_from_bytes(_read_spec_bytes(p, shown), name=shown, base_dir=base_dir or p.resolve().parent)
 
 
 # ------------------------------------------------------------------------------------------------ overrides
@@ -677,13 +679,16 @@ def _registry_problems(raw: dict[str, Any], src: SpecSource, imports: bool = Tru
                                     + (f". Did you mean '{guess}'?" if guess else ""), _line_for(src, (*base, "preset")),
                                     f"presets of {rname}: {', '.join(card.presets)}"))
         if isinstance(kwargs, dict) and card.factory is None:
+            from rewardtune.rewards._weights import secondary_weight_keys
+
+            allowed = [*card.params, *secondary_weight_keys(card.presets)]  # e.g. pickscore's `processor`
             for k in kwargs:
-                if k not in card.params:
-                    guess = did_you_mean(str(k), list(card.params))
+                if k not in allowed:
+                    guess = did_you_mean(str(k), allowed)
                     problems.append(Problem(
                         dotted((*base, "kwargs", k)), f"reward '{rname}' takes no argument '{k}'"
                         + (f". Did you mean '{guess}'?" if guess else ""), _line_for(src, (*base, "kwargs", k)),
-                        f"arguments of {rname}: {', '.join(card.params) or '(none)'}"))
+                        f"arguments of {rname}: {', '.join(allowed) or '(none)'}"))
     return problems
 
 
@@ -867,12 +872,12 @@ def validate_source(src: SpecSource, *, imports: bool = True) -> Spec:
 
 
 def load_spec(path_or_data: str | Path | dict[str, Any] | Spec, overrides: list[str] | tuple[str, ...] = (),
-              tiny: bool = False, *, imports: bool = True) -> Spec:
+              tiny: bool = False, *, imports: bool = True, base_dir: str | Path | None = None) -> Spec:
     """Load, override and validate a spec from a path, a dict or a Spec. Raises SpecError.
 
     A spec is code, like a Python config: its `imports:` are imported and `module:Class` rewards looked up (which
     imports their package). `imports=False` does neither; `unresolved_names(spec)` then lists what went
-    unchecked."""
+    unchecked. `base_dir`: resolve a spec file's relative paths against this folder instead of the file's own."""
     if isinstance(path_or_data, Spec):
         src = SpecSource(data=path_or_data.model_dump(mode="json"), name=spec_origin(path_or_data),
                          base_dir=spec_base_dir(path_or_data))
@@ -881,7 +886,7 @@ def load_spec(path_or_data: str | Path | dict[str, Any] | Spec, overrides: list[
 
         src = SpecSource(data=copy.deepcopy(path_or_data), name="<dict>")
     else:
-        src = read_spec_source(path_or_data)
+        src = read_spec_source(path_or_data, Path(base_dir) if base_dir is not None else None)
     if overrides:
         apply_overrides(src, list(overrides))
     spec = validate_source(src, imports=imports)
@@ -934,6 +939,11 @@ def to_tiny(spec: Spec) -> Spec:
         except UnknownRewardError:  # left unresolved by a validation without imports: nothing to swap
             card_presets = {}
         preset = "tiny" if "tiny" in card_presets else t.preset
+        if "tiny" in card_presets:  # the twin's own weights: secondary weights given for the real model go too
+            from rewardtune.rewards._weights import secondary_weight_keys
+
+            drop = secondary_weight_keys(card_presets)
+            t = t.model_copy(update={"kwargs": {k: v for k, v in t.kwargs.items() if k not in drop}})
         terms.append(t.model_copy(update={"preset": preset, "dtype": None, "weights": None}))
     family = spec.model.family
     model = spec.model.model_copy(update={"pretrained": TINY_PIPELINES[family], "revision": None, "variant": None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardtune.errors import Problem, SpecError
+from rewardtune.rewards._weights import WEIGHT_KEYS
 from rewardtune.spec.load import spec_problem
 
 BAD_INPUT, MISSING_EXTRA = 2, 4
@@ -134,8 +135,8 @@ def _weights_findings(spec: Any) -> list[Finding]:
     for i, t in enumerate(spec.objective):
         if t.weights:
             problems.append(_local_weights_problem(spec, t.weights, ("objective", i, "weights")))
-        for k, v in t.kwargs.items():  # e.g. sam-llm's clip_weights / llm_weights
-            if isinstance(v, str) and (k == "weights" or k.endswith("_weights")):
+        for k, v in t.kwargs.items():  # e.g. sam-llm's clip_weights / llm_weights, pickscore's processor
+            if isinstance(v, str) and (k in WEIGHT_KEYS or k.endswith("_weights")) and not v.startswith("pkg:"):
                 problems.append(_local_weights_problem(spec, v, ("objective", i, "kwargs", k)))
     return [Finding(p, BAD_INPUT) for p in problems if p is not None]
 
@@ -154,6 +155,10 @@ def _extra_findings(spec: Any) -> list[Finding]:
     if spec.logging.tensorboard and _missing("tensorboard"):
         out.append(_extra(spec, ("logging", "tensorboard"), "tensorboard", "tensorboard",
                           "set logging.tensorboard: false"))
+    for i, tracker in enumerate(spec.logging.trackers):
+        if _missing(tracker) and not (tracker == "tensorboard" and spec.logging.tensorboard):
+            out.append(_extra(spec, ("logging", "trackers", i), tracker, tracker,
+                              f"remove {tracker} from logging.trackers"))
     if spec.train.optimizer == "adamw8bit" and _missing("bitsandbytes"):
         out.append(_extra(spec, ("train", "optimizer"), "bitsandbytes", "bnb", "use train.optimizer: adamw"))
     from rewardtune.errors import UnknownRewardError

@@ -285,12 +285,32 @@ class LoggingSpec(Strict):
     every: int = Field(1, ge=1, description="Log metrics every N steps.")
     images_every: int = Field(50, ge=0, description="Image grid of eval prompts on fixed noise every N steps "
                                                     "(0 = only before and after).")
-    tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard).")
+    tensorboard: bool = Field(False, description="Write tensorboard events (needs tensorboard); the same as "
+                                                 "listing tensorboard in `trackers`.")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Experiment trackers that get the metrics of every logged step and the "
+                                          "eval grids: tensorboard (events under RUN_DIR/tensorboard; needs "
+                                          "tensorboard) and wandb (a run in project `wandb_project`, files under "
+                                          "RUN_DIR/wandb; needs wandb, `pip install 'rewardtune[wandb]'`; "
+                                          "WANDB_MODE=offline keeps it on disk).")
+    wandb_project: str = Field("rewardtune", min_length=1, description="The wandb project runs are logged to.")
+    push_to_hub: bool = Field(False, description="When the run finishes, upload its export (weights, model card, "
+                                                 "before/after grid) to a hub model repository (needs a hub token: "
+                                                 "`hf auth login` or HF_TOKEN).")
+    hub_repo_id: str | None = Field(None, description="The repository push_to_hub uploads to, `user/name` "
+                                                      "(default: the spec's name under your account).")
+    hub_private: bool = Field(True, description="Create the push_to_hub repository as private.")
     eval_prompts: int = Field(4, ge=1, description="Evaluation prompts in each image grid (the first N).")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per eval prompt, each on its own fixed noise: the eval set is the prompts "
                              "repeated this many times (more images, steadier numbers).")
-    progress: bool = Field(True, description="Show the live progress bar (rank 0 only).")
+    progress: bool = Field(True, description="Show progress (rank 0 only): a live bar on a terminal; elsewhere (a "
+                                             "pipe, a file, a SLURM log) plain lines on stdout, each flushed.")
+    progress_every_s: float = Field(10.0, ge=0, description="Not on a terminal: one progress line at most every this "
+                                                            "many seconds (0: every step); the first and last steps "
+                                                            "and each eval always get one.")
+    progress_every_steps: int | None = Field(None, ge=1, description="Not on a terminal: also a progress line every "
+                                                                     "this many steps.")
 
 
 # ------------------------------------------------------------------------------------------------------- launcher

@@ -362,7 +362,7 @@ def test_usage_errors_exit_2(imgs, tmp_path):
 def test_missing_weights_one_clear_message_exit_4(imgs):
     res = score("-r", "clip", "-p", "x", str(imgs / "formats"))
     assert res.exit_code == 4
-    assert "openai/clip-vit-large-patch14" in res.stderr and "huggingface-cli download" in res.stderr
+    assert "openai/clip-vit-large-patch14" in res.stderr and "hf download openai/clip-vit-large-patch14" in res.stderr and "huggingface-cli" not in res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
 
 

@@ -133,9 +133,15 @@ def test_tiny_runs_default_to_a_separate_dir_and_can_be_rerun(tmp_path, monkeypa
 
 
 def test_progress_bar_shows_reward_loss_step_time_and_memory():
+    import io
+
     from rewardtune.engine.trainer import _Progress
 
-    p = _Progress(True, 10, 0)
+    class Terminal(io.StringIO):  # the live bar is for terminals; elsewhere progress is plain lines
+        def isatty(self) -> bool:
+            return True
+
+    p = _Progress(True, 10, 0, stream=Terminal())
     with p:
         p.update(3, {"objective": 0.25, "loss": -0.25, "time/step_s": 1.5, "memory/peak_mb": 812.0,
                      "skipped_total": 1.0}, ["r"])

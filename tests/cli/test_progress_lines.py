@@ -1,0 +1,122 @@
+"""Progress when stdout is not a terminal (a pipe, a file, a SLURM log): plain lines, each flushed as it is written,
+with the latest eval next to the training reward. Before, a piped 60-step run wrote its 6 lines at the end."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["sampling.steps=2", "logging.eval_prompts=2", "logging.eval_images_per_prompt=1"]
+
+CHILD = """
+import sys, time
+from pathlib import Path
+import rewardtune
+
+go = Path(sys.argv[2])
+
+def hold(event):  # step 2 waits until the test has read step 1's line from the pipe
+    if event.step == 2:
+        t = time.monotonic()
+        while not go.exists() and time.monotonic() - t < 120:
+            time.sleep(0.05)
+
+rewardtune.run("demo", overrides=sys.argv[3:], tiny=True, output_dir=sys.argv[1], callbacks=[hold])
+"""
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+            "HOME": os.environ.get("HOME", "/tmp")}
+
+
+def test_piped_progress_lines_arrive_while_the_run_is_running(tmp_path):
+    go = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "out"), str(go), "train.steps=4",
+                             "logging.progress_every_s=0", *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=tmp_path)
+    lines: list[str] = []
+    first = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("train 1/4"):
+                first.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert first.wait(300), f"no progress line while the run was held at step 2: {lines}"
+        assert proc.poll() is None  # the line came through the pipe while the run was still going
+        assert "eval clip" in lines[-1] and "reward " in lines[-1], lines[-1]  # the latest eval beside the reward
+    finally:
+        go.touch()
+        proc.wait(timeout=300)
+        reader.join(timeout=10)
+    assert proc.returncode == 0, proc.stderr.read()
+    steps = [ln.split()[1] for ln in lines if ln.startswith("train ")]
+    assert steps == ["1/4", "2/4", "3/4", "4/4"]
+
+
+def run_lines(tmp_path: Path, *overrides: str) -> list[str]:
+    tmp_path.mkdir()
+    p = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "run", "demo", "--tiny", "-o",
+                        str(tmp_path / "out"), *SMALL, *overrides], capture_output=True, text=True, env=_env(),
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    return [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("train ")]
+
+
+def test_lines_are_throttled_by_time_and_by_steps(tmp_path):
+    # a long interval: the first and the last step only
+    assert run_lines(tmp_path / "a", "train.steps=5", "logging.progress_every_s=3600") == ["1/5", "5/5"]
+    # every 2 steps (and the last)
+    assert run_lines(tmp_path / "b", "train.steps=6", "logging.progress_every_s=3600",
+                     "logging.progress_every_steps=2") == ["1/6", "3/6", "5/6", "6/6"]
+    # an eval during training gets its line
+    assert run_lines(tmp_path / "c", "train.steps=5", "logging.progress_every_s=3600",
+                     "logging.images_every=3") == ["1/5", "3/5", "5/5"]
+
+
+def test_no_progress_means_no_lines(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "run", "demo", "--tiny", "--no-progress", "-o",
+                        str(tmp_path / "out"), "train.steps=2", *SMALL], capture_output=True, text=True, env=_env(),
+                       cwd=tmp_path)
+    assert p.returncode == 0 and not [ln for ln in p.stdout.splitlines() if ln.startswith("train ")], p.stdout
+
+
+def test_a_terminal_gets_the_bar_not_lines(tmp_path):
+    """Under a pseudo-terminal the rich bar is drawn (its `train` column and a bar), not the plain lines."""
+    import pty
+
+    code = ("import rewardtune; rewardtune.run('demo', overrides=['train.steps=2', 'sampling.steps=2', "
+            "'logging.eval_prompts=2', 'logging.eval_images_per_prompt=1'], tiny=True, output_dir='out')")
+    out = bytearray()
+
+    def read(fd):
+        data = os.read(fd, 4096)
+        out.extend(data)
+        return data
+
+    env = {**_env(), "COLUMNS": "160", "TERM": "xterm"}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    old = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        t = time.monotonic()
+        status = pty.spawn([sys.executable, "-c", code], read)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+        os.chdir(cwd)
+    assert os.waitstatus_to_exitcode(status) == 0 and time.monotonic() - t < 300
+    text = out.decode(errors="replace")
+    assert "━" in text and "2/2" in text, text[-2000:]
+    assert "train 1/2 (50%)" not in text

