@@ -84,6 +84,10 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
         diff.sharded = True
     amp = AMP[spec.train.mixed_precision]
     diff.amp_dtype = amp if device.type == "cuda" else (amp if amp is torch.bfloat16 else None)
+    if spec.train.compile_prefix != "no":
+        diff.prefix_denoiser = torch.compile(diff.denoiser, mode=spec.train.compile_prefix, dynamic=False)
+        if id(diff.denoiser) in diff.no_autocast:
+            diff.no_autocast.add(id(diff.prefix_denoiser))
     return diff
 
 

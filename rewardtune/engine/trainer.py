@@ -198,8 +198,8 @@ class Trainer:
         prompts = [self.train_prompts[p] for p in pick for _ in range(g)]
         groups = torch.arange(n_prompts).repeat_interleave(g)
         rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
-        return Batch(prompts[rows], groups[rows].to(self.diff.device), step, micro, gen, rows, s.batch_size,
-                     self.diff.device)
+        return Batch(prompts[rows], groups[rows].to(self.diff.device, non_blocking=True), step, micro, gen, rows,
+                     s.batch_size, self.diff.device)
 
     # ------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
