@@ -52,7 +52,29 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--count-flops", type=int, default=0, help="also count FLOPs of one step (no checkpointing)")
     ap.add_argument("--tensor-mem", type=int, default=0,
                     help="also run one profiled step and report its peak of live tensor bytes (CPU)")
+    ap.add_argument("--levers", default="",
+                    help="rewardtune only: comma-separated configurations, each levers joined by '+' (" +
+                         ", ".join(f"{k}: {v}" for k, v in LEVERS.items()) + "), measured one after another "
+                         "on one loaded model; the timed steps of a configuration run back to back and are "
+                         "timed together")
+    ap.add_argument("--deadline-s", type=float, default=0,
+                    help="lever sweep: start no configuration after this many seconds (0: no limit)")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="torch.compile backend of the compile/graphs levers ('eager': tracing only, for a dry run)")
     return ap.parse_args(argv)
+
+
+LEVERS = {
+    "base": "nothing on (AdamW, contiguous, default SDPA choice, eager, metrics read every step)",
+    "fused": "train.fused_adam",
+    "nosync": "train.fused_adam, and the steps' numbers read once after the timed steps (no host sync in a step)",
+    "cl": "train.channels_last (UNet and VAE)",
+    "flash": "SDPA restricted to the flash kernel",
+    "efficient": "SDPA restricted to the memory-efficient kernel",
+    "compile": "train.compile_prefix=default (torch.compile of the no-grad prefix)",
+    "graphs": "train.compile_prefix=reduce-overhead (compiled prefix replayed as CUDA graphs)",
+    "bN": "batch N instead of the throughput batch (e.g. b16)",
+}
 
 
 # ---------------------------------------------------------------------------------------------------- reward
@@ -102,7 +124,7 @@ def build_reward(a: argparse.Namespace):
 
 
 # ------------------------------------------------------------------------------------------------ rewardtune
-def rewardtune_step(a: argparse.Namespace, reward):
+def rewardtune_step(a: argparse.Namespace, reward, diff=None, *, fused_adam: bool = False):
     """rewardtune's own training step: `Trainer.train_step()` of the engine (method loss, backward, grad clip,
     AdamW, metrics), on a Diffusion built as `engine.build` builds it from a spec."""
     import torch
@@ -115,8 +137,9 @@ def rewardtune_step(a: argparse.Namespace, reward):
 
     device = torch.device(a.device)
     bf16 = a.precision == "bf16"
-    diff = load_diffusion(a.pipe_dir, dtype="bfloat16" if bf16 else "float32", device=device,
-                          lora=LoraSettings(rank=a.rank, alpha=a.rank))
+    if diff is None:
+        diff = load_diffusion(a.pipe_dir, dtype="bfloat16" if bf16 else "float32", device=device,
+                              lora=LoraSettings(rank=a.rank, alpha=a.rank))
     if bf16:
         diff.amp_dtype = torch.bfloat16
     sampling = SamplingSettings(steps=a.steps_T, guidance=a.cfg, eta=a.eta, resolution=a.resolution,
@@ -124,7 +147,8 @@ def rewardtune_step(a: argparse.Namespace, reward):
     objective = Objective([ObjectiveTerm(label="pickscore", reward=reward)])
     # TRL's AlignPropConfig defaults, so both sides run the same optimizer and clipping
     settings = TrainSettings(steps=10**6, batch_size=a.batch, lr=a.lr, weight_decay=1e-4, betas=(0.9, 0.999),
-                             grad_clip=1.0, seed=a.seed, mixed_precision="bf16" if bf16 else "no", progress=False)
+                             grad_clip=1.0, seed=a.seed, mixed_precision="bf16" if bf16 else "no", progress=False,
+                             fused_adam=fused_adam)
     trainer = Trainer(diff, objective, make_method(a), sampling, settings, PROMPTS,
                       Path(tempfile.mkdtemp(prefix="rt_bench_")), info=DistInfo())
     diff.unet.train()
@@ -136,7 +160,93 @@ def rewardtune_step(a: argparse.Namespace, reward):
             raise RuntimeError(f"rewardtune skipped a step (non-finite): {metrics}")
         return metrics.get("k", float("nan"))
 
+    step.trainer = trainer  # type: ignore[attr-defined]
     return step, {"trainable_params": sum(p.numel() for p in trainer.params), "method": trainer.method.name}, diff
+
+
+def lever_sweep(a: argparse.Namespace, reward) -> dict:
+    """Each configuration of `--levers` on one loaded model: warm-up steps (compilation included), then the timed
+    steps back to back, one synchronization at their end; wall time per step, peak CUDA memory. A failing
+    configuration is recorded and the sweep goes on."""
+    import torch
+
+    cuda = a.device.startswith("cuda")
+    out: dict = {}
+    diff = None
+    t_start = time.perf_counter()
+    for config in [c for c in a.levers.split(",") if c]:
+        on = set(config.split("+"))
+        batches = {x for x in on if x[:1] == "b" and x[1:].isdigit()}
+        unknown = on - set(LEVERS) - batches
+        if unknown or len(batches) > 1:
+            out[config] = {"ok": False, "error": f"unknown lever(s) {sorted(unknown) or sorted(batches)}"}
+            continue
+        if a.deadline_s and time.perf_counter() - t_start > a.deadline_s:
+            out[config] = {"ok": False, "error": "not run: time budget"}
+            continue
+        rec: dict = {"levers": sorted(on - {"base"}), "batch": int(min(batches)[1:]) if batches else a.batch}
+        try:
+            sub = argparse.Namespace(**{**vars(a), "batch": rec["batch"]})
+            step, _info, diff = rewardtune_step(sub, reward, diff, fused_adam=bool(on & {"fused", "nosync"}))
+            trainer = step.trainer
+            fmt = torch.channels_last if "cl" in on else torch.contiguous_format
+            for m in (diff.denoiser, diff.vae):
+                m.to(memory_format=fmt)
+            mode = "reduce-overhead" if "graphs" in on else ("default" if "compile" in on else None)
+            if mode is None:
+                diff.prefix_denoiser = None
+            elif a.compile_backend == "inductor":
+                diff.prefix_denoiser = torch.compile(diff.denoiser, mode=mode, dynamic=False)
+            else:
+                diff.prefix_denoiser = torch.compile(diff.denoiser, backend=a.compile_backend, dynamic=False)
+            kernels = [b for name, b in (("flash", "FLASH_ATTENTION"), ("efficient", "EFFICIENT_ATTENTION"))
+                       if name in on]
+            if kernels:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                ctx = sdpa_kernel([getattr(SDPBackend, b) for b in kernels])
+            else:
+                ctx = contextlib.nullcontext()
+
+            def run(n: int, nosync: bool = "nosync" in on, trainer=trainer, step=step) -> list:
+                if not nosync:
+                    return [step() for _ in range(n)]
+                pending = []
+                for _ in range(n):
+                    pending.append(trainer.step_async())
+                    trainer.step += 1
+                read = trainer.read_steps(pending)
+                if any(bad for _, _, bad in read):
+                    raise RuntimeError("rewardtune skipped a step (non-finite)")
+                return [m.get("k", float("nan")) for m, _, _ in read]
+
+            with ctx:
+                t0 = time.perf_counter()
+                run(a.warmup)
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                rec["warmup_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                run(a.steps)
+                if cuda:
+                    torch.cuda.synchronize()
+                rec["step_s"] = (time.perf_counter() - t0) / max(1, a.steps)
+            if cuda:
+                rec["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            rec["rss_peak_mb"] = peak_rss_mb()  # the process's, over every configuration so far
+            rec["ok"] = True
+        except Exception as e:  # noqa: BLE001  (one failing lever must not lose the others)
+            oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+            rec.update(ok=False, oom=oom, error=f"{type(e).__name__}: {str(e)[-600:]}")
+        finally:
+            if diff is not None:
+                diff.prefix_denoiser = None
+            step = trainer = None  # noqa: F841
+            if cuda:
+                torch.cuda.empty_cache()
+        out[config] = rec
+    return out
 
 
 def make_method(a: argparse.Namespace):
@@ -238,6 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {"impl": a.impl, "torch": torch.__version__, "threads": torch.get_num_threads()}
     try:
         reward = build_reward(a)
+        if a.levers:
+            result["levers"] = lever_sweep(a, reward)
+            result["ok"] = any(r.get("ok") for r in result["levers"].values())
+            print("RESULT " + json.dumps(result), flush=True)
+            return
         step, info, _keep = (rewardtune_step if a.impl == "rewardtune" else trl_step)(a, reward)
         result.update(info)
 

@@ -44,6 +44,7 @@ from _harness import (  # noqa: E402
     versions_block,
     write_text,
 )
+from _step_worker import LEVERS  # noqa: E402
 
 # ---- SD-1.5's public configs (unet/config.json, vae/config.json, text_encoder/config.json, scheduler) --------
 SD15_UNET = dict(
@@ -77,6 +78,11 @@ FULL = dict(size="full", resolution=512, T=50, cfg=7.5, eta=0.0, rank=4, precisi
             batch=8, unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT)
 REDUCED = dict(size="reduced", resolution=64, T=10, cfg=7.5, eta=0.0, rank=4, precision="fp32", reward="tiny",
                batch=2, unet=REDUCED_UNET, vae=REDUCED_VAE, text=REDUCED_TEXT)
+DRY = dict(REDUCED, size="dry", T=2)  # gpu_check.py --dry-run: the same code paths in seconds
+
+# the lever sweep (`--levers`): rewardtune draft_k K=1 at the throughput batch, one lever at a time, then together
+LEVER_CONFIGS = ("base,nosync,cl,flash,nosync+cl+flash,nosync+cl+flash+b16,nosync+cl+flash+b32,compile,"
+                 "nosync+cl+flash+compile,fused,efficient,graphs,nosync+cl+flash+b64")
 
 
 def build_pipeline_dir(conf: dict, path: Path, device: str) -> dict:
@@ -132,8 +138,10 @@ def matmul_peak_tflops(device: str, n: int = 8192, reps: int = 10) -> float:
 
 
 def args_for(impl: str, conf: dict, pipe_dir: Path, clip_dir: str, device: str, *, k: str, method: str = "alignprop",
-             batch: int, warmup: int, steps: int, ckpt: int = 1, count_flops: int = 0) -> list[str]:
-    return ["--impl", impl, "--method", method, "--pipe-dir", str(pipe_dir), "--reward", conf["reward"],
+             batch: int, warmup: int, steps: int, ckpt: int = 1, count_flops: int = 0, levers: str = "",
+             compile_backend: str = "inductor") -> list[str]:
+    extra = ["--levers", levers, "--compile-backend", compile_backend] if levers else []
+    return [*extra, "--impl", impl, "--method", method, "--pipe-dir", str(pipe_dir), "--reward", conf["reward"],
             "--reward-dir", clip_dir, "--resolution", str(conf["resolution"]), "--steps-T", str(conf["T"]),
             "--k", k, "--ckpt", str(ckpt), "--batch", str(batch), "--cfg", str(conf["cfg"]), "--eta", str(conf["eta"]),
             "--rank", str(conf["rank"]), "--warmup", str(warmup), "--steps", str(steps), "--device", device,
@@ -162,9 +170,9 @@ class Spawner:
         pass
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=["auto", "full", "reduced"], default="auto")
+    ap.add_argument("--size", choices=["auto", "full", "reduced", "dry"], default="auto")
     ap.add_argument("--batch", type=int, default=0, help="batch of the throughput cells (default: 8 full, 2 reduced)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
@@ -174,17 +182,29 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "rewardtune-gpu-scale")
     ap.add_argument("--trl-python", default="", help="python with trl==0.23.1 (default: the benchmark's TRL venv)")
     ap.add_argument("--out", type=Path, default=RESULTS / "gpu_scale.md")
-    a = ap.parse_args()
+    ap.add_argument("--levers", default=LEVER_CONFIGS, help="lever sweep configurations ('' skips it); see "
+                                                            "_step_worker.py --help")
+    ap.add_argument("--compile-backend", default="inductor", help="of the compile/graphs levers")
+    ap.add_argument("--no-trl", action="store_true", help="rewardtune cells only (no TRL at hand)")
+    ap.add_argument("--no-randomized", action="store_true", help="skip the randomized-truncation cells")
+    ap.add_argument("--flops", type=int, default=1, help="count model FLOPs (for MFU); 0 skips it (then the full "
+                                                          "size uses --flops-known)")
+    ap.add_argument("--flops-known", default="88.19,1.98",
+                    help="full size: TFLOP per sample at K=1, and per further differentiable step, as counted on "
+                         "the H100 run (the architecture's constants) for --flops 0")
+    ap.add_argument("--reserve-s", type=float, default=0, help="budget the lever sweep leaves for the cells after it")
+    a = ap.parse_args(argv)
     t_start = time.time()
 
     import torch
 
     cuda = torch.cuda.is_available()
     size = a.size if a.size != "auto" else ("full" if cuda else "reduced")
-    conf = dict(FULL if size == "full" else REDUCED)
+    conf = dict({"full": FULL, "reduced": REDUCED, "dry": DRY}[size])
     device = "cuda" if cuda else "cpu"
     batch = a.batch or conf["batch"]
-    trl_py = a.trl_python or (sys.executable if cuda else str(ensure_trl_venv()))
+    trl_py = "" if a.no_trl else a.trl_python or (sys.executable if cuda else str(ensure_trl_venv()))
+    cells = [c for c in CELLS if not (a.no_trl and c[1] == "trl") and not (a.no_randomized and c[3] == "rand")]
     workdir = a.workdir / size
     workdir.mkdir(parents=True, exist_ok=True)
     log = lambda *x: print(f"[{time.time() - t_start:6.0f}s]", *x, flush=True)  # noqa: E731
@@ -203,12 +223,13 @@ def main() -> None:
     del torch  # the parent never runs model code; workers are forked from servers that never touched CUDA
 
     wlog = Path(tempfile.gettempdir()) / "rewardtune-gpu-scale-workers.log"
+    impls = ["rewardtune"] + ([] if a.no_trl else ["trl"])
+    pythons = {"rewardtune": sys.executable, "trl": trl_py}
     if cuda:  # CUDA must not be touched before a fork: spawn a new interpreter per measurement instead
-        servers = {"rewardtune": Spawner(sys.executable), "trl": Spawner(trl_py)}
+        servers = {i: Spawner(pythons[i]) for i in impls}
     else:
-        servers = {"rewardtune": ForkServer(sys.executable, "rewardtune", wlog),
-                   "trl": ForkServer(trl_py, "trl", wlog)}
-    results: dict = {"cells": {c[0]: [] for c in CELLS}, "fit": {}, "flops": {}}
+        servers = {i: ForkServer(pythons[i], i, wlog) for i in impls}
+    results: dict = {"cells": {c[0]: [] for c in CELLS}, "fit": {}, "flops": {}, "levers": {}}
 
     partial = a.out.with_suffix(".partial.json")
 
@@ -227,17 +248,44 @@ def main() -> None:
         return time.time() - t_start > a.budget_s
 
     # model FLOPs per sample: draft_k at K=1 and K=2 (no checkpointing, batch 1); F(K) = F0 + K * F1
-    for k in ("1", "2"):
+    for k in ("1", "2") if a.flops else ():
         r = run_safe(servers["rewardtune"], args_for("rewardtune", conf, pipe_dir, clip_dir, device, k=k, method="draft_k",
                                                batch=1, warmup=0, steps=0, ckpt=0, count_flops=1))
         results["flops"][k] = r.get("flops_per_step", float("nan"))
         log(f"model FLOPs/sample at K={k}: {results['flops'][k] / 1e12:.2f} TFLOP")
-    f1 = results["flops"]["2"] - results["flops"]["1"]
-    f0 = results["flops"]["1"] - f1
+    if not a.flops and size == "full":
+        k1, per = (float(x) * 1e12 for x in a.flops_known.split(","))
+        results["flops"] = {"1": k1, "2": k1 + per, "source": "--flops-known"}
+        a.flops = 1
+    f1 = results["flops"].get("2", float("nan")) - results["flops"].get("1", float("nan"))
+    f0 = results["flops"].get("1", float("nan")) - f1
+
+    # the levers, one after another on one loaded model (rewardtune draft_k K=1 at the throughput batch)
+    # first: its `base` is the rewardtune draft_k K=1 cell, and what is left of the budget after it goes to TRL
+    if a.levers and not over_budget():
+        deadline = a.budget_s - (time.time() - t_start) - a.reserve_s
+        r = run_safe(servers["rewardtune"], args_for("rewardtune", conf, pipe_dir, clip_dir, device, k="1",
+                                                     method="draft_k", batch=batch, warmup=a.warmup,
+                                                     steps=a.steps, levers=a.levers,
+                                                     compile_backend=a.compile_backend) + [
+                                                         "--deadline-s", f"{max(deadline, 1):.0f}"])
+        results["levers"] = r.get("levers", {})
+        base = results["levers"].get("base", {})
+        if base.get("ok"):
+            cell = {"ok": True, "step_s": [base["step_s"]] * a.steps, "rss_peak_mb": base["rss_peak_mb"],
+                    "from": "lever sweep, base"}
+            if "cuda_peak_gib" in base:
+                cell["cuda_peak_gib"] = base["cuda_peak_gib"]
+            results["cells"]["rewardtune draft_k K=1"].append(cell)
+        for cfg, rec in results["levers"].items():
+            log("lever", cfg, f"{rec.get('step_s', float('nan')):.3f} s/step" if rec.get("ok") else rec.get("error"))
+
 
     for rep in range(a.repeats):
-        order = CELLS if rep % 2 == 0 else [CELLS[1], CELLS[0], CELLS[3], CELLS[2]]
+        order = cells if rep % 2 == 0 else [c for pair in zip(cells[1::2], cells[0::2], strict=False) for c in pair]
         for label, impl, method, k in order:
+            if results["cells"][label] and rep == 0:
+                continue  # the lever sweep's base measured it
             if over_budget():
                 log("time budget reached; skipping", label)
                 continue
@@ -248,7 +296,7 @@ def main() -> None:
                 f"peak {r.get('cuda_peak_gib', float('nan')):.1f} GiB")
 
     # largest batch that fits: powers of two from the measured batch, one step each
-    for label, impl, method, k in CELLS[:2]:
+    for label, impl, method, k in [c for c in cells if c[3] == "1"]:
         best, b, why = None, batch * 2, "limit"  # `batch` itself ran in the cells above
         while a.max_batch and b <= a.max_batch:
             if over_budget():
@@ -270,20 +318,20 @@ def main() -> None:
     expected_k = {"1": 1.0, "rand": (1 + conf["T"]) / 2}
     trl_rand_k = sum((i + 1) / (conf["T"] + 1) for i in range(conf["T"]))  # E[#grad steps], per-step draws
     rows = []
-    for label, impl, _method, k in CELLS:
+    for label, impl, _method, k in cells:
         runs = [r for r in results["cells"][label] if r.get("ok")]
         times = [t for r in runs for t in r["step_s"]]
         sps = [batch / t for t in times]
         kk = expected_k[k] if impl == "rewardtune" else (1.0 if k == "1" else trl_rand_k)
         model_flops = (f0 + kk * f1) * batch
-        mfu = [100 * model_flops / t / (peak * 1e12) for t in times] if cuda else []
+        mfu = [100 * model_flops / t / (peak * 1e12) for t in times] if cuda and a.flops else []
         mem = [r.get("cuda_peak_gib", r["rss_peak_mb"] / 1024) for r in runs]
         rows.append(dict(label=label, sps=spread(sps), mem=spread(mem), mfu=spread(mfu), k=kk, n=len(times)))
     by = {r["label"]: r for r in rows}
 
     def cmp(a_label, b_label):
-        ra, rb = by[a_label], by[b_label]
-        if not ra["n"] or not rb["n"]:
+        ra, rb = by.get(a_label), by.get(b_label)
+        if not ra or not rb or not ra["n"] or not rb["n"]:
             return "n/a", "n/a"
         return (f"{ra['sps']['median'] / rb['sps']['median']:.2f}x", f"{ra['mem']['median'] / rb['mem']['median']:.2f}x")
 
@@ -306,13 +354,15 @@ def main() -> None:
                         if cuda else "rewardtune's PickScore code on the tiny CLIP twin"),
         f"- device: {gpu_name or 'CPU'}; measured dense bf16 matmul (8192^3): "
         + (f"{peak:.0f} TFLOP/s" if cuda else "n/a"),
-        f"- model FLOPs per sample (FlopCounterMode, no checkpointing): K=1 {results['flops']['1'] / 1e12:.2f} "
-        f"TFLOP; each further differentiable step +{f1 / 1e12:.2f} TFLOP. MFU of randomized cells uses the "
-        f"expected K (rewardtune {expected_k['rand']:.1f}, TRL {trl_rand_k:.1f} grad steps).",
+        (f"- model FLOPs per sample (FlopCounterMode, no checkpointing): K=1 {(f0 + f1) / 1e12:.2f} "
+         f"TFLOP; each further differentiable step +{f1 / 1e12:.2f} TFLOP. MFU of randomized cells uses the "
+         f"expected K (rewardtune {expected_k['rand']:.1f}, TRL {trl_rand_k:.1f} grad steps)." if a.flops else
+         "- model FLOPs: not counted (--flops 0), so no MFU"),
         "",
         "## Machine and versions",
         machine_block({"gpu": gpu_name} if gpu_name else None),
-        versions_block({"rewardtune": sys.executable} if cuda else {"rewardtune": sys.executable, "TRL": trl_py}),
+        versions_block({"rewardtune": sys.executable} if cuda or not trl_py else
+                       {"rewardtune": sys.executable, "TRL": trl_py}),
         "",
         "## Throughput, memory, MFU",
         "",
@@ -327,16 +377,39 @@ def main() -> None:
     lines += ["", f"- K=1: rewardtune/TRL samples/s {s1}, peak memory {m1} (targets: >= 2x, <= 0.6x).",
               f"- randomized: rewardtune/TRL samples/s {s2}, peak memory {m2}.", "",
               "## Largest batch per GPU that fits (powers of two, K=1, one step)", "",
-              "| cell | largest batch that ran | its peak GiB | its step s | next tried |", "|---|---|---|---|---|"]
+              "| cell | largest batch that ran | its peak GiB | its step s | samples/s | MFU | next tried |",
+              "|---|---|---|---|---|---|---|"]
+
+    def mfu_of(step_s: float, b: int) -> str:
+        ok = cuda and a.flops and step_s == step_s and step_s > 0
+        return f"{100 * (f0 + f1) * b / step_s / (peak * 1e12):.1f} %" if ok else "n/a"
+
     for label, f in results["fit"].items():
         best = f["largest_ok"]
         nxt = f["stopped_at"]
         nxt_s = (f"{nxt}: {f['why']}" if f["why"] != "limit" else f"{nxt}: not tried (limit {f['limit']})")
         if best:
             lines.append(f"| {label} | {best[0]} | {best[1] if best[1] is None else round(best[1], 1)} | "
-                         f"{best[2]:.2f} | {nxt_s} |")
+                         f"{best[2]:.2f} | {best[0] / best[2]:.3g} | {mfu_of(best[2], best[0])} | {nxt_s} |")
         else:
-            lines.append(f"| {label} | none | | | {nxt_s} |")
+            lines.append(f"| {label} | none | | | | | {nxt_s} |")
+    if results["levers"]:
+        base = results["levers"].get("base", {})
+        lines += ["", f"## Levers (rewardtune draft_k K=1, batch {batch}, one model, each configuration after the "
+                      "last; timed steps back to back)", "",
+                  "Levers: " + "; ".join(f"`{k}` {v}" for k, v in LEVERS.items()) + ".", "",
+                  "| configuration | batch | s/step | samples/s | samples/s vs base | peak GiB | MFU | "
+                  "warm-up s (compile included) |", "|---|---|---|---|---|---|---|---|"]
+        for cfg, rec in results["levers"].items():
+            if not rec.get("ok"):
+                lines.append(f"| {cfg} | {rec.get('batch', '')} | "
+                             f"{('OOM' if rec.get('oom') else rec.get('error', '?'))[:160]} | | | | | |")
+                continue
+            t, b = rec["step_s"], rec.get("batch", batch)
+            vs = f"{base['step_s'] / base.get('batch', batch) * b / t:.2f}x" if base.get("ok") else "n/a"
+            gib = f"{rec['cuda_peak_gib']:.1f}" if "cuda_peak_gib" in rec else "n/a"
+            lines.append(f"| {cfg} | {b} | {t:.3f} | {b / t:.3g} | {vs} | {gib} | {mfu_of(t, b)} | "
+                         f"{rec.get('warmup_s', float('nan')):.1f} |")
     lines.append("")
     text = "\n".join(lines)
     write_text(a.out, text + "\n")

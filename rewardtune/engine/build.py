@@ -64,6 +64,10 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
                           device=device, lora=lora, keep_base_copy=kl and lora is None,
                           text_encoders=cache_path is None or any(p not in cached for p in prompts or ()),
                           vae_slicing=m.vae_slicing, vae_tiling=m.vae_tiling)
+    if spec.train.channels_last:  # before sharding: the memory format of whole tensors
+        for module in (diff.denoiser, diff.base_denoiser, diff.vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
     if cache_path is not None:
         from rewardtune.engine import prompt_cache
 
@@ -80,6 +84,10 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
         diff.sharded = True
     amp = AMP[spec.train.mixed_precision]
     diff.amp_dtype = amp if device.type == "cuda" else (amp if amp is torch.bfloat16 else None)
+    if spec.train.compile_prefix != "no":
+        diff.prefix_denoiser = torch.compile(diff.denoiser, mode=spec.train.compile_prefix, dynamic=False)
+        if id(diff.denoiser) in diff.no_autocast:
+            diff.no_autocast.add(id(diff.prefix_denoiser))
     return diff
 
 
@@ -123,6 +131,7 @@ def train_settings(spec: Any, eval_prompts: list[str]) -> TrainSettings:
         warmup_steps=t.warmup_steps, optimizer=t.optimizer, weight_decay=t.weight_decay, betas=tuple(t.betas),
         grad_clip=t.grad_clip, seed=t.seed, mixed_precision=t.mixed_precision, max_nonfinite=t.max_nonfinite,
         checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, log_every=lg.every,
+        fused_adam=t.fused_adam,
         images_every=lg.images_every, eval_prompts=tuple(eval_prompts[:lg.eval_prompts]) * lg.eval_images_per_prompt,
         tensorboard=lg.tensorboard or "tensorboard" in lg.trackers,
         wandb_project=lg.wandb_project if "wandb" in lg.trackers else None, progress=lg.progress, progress_every_s=lg.progress_every_s,

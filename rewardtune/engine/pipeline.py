@@ -51,6 +51,7 @@ class Diffusion:
     extras: dict[str, Any] = field(default_factory=dict, repr=False)  # family settings read at load
     no_autocast: set[int] = field(default_factory=set, repr=False)  # modules kept in their own dtype (SDXL's VAE)
     sharded: bool = False  # the denoiser is split over the ranks (FSDP2): its parameters are DTensors
+    prefix_denoiser: Any = None  # the denoiser compiled for the no-grad sampling steps (train.compile_prefix)
     _frozen_dtypes: dict[int, torch.dtype] = field(default_factory=dict, repr=False)
     _ckpt_modules: dict[int, list[torch.nn.Module]] = field(default_factory=dict, repr=False)
     _lora_slots: list[tuple[torch.nn.Module, str, Any]] | None = field(default=None, repr=False)

@@ -48,7 +48,7 @@ def denoiser_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, cond: Co
                      module=None) -> torch.Tensor:
     """The denoiser's raw output (eps, v or flow velocity) in float32 for inputs x at timesteps t (a tensor of one
     value or one per row), computed in the precision the run asked for. No classifier-free guidance here."""
-    return diff.family.forward(diff, module or diff.denoiser, x, t, cond, guidance)
+    return diff.family.forward(diff, module if module is not None else diff.denoiser, x, t, cond, guidance)
 
 
 @torch.no_grad()
@@ -117,7 +117,7 @@ def model_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Conditio
     With grad and `use_checkpoint`: `blocks=True` checkpoints block by block (the least memory in backward, but
     the block inputs stay alive until then: right for the last differentiable step), else the whole call (only
     the inputs stay alive: right for the earlier ones, whatever their number)."""
-    module = unet or diff.denoiser
+    module = unet if unet is not None else diff.denoiser
     cfg = diff.family.uses_cfg(guidance)
     tt = diff.family.timestep(t, x.device)
 
@@ -181,7 +181,8 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: Conditioning, *, steps: 
     last = steps if stop_at is None else stop_at + 1
     graded = [i for i in range(last) if i in grad_steps] if enabled else []
     last_graded = graded[-1] if graded else None
-    folded = FoldedLora.if_eligible(diff) if len(graded) < last else None
+    compiled = diff.prefix_denoiser  # the no-grad steps' compiled denoiser (its graph assumes the LoRA unfolded)
+    folded = FoldedLora.if_eligible(diff) if len(graded) < last and compiled is None else None
     try:
         for i in range(last):
             check_abort()  # a stop request ends an abortable sampling loop within one denoiser call
@@ -193,7 +194,7 @@ def sample(diff: Diffusion, latents: torch.Tensor, emb: Conditioning, *, steps: 
                 folded.on()
             with torch.set_grad_enabled(grad):  # a step outside grad_steps: its output is computed without a graph
                 out = model_output(diff, x, t, emb, guidance, use_checkpoint=use_checkpoint and grad,
-                                   blocks=i == last_graded)
+                                   blocks=i == last_graded, unet=None if grad else compiled)
                 if grad and kl:
                     base = _base_output(diff, x.detach(), t, emb, guidance)
                     term = (out - base).pow(2).mean()

@@ -82,6 +82,22 @@ class TrainSettings:
     progress_every_steps: int = 0  # ...or every this many steps (0: by time only)
     ema_decay: float | None = None
     ema_every: int = 1
+    fused_adam: bool = False
+
+
+@dataclass
+class PendingStep:
+    """A finished optimizer step whose numbers may still be on the device (`Trainer.read_steps` reads them)."""
+
+    values: torch.Tensor | list[float]  # [bad loss/reward, bad grad norm, *metrics]; a list once read
+    names: list[str]  # of the metrics after the two flags
+    host: dict[str, float]  # what the host already knows: lr, a method's host numbers
+    out: MethodOutput | None  # the last micro-batch's output
+    timer: _PhaseTimer
+    t0: float  # perf_counter when the step began
+    t_done: float | None = None  # when it ended, for a step whose skip decision was read at once
+    bad: bool | None = None  # skipped; known once read
+    skipped_total: int = 0  # skipped steps of the run up to this one; known once read
 
 
 @dataclass
@@ -122,7 +138,8 @@ def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings) -> torch.
 
             raise MissingDependencyError("bitsandbytes", "bnb", "train.optimizer=adamw8bit") from None
         return bnb.optim.AdamW8bit(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
-    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay,
+                             fused=True if s.fused_adam else None)
 
 
 def memory_mb(device: torch.device) -> float:
@@ -160,6 +177,9 @@ class Trainer:
         self.opt = make_optimizer(self.params, s)
         fp16 = s.mixed_precision == "fp16" and diff.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(diff.device.type, enabled=fp16)
+        # a fused AdamW takes the skip decision as a device tensor (`found_inf`, as GradScaler passes it), so a step
+        # need not wait for the device; the loop then reads the numbers of several steps at once (`read_steps`)
+        self.defer_reads = bool(s.fused_adam and s.optimizer == "adamw" and not fp16)
         self.ema = [p.detach().clone() for p in self.params] if s.ema_decay else None
         self.ctx = RunContext(diff, objective, sampling, self.train_prompts, self.info, s.seed, self.local_batch)
         if diff.family.uses_cfg(sampling.guidance):
@@ -181,8 +201,8 @@ class Trainer:
         prompts = [self.train_prompts[p] for p in pick for _ in range(g)]
         groups = torch.arange(n_prompts).repeat_interleave(g)
         rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
-        return Batch(prompts[rows], groups[rows].to(self.diff.device), step, micro, gen, rows, s.batch_size,
-                     self.diff.device)
+        return Batch(prompts[rows], groups[rows].to(self.diff.device, non_blocking=True), step, micro, gen, rows,
+                     s.batch_size, self.diff.device)
 
     # ------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -346,11 +366,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- train
     def train_step(self) -> tuple[dict[str, float], MethodOutput | None, bool]:
-        """One optimizer step (grad_accum micro-batches). Returns (metrics, last output, skipped).
+        """One optimizer step (grad_accum micro-batches) with its numbers read. Returns (metrics, last output,
+        skipped)."""
+        return self.read_steps([self.step_async()])[0]
 
-        The device is synchronized once per step, after the last backward: the skip decision (non-finite loss,
-        reward or gradient norm, agreed over ranks) and every metric are read in one transfer. Nothing waits on
-        the device between micro-batches, so on a GPU the host queues the next work while the current runs."""
+    def step_async(self) -> PendingStep:
+        """One optimizer step (grad_accum micro-batches), its numbers left on the device.
+
+        The skip decision (non-finite loss, reward or gradient norm, agreed over ranks) and every metric are one
+        device tensor. With a fused AdamW (`defer_reads`) the optimizer and the EMA take the decision as a tensor
+        and nothing here waits for the device. Otherwise the decision is read here: one host-device
+        synchronization per step, after the last backward. Nothing waits between micro-batches either way."""
         s = self.s
         dev = self.diff.device
         t0 = time.perf_counter()
@@ -394,15 +420,32 @@ class Trainer:
                 device_metrics[f"reward_norm/{t.label}"] = torch.cat(
                     [o.value.normalized[t.label] for o in scored]).float().mean()
             device_metrics["objective"] = torch.cat([o.value.per_sample.detach() for o in scored]).float().mean()
-        host_extra: dict[str, list[float]] = {}
+        host: dict[str, float] = {"lr": lr}
         for k, v in extra.items():  # a method's metrics: host numbers, or device tensors read with the rest
             if any(isinstance(x, torch.Tensor) for x in v):
                 device_metrics[k] = torch.stack([torch.as_tensor(x, device=dev).float().reshape(()) for x in v]).mean()
             else:
-                host_extra[k] = v
+                host[k] = float(np.mean(v))
         names = list(device_metrics)
-        values = torch.cat([flags.float(), torch.stack([device_metrics[k].to(dev) for k in names])]).tolist()
-        bad_loss, bad_norm = values[0] > 0, values[1] > 0  # the step's one host-device synchronization
+        packed = torch.cat([flags.float(), torch.stack([device_metrics[k].to(dev) for k in names])])
+        pending = PendingStep(packed, names, host, outs[-1] if outs else None, timer, t0)
+        update_ema = self.ema is not None and (self.step + 1) % s.ema_every == 0
+        if self.defer_reads:
+            bad_t = flags.sum() > 0  # no fp16 scaler here: a non-finite gradient norm skips too
+            self.opt.found_inf = bad_t.float()  # type: ignore[attr-defined]  # fused AdamW: no update, step kept
+            try:
+                self.opt.step()
+            finally:
+                del self.opt.found_inf  # type: ignore[attr-defined]
+            if update_ema:
+                assert self.ema is not None and s.ema_decay is not None
+                with torch.no_grad():
+                    for e, p in zip(self.ema, self.params, strict=True):
+                        e.copy_(torch.where(bad_t, e, e.mul(s.ema_decay).add(p.detach(), alpha=1 - s.ema_decay)))
+            return pending
+        values = packed.tolist()  # the step's one host-device synchronization
+        pending.values = values
+        bad_loss, bad_norm = values[0] > 0, values[1] > 0
         bad = bad_loss or (bad_norm and not self.scaler.is_enabled())  # fp16: the scaler skips overflow itself
         if bad:
             self.opt.zero_grad(set_to_none=True)
@@ -412,23 +455,50 @@ class Trainer:
         else:
             self.scaler.step(self.opt)
             self.scaler.update()
-            if self.ema is not None and (self.step + 1) % s.ema_every == 0:
+            if update_ema:
+                assert self.ema is not None and s.ema_decay is not None
                 with torch.no_grad():
                     for e, p in zip(self.ema, self.params, strict=True):
                         e.mul_(s.ema_decay).add_(p.detach(), alpha=1 - s.ema_decay)
-        metrics: dict[str, float] = dict(zip(names, values[2:], strict=True))
-        if bad_loss:
-            metrics["loss"] = float("nan")
-            metrics["grad_norm"] = float("nan")
-        metrics.update(lr=lr, skipped=float(bad), skipped_total=float(self.skipped))
-        for k, v in host_extra.items():
-            metrics[k] = float(np.mean(v))
-        metrics["time/step_s"] = time.perf_counter() - t0
-        metrics["time/sample_and_score_s"] = timer.total("sample_and_score")
-        metrics["time/backward_s"] = timer.total("backward")
-        metrics["memory/peak_mb"] = memory_mb(dev)
-        last = outs[-1] if outs else None
-        return metrics, last, bad
+        pending.bad, pending.skipped_total = bad, self.skipped
+        pending.t_done = time.perf_counter()
+        return pending
+
+    def read_steps(self, pending: list[PendingStep]) -> list[tuple[dict[str, float], MethodOutput | None, bool]]:
+        """The metrics of finished steps, in order, with one host-device transfer for all the steps whose numbers
+        are still on the device. Skipped steps are counted here when their decision was taken on the device."""
+        on_device = [p for p in pending if isinstance(p.values, torch.Tensor)]
+        if on_device:
+            flat = torch.cat([p.values for p in on_device]).tolist()  # type: ignore[misc]
+            off = 0
+            for p in on_device:
+                n = 2 + len(p.names)
+                p.values, off = flat[off:off + n], off + n
+        t_read = time.perf_counter()
+        window_s = (t_read - pending[0].t0) / len(pending) if pending else 0.0
+        dev = self.diff.device
+        results = []
+        for p in pending:
+            values = p.values
+            assert isinstance(values, list)
+            bad_loss, bad_norm = values[0] > 0, values[1] > 0
+            if p.bad is None:  # decided on the device: the same rule as above, without an fp16 scaler
+                p.bad = bad_loss or bad_norm
+                self.skipped += int(p.bad)
+                p.skipped_total = self.skipped
+            metrics: dict[str, float] = dict(zip(p.names, values[2:], strict=True))
+            if bad_loss:
+                metrics["loss"] = float("nan")
+                metrics["grad_norm"] = float("nan")
+            metrics.update(lr=p.host["lr"], skipped=float(p.bad), skipped_total=float(p.skipped_total))
+            metrics.update({k: v for k, v in p.host.items() if k != "lr"})
+            # a step read at once: its own wall time; steps read together: their mean (the host ran ahead)
+            metrics["time/step_s"] = p.t_done - p.t0 if p.t_done is not None else window_s
+            metrics["time/sample_and_score_s"] = p.timer.total("sample_and_score")
+            metrics["time/backward_s"] = p.timer.total("backward")
+            metrics["memory/peak_mb"] = memory_mb(dev)
+            results.append((metrics, p.out, p.bad))
+        return results
 
     def run(self, resume: bool = False, overwrite: bool = False, start: RunStart | None = None) -> TrainResult:
         """Train to `steps`. `start`: the output directory as `open_run_dir` prepared it (checked, locked, the
@@ -481,9 +551,10 @@ class Trainer:
         progress = _Progress(s.progress and info.main, s.steps, self.step, every_s=s.progress_every_s,
                              every_steps=s.progress_every_steps)
         progress.last_eval = {k.removeprefix("eval/"): v for k, v in before.items() if k != "eval/objective"}
-        last_metrics: dict[str, float] = {}
         stopped, reason = False, ""
         abort_steps = info.world == 1  # several ranks must finish a step together (its collectives)
+        self._pending: list[tuple[int, PendingStep]] = []  # finished steps whose numbers are not read yet
+        self._last_metrics: dict[str, float] = {}
         try:
             with progress:
                 while self.step < s.steps:
@@ -494,39 +565,24 @@ class Trainer:
                     snapshot = self.step_snapshot() if abort_steps else None
                     try:
                         with control.abortable(abort_steps):
-                            metrics, out, bad = self.train_step()
+                            pending = self.step_async()
                     except RunInterrupted:
                         self._before_step = snapshot  # the unfinished step is dropped
                         stopped, reason = True, control.stop_reason() or "stop requested"
                         control.clear_stop()
                         break
                     self.step += 1
-                    last_metrics = metrics
-                    if bad and info.main:
-                        log.warning("step %d skipped: non-finite reward, loss or gradient (%d of at most %d)",
-                                    self.step, self.skipped, s.max_nonfinite)
-                    if bad and self.skipped > s.max_nonfinite:
+                    self._pending.append((self.step, pending))
+                    eval_now = bool(s.images_every and self.step % s.images_every == 0 and self.step < s.steps)
+                    ckpt_now = self.step % s.checkpoint_every == 0 and self.step < s.steps
+                    if (not self.defer_reads or eval_now or ckpt_now or self.step % s.log_every == 0
+                            or self.step == s.steps):
+                        self._flush(writer, progress, eval_now)
+                    if ckpt_now:
                         self.checkpoint()
-                        raise NonFiniteError(
-                            f"{self.skipped} steps had a non-finite reward, loss or gradient (limit "
-                            f"train.max_nonfinite={s.max_nonfinite}); the weights were not updated on those steps. "
-                            "Lower train.lr, enable train.grad_clip, or check the rewards.")
-                    if s.images_every and self.step % s.images_every == 0 and self.step < s.steps:
-                        # interrupted: this step's metrics and checkpoint are still written, then the loop stops
-                        metrics.update(self._abortable_eval(f"step_{self.step:06d}", writer) or {})
-                    if writer is not None and (self.step % s.log_every == 0 or bad or self.step == s.steps):
-                        writer.write(self.step, metrics)
-                    if info.main:
-                        ev = StepEvent(self.step, dict(metrics))
-                        if out is not None and out.pixels is not None and out.value is not None:
-                            ev.images = out.pixels.cpu()
-                            ev.prompts = list(out.prompts)
-                            ev.rewards = {k: [float(x) for x in v.cpu()] for k, v in out.value.raw.items()}
-                        self.callbacks.step(ev)
-                    progress.update(self.step, metrics, self.objective.labels)
-                    if self.step % s.checkpoint_every == 0 and self.step < s.steps:
-                        self.checkpoint()
+                self._flush(writer, progress, False)  # a stop: the finished steps are logged, then checkpointed
             self.checkpoint()
+            last_metrics = self._last_metrics
             after: dict[str, float] = {}
             weights = None
             if not stopped:
@@ -555,6 +611,43 @@ class Trainer:
                              {k.removeprefix("eval/"): v for k, v in after.items()}, last_metrics, self.resumed_from)
         self.callbacks.train_end(result)
         return result
+
+    def _flush(self, writer: MetricsWriter | None, progress: _Progress, eval_now: bool) -> None:
+        """Read the finished steps' numbers (one transfer), then for each: warn of a skipped step, stop past
+        train.max_nonfinite, log, tell the callbacks and the progress bar. `eval_now`: the last step is an eval
+        step (its grid runs, and its eval numbers join that step's metrics)."""
+        s, info = self.s, self.info
+        todo, self._pending = self._pending, []
+        if not todo:
+            return
+        read = self.read_steps([p for _, p in todo])
+        for i, ((step, _), (metrics, out, bad)) in enumerate(zip(todo, read, strict=True)):
+            self._last_metrics = metrics
+            if bad and info.main:
+                log.warning("step %d skipped: non-finite reward, loss or gradient (%d of at most %d)",
+                            step, int(metrics["skipped_total"]), s.max_nonfinite)
+            if bad and metrics["skipped_total"] > s.max_nonfinite:
+                for later_step, later in zip(todo[i + 1:], read[i + 1:], strict=True):  # logged, so none is lost
+                    if writer is not None:
+                        writer.write(later_step[0], later[0])
+                self.checkpoint()
+                raise NonFiniteError(
+                    f"{self.skipped} steps had a non-finite reward, loss or gradient (limit "
+                    f"train.max_nonfinite={s.max_nonfinite}); the weights were not updated on those steps. "
+                    "Lower train.lr, enable train.grad_clip, or check the rewards.")
+            if eval_now and i == len(todo) - 1:
+                # interrupted: this step's metrics and checkpoint are still written, then the loop stops
+                metrics.update(self._abortable_eval(f"step_{step:06d}", writer) or {})
+            if writer is not None and (step % s.log_every == 0 or bad or step == s.steps):
+                writer.write(step, metrics)
+            if info.main:
+                ev = StepEvent(step, dict(metrics))
+                if self.callbacks.callbacks and out is not None and out.pixels is not None and out.value is not None:
+                    ev.images = out.pixels.cpu()
+                    ev.prompts = list(out.prompts)
+                    ev.rewards = {k: [float(x) for x in v.cpu()] for k, v in out.value.raw.items()}
+                self.callbacks.step(ev)
+            progress.update(step, metrics, self.objective.labels)
 
     def _abortable_eval(self, tag: str, writer: MetricsWriter | None) -> dict[str, float] | None:
         """`evaluate`, stopping within one UNet call when a stop is requested; None when it was (the stop request

@@ -47,7 +47,7 @@ class Batch:
 
     def randn(self, *shape: int) -> torch.Tensor:
         full = torch.randn((self.global_size, *shape), generator=self.gen, dtype=torch.float32)
-        return full[self.rows].to(self.device)
+        return full[self.rows].to(self.device, non_blocking=True)  # pageable: staged at once, no wait
 
     def randint(self, lo: int, hi: int) -> int:
         """Uniform integer in [lo, hi], the same on every rank."""
@@ -55,7 +55,7 @@ class Batch:
 
     def randint_rows(self, hi: int) -> torch.Tensor:
         full = torch.randint(0, hi, (self.global_size,), generator=self.gen)
-        return full[self.rows].to(self.device)
+        return full[self.rows].to(self.device, non_blocking=True)
 
     def __len__(self) -> int:
         return len(self.prompts)

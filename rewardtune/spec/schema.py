@@ -276,7 +276,20 @@ class TrainSpec(Strict):
     deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms): "
                                                    "a resumed GPU run then equals an uninterrupted one bitwise, at "
                                                    "some speed cost. CPU runs are deterministic regardless.")
-    max_nonfinite: int = Field(10, ge=0, description="Stop after this many skipped non-finite steps.")
+    fused_adam: bool = Field(
+        False, description="AdamW as one fused kernel (optimizer: adamw). It also takes the step's skip decision "
+                           "on the device, so the host reads the device only every logging.every steps (not "
+                           "under fp16 loss scaling). Same update up to float rounding.")
+    channels_last: bool = Field(
+        False, description="UNet and VAE in channels_last memory format (faster convolutions on GPUs); same "
+                           "results up to float rounding.")
+    compile_prefix: Literal["no", "default", "reduce-overhead"] = Field(
+        "no", description="torch.compile the denoiser for the sampling steps that run without gradient (the "
+                          "no-grad prefix, eval grids): 'default', or 'reduce-overhead' (CUDA graphs on a GPU). "
+                          "Compiling takes a while once per shape; the LoRA is then not folded into the weights. "
+                          "Same results up to float rounding.")
+    max_nonfinite: int = Field(10, ge=0, description="Stop after this many skipped non-finite steps (with fused_adam"
+                                                     ", counted at the next logging step).")
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
 

@@ -27,8 +27,11 @@ def _lora(out):
     return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
 
 
-def test_deterministic_resume_on_cuda_is_bitwise_equal(tmp_path, spec_factory):
-    spec = _spec(spec_factory, deterministic=True)
+@pytest.mark.parametrize("fused", [False, True], ids=["read-every-step", "fused-adam-read-every-3"])
+def test_deterministic_resume_on_cuda_is_bitwise_equal(tmp_path, spec_factory, fused):
+    spec = _spec(spec_factory, deterministic=True, fused_adam=fused)
+    if fused:
+        spec["logging"] = {**spec["logging"], "every": 3}
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
     assert full.steps_done == 6
 
@@ -82,3 +85,30 @@ def test_half_precision_weights_train_without_autocast(tmp_path, spec_factory, d
     assert res.steps_done == 3 and res.skipped_steps == 0, res
     w = _lora(tmp_path)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values())
+
+
+def test_fused_adam_steps_do_not_wait_for_the_device(tmp_path, spec_factory):
+    """With train.fused_adam nothing in a training step waits for the GPU (CUDA's sync debug mode raises on any
+    synchronizing call); the numbers of both steps then come in one read."""
+    from rewardtune.engine.build import build_trainer
+    from rewardtune.spec.load import load_spec
+
+    spec = spec_factory({"name": "alignprop", "k_range": [1, 3], "draw": "per_step"},
+                        objective=[{"reward": "test-convnet"}],
+                        sampling={"steps": 3, "eta": 1.0, "guidance_scale": 2.0},
+                        train={"steps": 6, "grad_accum": 2, "fused_adam": True})
+    tr = build_trainer(load_spec(spec), output_dir=tmp_path, progress=False)
+    assert tr.defer_reads
+    tr.train_step()  # the first step allocates optimizer state and device copies of the schedule
+    tr.step += 1
+    torch.cuda.synchronize()
+    pending = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            pending.append(tr.step_async())
+            tr.step += 1
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    read = tr.read_steps(pending)
+    assert [m["skipped"] for m, _, _ in read] == [0.0, 0.0] and all(m["loss"] == m["loss"] for m, _, _ in read)

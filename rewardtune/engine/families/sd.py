@@ -15,11 +15,19 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------------------------------------- DDIM (shared)
+def _alphas(diff: Diffusion, device: torch.device) -> torch.Tensor:
+    """alphas_cumprod in float32 on `device`, with the final alpha appended (index -1), copied there once: a
+    copy per sampling step would make the host wait for the device each time."""
+    key = ("alphas_cumprod", str(device))
+    if key not in diff.extras:
+        sched = diff.scheduler
+        final = torch.as_tensor(sched.final_alpha_cumprod, dtype=sched.alphas_cumprod.dtype).reshape(1)
+        diff.extras[key] = torch.cat([sched.alphas_cumprod, final]).to(device=device, dtype=torch.float32)
+    return diff.extras[key]
+
+
 def _alpha(diff: Diffusion, t: int, device: torch.device) -> torch.Tensor:
-    sched = diff.scheduler
-    ac = sched.alphas_cumprod
-    a = ac[t] if t >= 0 else sched.final_alpha_cumprod
-    return a.to(device=device, dtype=torch.float32)
+    return _alphas(diff, device)[t if t >= 0 else -1]
 
 
 def prev_timestep(diff: Diffusion, t: int, steps: int) -> int:
@@ -55,7 +63,7 @@ def ddim_step(diff: Diffusion, x: torch.Tensor, out: torch.Tensor, t: int, t_pre
 
 
 def add_noise(diff: Diffusion, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-    ac = diff.scheduler.alphas_cumprod.to(x0.device, torch.float32)
+    ac = _alphas(diff, x0.device)[:-1]
     a = ac[t] if isinstance(t, int) else ac[t].view(-1, 1, 1, 1)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
@@ -63,7 +71,7 @@ def add_noise(diff: Diffusion, x0: torch.Tensor, noise: torch.Tensor, t: int | t
 def denoising_target(diff: Diffusion, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The regression target of the standard denoising loss (eps, or v for v-prediction models)."""
     if diff.prediction_type == "v_prediction":
-        a = diff.scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
+        a = _alphas(diff, x0.device)[:-1][t].view(-1, 1, 1, 1)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
     return noise
 
@@ -139,7 +147,7 @@ class SDFamily(DDIMFamily):
     def encode_text(self, diff: Diffusion, texts: list[str]) -> Conditioning:
         tok = diff.tokenizer
         ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-                  return_tensors="pt").input_ids.to(diff.device)
+                  return_tensors="pt").input_ids.to(diff.device, non_blocking=True)
         return Conditioning(diff.text_encoder(ids)[0])
 
     def uncond(self, diff: Diffusion, empty: Conditioning) -> Conditioning:
