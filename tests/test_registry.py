@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rewardtune.errors import RegistryConflictError, UnknownRewardError
+from rewardtune.errors import RegistryConflictError, UnknownRewardError, UsageError
 from rewardtune.registry import Registry, get_card, load_reward, registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +42,26 @@ def test_did_you_mean():
 
 
 def test_unknown_preset_message():
-    with pytest.raises(Exception, match="Did you mean 'vit-b-32'"):
+    with pytest.raises(UsageError, match="Did you mean 'vit-b-32'") as ei:
         load_reward("clip", preset="vit-b32")
+    assert ei.value.exit_code == 2
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_each_test_starts_from_a_clean_registry(turn):
+    """conftest's `clean_registries`: a reward (or method) a test registers is gone in the next test, whatever
+    the order."""
+    import rewardtune
+    from rewardtune.engine.methods import register_method, registered_methods
+
+    assert "test-isolated" not in registry().names() and "test-isolated" not in registered_methods()
+
+    @rewardtune.register_reward("test-isolated")
+    def isolated(pixels, prompts):
+        return pixels.mean(dim=(1, 2, 3)) * turn
+
+    register_method("test-isolated")(lambda m, base_dir=None: None)
+    assert "test-isolated" in registry().names() and "test-isolated" in registered_methods()
 
 
 def _fake_dist(tmp_path: Path, name: str, eps: dict[str, str], module_src: str, modname: str) -> None:
