@@ -14,11 +14,26 @@ def rt(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           cwd=cwd, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
 
 
-def test_help_lists_verbs():
+def test_help_lists_every_verb_and_each_verb_has_help():
+    """Every verb module (rewardtune/cli/<verb>.py with a COMMAND) is listed by `--help` with its summary, and
+    `<verb> --help` shows its usage."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from rewardtune.cli.main import VERBS, app
+
+    modules = sorted(f.stem for f in (ROOT / "rewardtune" / "cli").glob("*.py")
+                     if re.search(r"^(def COMMAND\b|COMMAND =)", f.read_text(), re.M))
+    assert len(modules) >= 8 and sorted(VERBS) == modules
     p = rt("--help")
     assert p.returncode == 0
-    for verb in ("validate", "rewards", "env"):
-        assert verb in p.stdout
+    listed = re.findall(r"^│ (\w+) ", p.stdout, re.M)
+    assert sorted(listed) == modules, listed
+    for verb in modules:
+        res = CliRunner().invoke(app, [verb, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (verb, res.output)
+        assert f"{verb} [OPTIONS]" in res.output and "--help" in res.output, (verb, res.output)
 
 
 def test_rewards_table_and_json():

@@ -327,8 +327,13 @@ def test_show_captions_and_explain(imgs):
 def test_blip2_caption_tiny_shows_its_captions():
     res = score("--tiny", "-r", "blip2-caption", "--show-captions", "--json", "-p", OCEAN, str(PHOTOS / "1.webp"))
     assert res.exit_code == 0, res.stderr
-    ex = json.loads(res.stdout)["results"][0]["explain"]["blip2-caption"]
-    assert isinstance(ex["caption"], str)
+    row = json.loads(res.stdout)["results"][0]
+    ex = row["explain"]["blip2-caption"]
+    # the tiny twin's greedy caption of this photo (random weights: words, not sense), and its similarity is the score
+    assert ex["caption"] == "soup grass cup of street coffee scene the", ex
+    assert ex["similarity"] == ex["score"] == row["scores"]["blip2-caption"] and 0 < ex["score"] <= 1
+    assert "soup grass cup of street coffee scene the" in score("--tiny", "-r", "blip2-caption", "--show-captions",
+                                                               "-p", OCEAN, str(PHOTOS / "1.webp")).stdout
 
 
 def test_pixels_only_reward_needs_no_prompt_but_others_do(imgs):
@@ -349,14 +354,17 @@ def test_usage_errors_exit_2(imgs, tmp_path):
     res = score("-r", "score-test-red", "-p", "x", str(tmp_path / "empty"))
     assert res.exit_code == 2 and "No image files found" in res.stderr
     res = score("--json", "--csv", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
-    assert res.exit_code == 2
+    assert res.exit_code == 2 and "--json and --csv are exclusive" in res.stderr and not res.stdout.strip()
     res = score("-r", "score-test-red", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
     assert res.exit_code == 2 and "twice" in res.stderr
     res = score("--dtype", "float8", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
     assert res.exit_code == 2 and "--dtype" in res.stderr
-    res = score("--device", "cuda:7", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
-    if not torch.cuda.is_available():
-        assert res.exit_code == 2 and "CUDA is not available" in res.stderr
+    res = score("--device", "cuda:99", "-r", "score-test-red", "-p", "x", str(imgs / "formats"))
+    assert res.exit_code == 2 and "--device" in res.stderr
+    if torch.cuda.is_available():  # a device index past the machine's devices
+        assert f"this machine has {torch.cuda.device_count()} CUDA device(s)" in res.stderr
+    else:
+        assert "CUDA is not available" in res.stderr
 
 
 def test_missing_weights_one_clear_message_exit_4(imgs):
