@@ -70,18 +70,28 @@ def test_sigusr2_checkpoints_and_stops_then_resume_finishes(tmp_path, spec_facto
     assert r2.resumed_from == 2 and r2.steps_done == 4 and not r2.stopped_early
 
 
-def test_full_unet_training_exports_the_unet(tmp_path, spec_factory):
+def test_full_unet_training_exports_the_unet_and_its_kl_pulls_toward_the_frozen_base(tmp_path, spec_factory):
+    """Full fine-tuning with a KL term keeps a frozen copy of the base UNet: the KL is 0 at the first step (the copy
+    equals the trained UNet), grows as the trained one moves (the copy stays put), and pulls the weights toward
+    the base (a run without it drifts further)."""
     from diffusers import UNet2DConditionModel
 
-    spec = spec_factory({"name": "draft_k", "k": 1, "kl_coeff": 0.01},
-                        model={"pretrained": "zoo:sd1", "trainable": {"type": "full"}}, train={"steps": 2, "lr": 1e-4})
-    r = api.run(spec, output_dir=tmp_path, progress=False)
-    unet = UNet2DConditionModel.from_pretrained(r.weights_path)
     from rewardtune.rewards._weights import resolve_weights
 
-    base = UNet2DConditionModel.from_pretrained(Path(resolve_weights("zoo:sd1")) / "unet")
-    changed = [n for n, p in unet.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
-    assert changed
+    base = UNet2DConditionModel.from_pretrained(Path(resolve_weights("zoo:sd1")) / "unet").state_dict()
+    drift, kl = {}, []
+    for coeff in (0.0, 50.0):
+        spec = spec_factory({"name": "draft_k", "k": 1, "kl_coeff": coeff},
+                            model={"pretrained": "zoo:sd1", "trainable": {"type": "full"}},
+                            train={"steps": 3, "lr": 1e-4}, logging={"eval_prompts": 1})
+        r = api.run(spec, output_dir=tmp_path / str(coeff), progress=False,
+                    callbacks=[lambda ev: kl.append(ev.metrics["kl"]) if "kl" in ev.metrics else None])
+        tuned = UNet2DConditionModel.from_pretrained(r.weights_path).state_dict()
+        assert tuned.keys() == base.keys()
+        drift[coeff] = sum(float((tuned[n] - base[n]).float().pow(2).sum()) for n in base)
+    assert drift[0.0] > 0  # the export is the trained UNet
+    assert len(kl) == 3 and kl[0] == 0.0 and kl[-1] > 0, kl
+    assert drift[50.0] < drift[0.0], drift
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard not installed")
@@ -121,7 +131,11 @@ def test_resumed_run_reports_the_original_before_eval(tmp_path, spec_factory):
                     callbacks=[lambda ev: ev.step == 1 and control.request_stop("t")])
     assert first.stopped_early
     second = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path, progress=False, resume=True)
-    assert second.eval_before == first.eval_before and second.eval_after
+    assert second.eval_before == first.eval_before
+    # the 'after' eval is of the resumed run's final weights: what an uninterrupted run reports
+    whole = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path / "whole", progress=False)
+    assert second.eval_after == whole.eval_after and set(whole.eval_after) == {"test-brightness", "objective"}
+    assert second.eval_after != second.eval_before
 
 
 def test_tiny_runs_default_to_a_separate_dir_and_can_be_rerun(tmp_path, monkeypatch, spec_factory):
