@@ -178,6 +178,46 @@ def test_mixed_objective_runs_under_a_gradient_method(tmp_path, spec_factory):
 
 
 def test_refl_mixes_in_the_pretraining_loss(tmp_path, spec_factory):
+    seen = []
+    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "loss": "neg",
+                         "pretrain": {"data": str(_pairs(tmp_path)), "every": 2, "batch_size": 2}})
+    r = api.run(spec, output_dir=tmp_path / "out", progress=False, callbacks=[seen.append])
+    assert r.steps_done == 4
+    kinds = ["pretrain_loss" in ev.metrics for ev in seen]
+    assert kinds == [False, True, False, True]  # every 2nd step is a denoising step
+    assert all(ev.metrics["pretrain_loss"] > 0 for ev in seen if "pretrain_loss" in ev.metrics)
+    assert all(ev.images is None for ev in seen if "pretrain_loss" in ev.metrics)
+
+
+def test_refl_pretraining_splits_one_global_draw_over_ranks(tmp_path, spec_factory):
+    """Data-parallel ReFL pretraining: `pretrain.batch_size` is global, each rank denoises its own slice of one
+    draw of pairs, noise and timesteps (as sampling noise is sliced), so two ranks see distinct pairs and their mean
+    loss is one rank's loss on the whole batch."""
+    import dataclasses
+
+    from rewardtune.engine.distributed import DistInfo
+
+    data = _pairs(tmp_path)
+    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "pretrain": {"data": str(data), "every": 2,
+                                                                            "batch_size": 2}})
+    tr = build_trainer(load_spec(spec), output_dir=tmp_path / "out", progress=False)
+    assert tr.method.is_pretrain_step(1)
+
+    def loss(rank: int, world: int) -> float:
+        ctx = dataclasses.replace(tr.ctx, info=DistInfo(rank, world))
+        with torch.no_grad():
+            return float(tr.method.loss(ctx, tr.make_batch(1, 0)).loss)
+
+    one, r0, r1 = loss(0, 1), loss(0, 2), loss(1, 2)
+    assert r0 != r1  # distinct pairs/noise per rank, not every rank the same batch
+    assert one == pytest.approx((r0 + r1) / 2, rel=1e-5)
+    from rewardtune.errors import UsageError
+
+    with pytest.raises(UsageError, match="batch_size=2 must split evenly into 3 ranks"):
+        loss(0, 3)
+
+
+def _pairs(tmp_path):
     import json
 
     from PIL import Image
@@ -189,12 +229,4 @@ def test_refl_mixes_in_the_pretraining_loss(tmp_path, spec_factory):
         Image.new("RGB", (24, 24), color).save(data / f"{i}.png")
         lines.append(json.dumps({"image": f"{i}.png", "caption": f"a {color} square"}))
     (data / "pairs.jsonl").write_text("\n".join(lines))
-    seen = []
-    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "loss": "neg",
-                         "pretrain": {"data": str(data / "pairs.jsonl"), "every": 2, "batch_size": 2}})
-    r = api.run(spec, output_dir=tmp_path / "out", progress=False, callbacks=[seen.append])
-    assert r.steps_done == 4
-    kinds = ["pretrain_loss" in ev.metrics for ev in seen]
-    assert kinds == [False, True, False, True]  # every 2nd step is a denoising step
-    assert all(ev.metrics["pretrain_loss"] > 0 for ev in seen if "pretrain_loss" in ev.metrics)
-    assert all(ev.images is None for ev in seen if "pretrain_loss" in ev.metrics)
+    return data / "pairs.jsonl"
