@@ -195,6 +195,21 @@ def test_table_ranked_by_first_reward_with_error_rows(imgs):
     assert "6 scored, 1 failed" in res.stderr
 
 
+def test_a_lower_is_better_reward_ranks_its_lowest_score_first(imgs):
+    """A card's `direction: lower` orders the ranking lowest first, in the table and in --json."""
+    from rewardtune.registry import Card, registry
+
+    registry().register(Card(name="score-test-red-lower", implementation=f"{__name__}:_red", differentiable=True,
+                             inputs=("pixels", "prompt"), presets={"default": {}, "tiny": {}}, direction="lower",
+                             origin=f"test card in {__name__}", factory=_red))
+    doc = json.loads(score("--json", "-r", "score-test-red-lower", "-p", "x", str(imgs / "formats")).stdout)
+    ranked = sorted(doc["results"], key=lambda r: r["rank"])
+    assert [Path(r["path"]).name for r in ranked] == ["red20.png", "red40.bmp", "red60.gif", "red80.webp",
+                                                      "red100.tif", "red180.jpg"]
+    lines = score("-r", "score-test-red-lower", "-p", "x", str(imgs / "formats")).stdout.splitlines()
+    assert next(line for line in lines if "red20.png" in line).split()[1] == "1"
+
+
 def test_clip_tiny_batched_equals_each_image_alone_on_real_files(imgs):
     files = [imgs / n for n in GOOD]
     res = score("--tiny", "-r", "clip", "-r", "score-test-red", "--batch-size", "3", "--json", "-p", OCEAN,

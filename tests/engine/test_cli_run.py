@@ -6,10 +6,12 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import rewardtune.api as api
 from rewardtune.engine import control
+from rewardtune.rundir import RunDir
 
 
 def _cli(args: list[str]) -> int:
@@ -111,6 +113,46 @@ def test_ema_weights_are_exported(tmp_path, spec_factory):
     up = [k for k in a if "lora_B" in k or "lora.up" in k]
     # B starts at zero, so the EMA (decay 0.5) trails the raw weights: smaller, and not equal
     assert sum(float(b[k].abs().sum()) for k in up) < sum(float(a[k].abs().sum()) for k in up)
+
+
+def test_ema_survives_an_interrupt_and_resume(tmp_path, spec_factory):
+    """The EMA weights are checkpointed and restored: stopped at step 2 and resumed, the exported (EMA) LoRA is the
+    uninterrupted run's, bit for bit."""
+    from safetensors.torch import load_file
+
+    spec = spec_factory(train={"steps": 4, "checkpoint_every": 2},
+                        model={"pretrained": "zoo:sd1", "ema": {"decay": 0.5},
+                               "trainable": {"type": "lora", "rank": 4, "alpha": 16}})
+    whole = api.run(spec, output_dir=tmp_path / "whole", progress=False)
+    part = api.run(spec, output_dir=tmp_path / "part", progress=False,
+                   callbacks=[lambda ev: ev.step == 2 and control.request_stop("t")])
+    assert part.stopped_early and part.steps_done == 2
+    resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
+    assert resumed.resumed_from == 2 and resumed.eval_after == whole.eval_after
+    a = load_file(str(whole.weights_path / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(resumed.weights_path / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mid_run_eval_grids_every_images_every_steps(tmp_path, spec_factory):
+    """`logging.images_every: 2` over 5 steps: eval grids and eval metrics at steps 2 and 4, between 'before' and
+    'after' (the last step's eval is the 'after' one)."""
+    evals = []
+
+    class Recorder:
+        def on_eval(self, ev):
+            evals.append(ev)
+
+    r = api.run(spec_factory(train={"steps": 5}, logging={"images_every": 2}), output_dir=tmp_path,
+                progress=False, callbacks=[Recorder()])
+    assert [Path(e.grid_path).name for e in evals] == ["before.png", "step_000002.png", "step_000004.png",
+                                                       "after.png"]
+    assert [e.step for e in evals] == [0, 2, 4, 5]
+    assert all((tmp_path / "images" / n).is_file() for n in ("step_000002.png", "step_000004.png"))
+    logged = {rec["step"]: rec for rec in RunDir(tmp_path).metrics() if "eval/test-brightness" in rec}
+    assert sorted(logged) == [0, 2, 4, 5]
+    assert logged[5]["eval/test-brightness"] == r.eval_after["test-brightness"]
+    assert logged[2]["eval/test-brightness"] != logged[0]["eval/test-brightness"]  # the weights of step 2
 
 
 def test_adamw8bit_without_bitsandbytes_names_the_extra(tmp_path, spec_factory):
