@@ -456,12 +456,6 @@ def test_score_files_progress_and_dtype(imgs):
     assert Image.MAX_IMAGE_PIXELS == pil_limit  # files opened from threads leave PIL's global limit alone  # noqa: SIM300
 
 
-def test_cli_module_import_stays_torch_free():
-    code = "import sys, rewardtune.cli.main, rewardtune.cli.score; assert 'torch' not in sys.modules, 'torch imported'"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-
-
 # --------------------------------------------------------------------------------- symlinks, unreadable folders
 def test_symlinks_inside_a_folder_are_skipped_and_named_unless_followed(tmp_path):
     outside = tmp_path / "outside"
