@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,12 +42,13 @@ def test_help_lists_every_verb_and_each_verb_has_help():
 def test_rewards_table_and_json():
     p = rt("rewards")
     assert p.returncode == 0, p.stderr
-    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm", "shapes-eval"):
+    for name in SHIPPED_REWARDS:
         assert name in p.stdout
     assert "openai/clip-vit-large-patch14" in p.stdout
     data = json.loads(rt("rewards", "--json").stdout)
     by = {d["name"]: d for d in data}
-    assert by["clip"]["differentiable"] is True and by["sam-llm"]["differentiable"] is False
+    assert set(SHIPPED_REWARDS) <= set(by)
+    assert {n for n in SHIPPED_REWARDS if by[n]["differentiable"]} == DIFFERENTIABLE_REWARDS
     assert "tiny" in by["pickscore"]["presets"]
     one = json.loads(rt("rewards", "clip", "--json").stdout)
     assert one["params"]["raw_cosine"]["default"] is False

@@ -11,14 +11,17 @@ import yaml
 from rewardtune.errors import RegistryConflictError, UnknownRewardError, UsageError
 from rewardtune.registry import Registry, get_card, load_reward, registry
 
+sys.path.insert(0, str(Path(__file__).parent))
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS, reward_cards_on_disk  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RULE_BASED = {"shapes-eval"}  # the shapes world's judge: rules, no weights
-BUILTIN = ["aesthetic", "blip2-caption", "clip", "hpsv2", "imagereward", "pickscore", "sam-llm", "shapes-eval"]
+BUILTIN = SHIPPED_REWARDS
 
 
 def test_builtin_cards_complete():
-    names = [p.stem for p in sorted((ROOT / "rewards").glob("*.yaml"))]
-    assert names == BUILTIN
+    assert reward_cards_on_disk() == BUILTIN and len(BUILTIN) == 8  # recursive glob, counted
+    assert [c.name for c in registry().cards() if c.origin.startswith("built-in card")] == BUILTIN
     for n in BUILTIN:
         c = get_card(n)
         assert c.implementation.startswith("rewardtune.rewards.") and ":" in c.implementation
@@ -30,8 +33,7 @@ def test_builtin_cards_complete():
             assert str(c.presets["tiny"].get("weights", "")).startswith("zoo:"), n
         assert c.citation and c.license, n
         assert c.direction in ("higher", "lower")
-    assert not any(get_card(n).differentiable for n in ("blip2-caption", "sam-llm", "shapes-eval"))
-    assert all(get_card(n).differentiable for n in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2"))
+    assert {n for n in BUILTIN if get_card(n).differentiable} == DIFFERENTIABLE_REWARDS
 
 
 def test_did_you_mean():

@@ -104,15 +104,6 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory
     assert not [p for p in run.checkpoints_dir.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, spec_factory):
-    spec = spec_factory(train={"steps": 1})
-    api.run(spec, output_dir=tmp_path, progress=False)
-    from rewardtune.errors import ExistingRunError
-
-    with pytest.raises(ExistingRunError, match="Resume it"):
-        api.run(spec, output_dir=tmp_path, progress=False)
-
-
 _NAN_CALLS = {"n": 0, "bad": set()}
 
 

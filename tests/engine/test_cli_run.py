@@ -44,15 +44,35 @@ def test_unknown_spec_lists_shipped_ones(capsys):
     assert "demo" in capsys.readouterr().err
 
 
-def test_existing_run_needs_resume_or_overwrite(tmp_path, spec_factory, capsys):
-    p = _write(tmp_path, spec_factory(train={"steps": 1}))
-    out = str(tmp_path / "o")
-    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 0
-    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 2  # bad input: the directory holds a run
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path, spec_factory, capsys, via):
+    """Both seams refuse to start a fresh run over a finished one (exit 2, naming the way out in their own terms:
+    the library never names CLI flags), and both resume (re-export) or start over when asked."""
+    from rewardtune.errors import ExistingRunError
+
+    spec = spec_factory(train={"steps": 1})
+    p, out = _write(tmp_path, spec), tmp_path / "o"
+
+    def go(resume: bool = False, overwrite: bool = False) -> int:
+        if via == "cli":
+            return _cli(["run", str(p), "-o", str(out), "--no-progress"] + ["--resume"] * resume
+                        + ["--overwrite"] * overwrite)
+        try:
+            api.run(spec, output_dir=out, progress=False, resume=resume, overwrite=overwrite)
+        except ExistingRunError as e:
+            print(e, file=__import__("sys").stderr)
+            return e.exit_code
+        return 0
+
+    assert go() == 0
+    assert go() == 2  # bad input: the directory holds a run
     err = capsys.readouterr().err
-    assert "--resume" in err and "--overwrite" in err
-    assert _cli(["run", str(p), "-o", out, "--no-progress", "--overwrite"]) == 0
-    assert _cli(["run", str(p), "-o", out, "--no-progress", "--resume"]) == 0  # already done: re-exports
+    if via == "cli":
+        assert "--resume" in err and "--overwrite" in err
+    else:
+        assert "Resume it" in err and "--" not in err
+    assert go(overwrite=True) == 0
+    assert go(resume=True) == 0  # already done: re-exports
 
 
 def test_sigusr2_checkpoints_and_stops_then_resume_finishes(tmp_path, spec_factory):

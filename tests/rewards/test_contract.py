@@ -4,14 +4,19 @@ and gradient exactly when the card says differentiable."""
 from __future__ import annotations
 
 import inspect
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from rewardtune.registry import get_card, load_reward, registry, resolve_class
 
-MINE = {"clip", "pickscore", "aesthetic", "imagereward", "hpsv2"}
-SHIPPED = {*MINE, "blip2-caption", "sam-llm", "shapes-eval"}
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS  # noqa: E402
+
+MINE = DIFFERENTIABLE_REWARDS
+SHIPPED = set(SHIPPED_REWARDS)
 # Card-backed rewards (built-in and entry points). Callables that other test modules register at import time are
 # test doubles of the engine's tests, not shipped rewards, so they are left out here.
 REWARDS = sorted(c.name for c in registry().cards() if c.implemented() and c.factory is None)
