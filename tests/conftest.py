@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -19,8 +20,13 @@ def clean_registries():
     saved = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
              for k, v in vars(reg).items()}
     builders = dict(methods._BUILDERS)
+    # a spec's `imports:` file runs once per process (registry.import_extra marks it in sys.modules); one that a test
+    # ran is forgotten with the rewards it registered, so the next spec importing it registers them again
+    user_files = {k for k in sys.modules if k.startswith("rewardtune_user_")}
     yield
     vars(reg).clear()
     vars(reg).update(saved)
     methods._BUILDERS.clear()
     methods._BUILDERS.update(builders)
+    for k in [k for k in sys.modules if k.startswith("rewardtune_user_") and k not in user_files]:
+        del sys.modules[k]
