@@ -1,6 +1,32 @@
 import os
+import sys
+
+import pytest
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def clean_registries():
+    """Each test gets the reward and method registries as collection left them (rewards that test modules register
+    at import included): what a test registers is gone after it, so no test sees another's rewards or methods."""
+    from rewardtune.engine.methods import base as methods
+    from rewardtune.registry import registry
+
+    reg = registry()
+    saved = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+             for k, v in vars(reg).items()}
+    builders = dict(methods._BUILDERS)
+    # a spec's `imports:` file runs once per process (registry.import_extra marks it in sys.modules); one that a test
+    # ran is forgotten with the rewards it registered, so the next spec importing it registers them again
+    user_files = {k for k in sys.modules if k.startswith("rewardtune_user_")}
+    yield
+    vars(reg).clear()
+    vars(reg).update(saved)
+    methods._BUILDERS.clear()
+    methods._BUILDERS.update(builders)
+    for k in [k for k in sys.modules if k.startswith("rewardtune_user_") and k not in user_files]:
+        del sys.modules[k]

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,22 +17,38 @@ def rt(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           cwd=cwd, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
 
 
-def test_help_lists_verbs():
+def test_help_lists_every_verb_and_each_verb_has_help():
+    """Every verb module (rewardtune/cli/<verb>.py with a COMMAND) is listed by `--help` with its summary, and
+    `<verb> --help` shows its usage."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from rewardtune.cli.main import VERBS, app
+
+    modules = sorted(f.stem for f in (ROOT / "rewardtune" / "cli").glob("*.py")
+                     if re.search(r"^(def COMMAND\b|COMMAND =)", f.read_text(), re.M))
+    assert len(modules) >= 8 and sorted(VERBS) == modules
     p = rt("--help")
     assert p.returncode == 0
-    for verb in ("validate", "rewards", "env"):
-        assert verb in p.stdout
+    listed = re.findall(r"^│ (\w+) ", p.stdout, re.M)
+    assert sorted(listed) == modules, listed
+    for verb in modules:
+        res = CliRunner().invoke(app, [verb, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (verb, res.output)
+        assert f"{verb} [OPTIONS]" in res.output and "--help" in res.output, (verb, res.output)
 
 
 def test_rewards_table_and_json():
     p = rt("rewards")
     assert p.returncode == 0, p.stderr
-    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm", "shapes-eval"):
+    for name in SHIPPED_REWARDS:
         assert name in p.stdout
     assert "openai/clip-vit-large-patch14" in p.stdout
     data = json.loads(rt("rewards", "--json").stdout)
     by = {d["name"]: d for d in data}
-    assert by["clip"]["differentiable"] is True and by["sam-llm"]["differentiable"] is False
+    assert set(SHIPPED_REWARDS) <= set(by)
+    assert {n for n in SHIPPED_REWARDS if by[n]["differentiable"]} == DIFFERENTIABLE_REWARDS
     assert "tiny" in by["pickscore"]["presets"]
     one = json.loads(rt("rewards", "clip", "--json").stdout)
     assert one["params"]["raw_cosine"]["default"] is False

@@ -8,17 +8,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rewardtune.errors import RegistryConflictError, UnknownRewardError
+from rewardtune.errors import RegistryConflictError, UnknownRewardError, UsageError
 from rewardtune.registry import Registry, get_card, load_reward, registry
+
+sys.path.insert(0, str(Path(__file__).parent))
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS, reward_cards_on_disk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_BASED = {"shapes-eval"}  # the shapes world's judge: rules, no weights
-BUILTIN = ["aesthetic", "blip2-caption", "clip", "hpsv2", "imagereward", "pickscore", "sam-llm", "shapes-eval"]
+BUILTIN = SHIPPED_REWARDS
 
 
 def test_builtin_cards_complete():
-    names = [p.stem for p in sorted((ROOT / "rewards").glob("*.yaml"))]
-    assert names == BUILTIN
+    assert reward_cards_on_disk() == BUILTIN and len(BUILTIN) == 8  # recursive glob, counted
+    assert [c.name for c in registry().cards() if c.origin.startswith("built-in card")] == BUILTIN
     for n in BUILTIN:
         c = get_card(n)
         assert c.implementation.startswith("rewardtune.rewards.") and ":" in c.implementation
@@ -30,8 +33,7 @@ def test_builtin_cards_complete():
             assert str(c.presets["tiny"].get("weights", "")).startswith("zoo:"), n
         assert c.citation and c.license, n
         assert c.direction in ("higher", "lower")
-    assert not any(get_card(n).differentiable for n in ("blip2-caption", "sam-llm", "shapes-eval"))
-    assert all(get_card(n).differentiable for n in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2"))
+    assert {n for n in BUILTIN if get_card(n).differentiable} == DIFFERENTIABLE_REWARDS
 
 
 def test_did_you_mean():
@@ -42,8 +44,26 @@ def test_did_you_mean():
 
 
 def test_unknown_preset_message():
-    with pytest.raises(Exception, match="Did you mean 'vit-b-32'"):
+    with pytest.raises(UsageError, match="Did you mean 'vit-b-32'") as ei:
         load_reward("clip", preset="vit-b32")
+    assert ei.value.exit_code == 2
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_each_test_starts_from_a_clean_registry(turn):
+    """conftest's `clean_registries`: a reward (or method) a test registers is gone in the next test, whatever
+    the order."""
+    import rewardtune
+    from rewardtune.engine.methods import register_method, registered_methods
+
+    assert "test-isolated" not in registry().names() and "test-isolated" not in registered_methods()
+
+    @rewardtune.register_reward("test-isolated")
+    def isolated(pixels, prompts):
+        return pixels.mean(dim=(1, 2, 3)) * turn
+
+    register_method("test-isolated")(lambda m, base_dir=None: None)
+    assert "test-isolated" in registry().names() and "test-isolated" in registered_methods()
 
 
 def _fake_dist(tmp_path: Path, name: str, eps: dict[str, str], module_src: str, modname: str) -> None:
@@ -115,24 +135,6 @@ def test_spec_imports_register_rewards(tmp_path: Path):
     loaded = load_spec(spec)
     assert loaded.objective[0].reward == "test-redness-from-file"
     assert "test-redness-from-file" in registry().names()
-
-
-def test_listing_and_validating_do_not_import_torch():
-    import subprocess
-
-    code = textwrap.dedent(f"""
-        import sys
-        from rewardtune.cli.main import main
-        for argv in (["--help"], ["rewards"], ["rewards", "pickscore"], ["validate", "{ROOT / 'tests/fixtures/bad_specs/unknown_keys.yaml'}"]):
-            try:
-                main(argv)
-            except SystemExit:
-                pass
-        heavy = [m for m in ("torch", "diffusers", "transformers", "peft") if m in sys.modules]
-        print("HEAVY", heavy)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
-    assert "HEAVY []" in out, out[-2000:]
 
 
 def test_cards_are_validated_strictly(tmp_path: Path):

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from inventory import SHIPPED_REWARDS, SHIPPED_SPECS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,10 +43,9 @@ def test_wheel_ships_cards_and_specs(installed: Path):
     assert str(installed / "venv") in p.stdout, p.stdout + p.stderr
     p = _run(installed, "rewardtune", "rewards", "--json")
     assert p.returncode == 0, p.stderr
-    for name in ("clip", "pickscore", "aesthetic", "imagereward", "hpsv2", "blip2-caption", "sam-llm", "shapes-eval"):
+    for name in SHIPPED_REWARDS:
         assert f'"{name}"' in p.stdout
-    shipped = sorted(p.name for p in (ROOT / "specs").rglob("*.yaml"))
-    assert shipped, "no shipped specs"
+    shipped = SHIPPED_SPECS
     for name in shipped:
         p = _run(installed, "rewardtune", "validate", f"specs/{name}")
         assert p.returncode == 0, f"{name}: {p.stdout}{p.stderr}"

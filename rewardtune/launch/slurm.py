@@ -704,7 +704,12 @@ def _refuse_live_job(run_dir: Path) -> None:
         return
     if rec.get("cluster") != "slurm" or shutil.which("squeue") is None:
         return
-    states = job_states(rec)
+    refuse_if_live(run_dir, rec, job_states(rec))
+
+
+def refuse_if_live(run_dir: Path | str, rec: Mapping[str, Any], states: Mapping[str, str]) -> None:
+    """Refuse to start a run in a directory whose recorded job (`rec`) is still queued or running (`states`, as
+    `job_states` reads them): two jobs writing one run directory would corrupt it."""
     live = {j: s for j, s in states.items() if s in ACTIVE_STATES}
     if live:
         raise UsageError(f"run directory {run_dir} belongs to job {rec['job_id']}, which is still "
@@ -727,14 +732,21 @@ def _run(cmd: list[str]) -> str:
 def job_states(rec: Mapping[str, Any]) -> dict[str, str]:
     """State of each job of a record: squeue for live jobs, then sacct (needs accounting) for finished ones."""
     base = str(rec["job_id"])
+    sacct = _run(["sacct", "-j", base, "-X", "-n", "-P", "-o", "JobID,State"]) if shutil.which("sacct") else ""
+    squeue = _run(["squeue", "-h", "-j", base, "-o", "%i|%T"]) if shutil.which("squeue") else ""
+    return parse_job_states(rec, sacct, squeue)
+
+
+def parse_job_states(rec: Mapping[str, Any], sacct: str, squeue: str) -> dict[str, str]:
+    """Each job of a record -> its state, from the text of `sacct -X -n -P -o JobID,State` and of
+    `squeue -h -o %i|%T` for the record's job (either may be empty: no accounting, or the job left the queue)."""
+    base = str(rec["job_id"])
     states: dict[str, str] = {}
-    out = _run(["sacct", "-j", base, "-X", "-n", "-P", "-o", "JobID,State"]) if shutil.which("sacct") else ""
-    for line in out.splitlines():
+    for line in sacct.splitlines():
         parts = line.split("|")
         if len(parts) >= 2 and parts[0]:
             states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
-    out = _run(["squeue", "-h", "-j", base, "-o", "%i|%T"]) if shutil.which("squeue") else ""
-    for line in out.splitlines():
+    for line in squeue.splitlines():
         parts = line.split("|")
         # squeue is fresher for live jobs; sacct's final state wins over squeue's COMPLETING
         if len(parts) == 2 and states.get(parts[0], "PENDING") in ACTIVE_STATES:

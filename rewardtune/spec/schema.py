@@ -179,7 +179,7 @@ class PretrainLoss(Strict):
     data: str = Field(description="A JSONL of {image, caption} pairs (paths relative to the file).")
     weight: float = Field(1.0, gt=0, description="Weight of the denoising loss.")
     every: int = Field(2, ge=2, description="Every N-th step is a pretraining step (alternating when 2).")
-    batch_size: int = Field(2, ge=1, description="Images per pretraining step.")
+    batch_size: int = Field(2, ge=1, description="Images per pretraining step (global: split across ranks).")
 
 
 class ReFL(_GradMethod):

@@ -84,6 +84,7 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory):
     spec = _resume_spec(spec_factory)
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
+    uninterrupted = _lora(tmp_path / "full")
     run = RunDir(tmp_path / "full")
     assert _steps(run.path) == [4, 6]  # keep_checkpoints=2 pruned step 2
     # what a kill -9 can leave: a half-written temp directory, and (were rename not atomic) a truncated newest file
@@ -95,19 +96,12 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory
     assert found.ref.step == 4 and found.state["step"] == 4 and [r.step for r, _ in found.skipped] == [6]
     resumed = api.run(spec, output_dir=tmp_path / "full", progress=False, resume=True)
     assert resumed.resumed_from == 4 and resumed.steps_done == 6
-    assert full.weights_path is not None
+    # the fallback resumed from step 4's state: steps 5-6 replayed give the uninterrupted run's weights again
+    assert resumed.weights_path == full.weights_path
+    _assert_bitwise_equal(uninterrupted, _lora(tmp_path / "full"))
     # the unreadable checkpoint was set aside (kept, never pruned in favour of), the crash's temp dir removed
     assert _steps(run.path) == [4, 6] and (run.checkpoints_dir / "corrupt-step_00000006").is_dir()
     assert not [p for p in run.checkpoints_dir.iterdir() if p.name.startswith(".tmp-")]
-
-
-def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, spec_factory):
-    spec = spec_factory(train={"steps": 1})
-    api.run(spec, output_dir=tmp_path, progress=False)
-    from rewardtune.errors import ExistingRunError
-
-    with pytest.raises(ExistingRunError, match="Resume it"):
-        api.run(spec, output_dir=tmp_path, progress=False)
 
 
 _NAN_CALLS = {"n": 0, "bad": set()}

@@ -11,6 +11,7 @@ import yaml
 
 import rewardtune.api as api
 from rewardtune.engine import control
+from rewardtune.rundir import RunDir
 
 
 def _cli(args: list[str]) -> int:
@@ -43,15 +44,35 @@ def test_unknown_spec_lists_shipped_ones(capsys):
     assert "demo" in capsys.readouterr().err
 
 
-def test_existing_run_needs_resume_or_overwrite(tmp_path, spec_factory, capsys):
-    p = _write(tmp_path, spec_factory(train={"steps": 1}))
-    out = str(tmp_path / "o")
-    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 0
-    assert _cli(["run", str(p), "-o", out, "--no-progress"]) == 2  # bad input: the directory holds a run
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path, spec_factory, capsys, via):
+    """Both seams refuse to start a fresh run over a finished one (exit 2, naming the way out in their own terms:
+    the library never names CLI flags), and both resume (re-export) or start over when asked."""
+    from rewardtune.errors import ExistingRunError
+
+    spec = spec_factory(train={"steps": 1})
+    p, out = _write(tmp_path, spec), tmp_path / "o"
+
+    def go(resume: bool = False, overwrite: bool = False) -> int:
+        if via == "cli":
+            return _cli(["run", str(p), "-o", str(out), "--no-progress"] + ["--resume"] * resume
+                        + ["--overwrite"] * overwrite)
+        try:
+            api.run(spec, output_dir=out, progress=False, resume=resume, overwrite=overwrite)
+        except ExistingRunError as e:
+            print(e, file=__import__("sys").stderr)
+            return e.exit_code
+        return 0
+
+    assert go() == 0
+    assert go() == 2  # bad input: the directory holds a run
     err = capsys.readouterr().err
-    assert "--resume" in err and "--overwrite" in err
-    assert _cli(["run", str(p), "-o", out, "--no-progress", "--overwrite"]) == 0
-    assert _cli(["run", str(p), "-o", out, "--no-progress", "--resume"]) == 0  # already done: re-exports
+    if via == "cli":
+        assert "--resume" in err and "--overwrite" in err
+    else:
+        assert "Resume it" in err and "--" not in err
+    assert go(overwrite=True) == 0
+    assert go(resume=True) == 0  # already done: re-exports
 
 
 def test_sigusr2_checkpoints_and_stops_then_resume_finishes(tmp_path, spec_factory):
@@ -70,18 +91,28 @@ def test_sigusr2_checkpoints_and_stops_then_resume_finishes(tmp_path, spec_facto
     assert r2.resumed_from == 2 and r2.steps_done == 4 and not r2.stopped_early
 
 
-def test_full_unet_training_exports_the_unet(tmp_path, spec_factory):
+def test_full_unet_training_exports_the_unet_and_its_kl_pulls_toward_the_frozen_base(tmp_path, spec_factory):
+    """Full fine-tuning with a KL term keeps a frozen copy of the base UNet: the KL is 0 at the first step (the copy
+    equals the trained UNet), grows as the trained one moves (the copy stays put), and pulls the weights toward
+    the base (a run without it drifts further)."""
     from diffusers import UNet2DConditionModel
 
-    spec = spec_factory({"name": "draft_k", "k": 1, "kl_coeff": 0.01},
-                        model={"pretrained": "zoo:sd1", "trainable": {"type": "full"}}, train={"steps": 2, "lr": 1e-4})
-    r = api.run(spec, output_dir=tmp_path, progress=False)
-    unet = UNet2DConditionModel.from_pretrained(r.weights_path)
     from rewardtune.rewards._weights import resolve_weights
 
-    base = UNet2DConditionModel.from_pretrained(Path(resolve_weights("zoo:sd1")) / "unet")
-    changed = [n for n, p in unet.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
-    assert changed
+    base = UNet2DConditionModel.from_pretrained(Path(resolve_weights("zoo:sd1")) / "unet").state_dict()
+    drift, kl = {}, []
+    for coeff in (0.0, 50.0):
+        spec = spec_factory({"name": "draft_k", "k": 1, "kl_coeff": coeff},
+                            model={"pretrained": "zoo:sd1", "trainable": {"type": "full"}},
+                            train={"steps": 3, "lr": 1e-4}, logging={"eval_prompts": 1})
+        r = api.run(spec, output_dir=tmp_path / str(coeff), progress=False,
+                    callbacks=[lambda ev: kl.append(ev.metrics["kl"]) if "kl" in ev.metrics else None])
+        tuned = UNet2DConditionModel.from_pretrained(r.weights_path).state_dict()
+        assert tuned.keys() == base.keys()
+        drift[coeff] = sum(float((tuned[n] - base[n]).float().pow(2).sum()) for n in base)
+    assert drift[0.0] > 0  # the export is the trained UNet
+    assert len(kl) == 3 and kl[0] == 0.0 and kl[-1] > 0, kl
+    assert drift[50.0] < drift[0.0], drift
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard not installed")
@@ -104,6 +135,46 @@ def test_ema_weights_are_exported(tmp_path, spec_factory):
     assert sum(float(b[k].abs().sum()) for k in up) < sum(float(a[k].abs().sum()) for k in up)
 
 
+def test_ema_survives_an_interrupt_and_resume(tmp_path, spec_factory):
+    """The EMA weights are checkpointed and restored: stopped at step 2 and resumed, the exported (EMA) LoRA is the
+    uninterrupted run's, bit for bit."""
+    from safetensors.torch import load_file
+
+    spec = spec_factory(train={"steps": 4, "checkpoint_every": 2},
+                        model={"pretrained": "zoo:sd1", "ema": {"decay": 0.5},
+                               "trainable": {"type": "lora", "rank": 4, "alpha": 16}})
+    whole = api.run(spec, output_dir=tmp_path / "whole", progress=False)
+    part = api.run(spec, output_dir=tmp_path / "part", progress=False,
+                   callbacks=[lambda ev: ev.step == 2 and control.request_stop("t")])
+    assert part.stopped_early and part.steps_done == 2
+    resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
+    assert resumed.resumed_from == 2 and resumed.eval_after == whole.eval_after
+    a = load_file(str(whole.weights_path / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(resumed.weights_path / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mid_run_eval_grids_every_images_every_steps(tmp_path, spec_factory):
+    """`logging.images_every: 2` over 5 steps: eval grids and eval metrics at steps 2 and 4, between 'before' and
+    'after' (the last step's eval is the 'after' one)."""
+    evals = []
+
+    class Recorder:
+        def on_eval(self, ev):
+            evals.append(ev)
+
+    r = api.run(spec_factory(train={"steps": 5}, logging={"images_every": 2}), output_dir=tmp_path,
+                progress=False, callbacks=[Recorder()])
+    assert [Path(e.grid_path).name for e in evals] == ["before.png", "step_000002.png", "step_000004.png",
+                                                       "after.png"]
+    assert [e.step for e in evals] == [0, 2, 4, 5]
+    assert all((tmp_path / "images" / n).is_file() for n in ("step_000002.png", "step_000004.png"))
+    logged = {rec["step"]: rec for rec in RunDir(tmp_path).metrics() if "eval/test-brightness" in rec}
+    assert sorted(logged) == [0, 2, 4, 5]
+    assert logged[5]["eval/test-brightness"] == r.eval_after["test-brightness"]
+    assert logged[2]["eval/test-brightness"] != logged[0]["eval/test-brightness"]  # the weights of step 2
+
+
 def test_adamw8bit_without_bitsandbytes_names_the_extra(tmp_path, spec_factory):
     import importlib.util
 
@@ -121,7 +192,11 @@ def test_resumed_run_reports_the_original_before_eval(tmp_path, spec_factory):
                     callbacks=[lambda ev: ev.step == 1 and control.request_stop("t")])
     assert first.stopped_early
     second = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path, progress=False, resume=True)
-    assert second.eval_before == first.eval_before and second.eval_after
+    assert second.eval_before == first.eval_before
+    # the 'after' eval is of the resumed run's final weights: what an uninterrupted run reports
+    whole = api.run(spec_factory(train={"steps": 2}), output_dir=tmp_path / "whole", progress=False)
+    assert second.eval_after == whole.eval_after and set(whole.eval_after) == {"test-brightness", "objective"}
+    assert second.eval_after != second.eval_before
 
 
 def test_tiny_runs_default_to_a_separate_dir_and_can_be_rerun(tmp_path, monkeypatch, spec_factory):

