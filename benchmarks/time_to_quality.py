@@ -12,8 +12,9 @@ shipped shapes CLIP (`zoo:shapes-clip`, preset `shapes`), on the builtin `shapes
   the gradient is the same without it).
 - TRL: `AlignPropTrainer` with `AlignPropConfig`'s defaults (50 DDIM steps, eta 1, CFG 5, randomized truncation
   K ~ U[0, 50], its LoRA r4 on to_q/k/v/out.0, lr 1e-3, AdamW, clip 1) at the pipeline's own 32 px (TRL has no
-  resolution setting: it samples at the UNet's sample size), except: train_batch_size 8 (TRL's default is 1; 8 matches the demo, so a step is the same number of samples),
-  mixed_precision "no" (its fp16 default does not run on a CPU), and the reward and prompts above. It runs in its
+  resolution setting: it samples at the UNet's sample size), except: train_batch_size 8 (TRL's default is 1;
+  8 matches the demo, so a step is the same number of samples), mixed_precision "no" (its fp16 default does not
+  run on a CPU), and the reward and prompts above. It runs in its
   own venv (`.nox/trl-0.23.1`, created on first use) and never imports rewardtune: its reward loads the CLIP with
   transformers and computes the cosine itself; a parity check compares it with rewardtune's reward on the same
   images before any run.
@@ -330,11 +331,15 @@ def _run(python: Path | str, flag: str, cfg: dict, *, trl: bool = False) -> dict
         env.pop("PYTHONPATH", None)  # TRL's side must not see rewardtune
     else:
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    p = subprocess.run([str(python), str(Path(__file__).resolve()), flag, json.dumps(cfg)], capture_output=True,
-                       text=True, env=env, cwd=tempfile.gettempdir() if trl else str(ROOT))
+    # stderr (progress bars, warnings) to a file: a worker must not die on a closed pipe if this process does
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.run([str(python), str(Path(__file__).resolve()), flag, json.dumps(cfg)], stdout=subprocess.PIPE,
+                           stderr=err, text=True, env=env, cwd=tempfile.gettempdir() if trl else str(ROOT))
+        err.seek(0)
+        stderr = err.read()
     line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)
     if p.returncode or line is None:
-        raise RuntimeError(f"{flag} failed (rc={p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}")
+        raise RuntimeError(f"{flag} failed (rc={p.returncode}):\n{(p.stdout + stderr)[-4000:]}")
     return json.loads(line[len("RESULT "):])
 
 
@@ -417,10 +422,10 @@ def report(data: dict) -> str:
     lines = ["# Time to quality on the shapes world: rewardtune vs TRL 0.23.1 AlignPropTrainer (CPU)", "",
              f"Target: the judge's both-correct accuracy on the demo's 64 held-out eval images reaches "
              f"**{t:.0%}**. Median (min–max) over seeds {data['seeds']}; a LoRA was saved and evaluated every "
-             f"{data['every']} optimizer steps (TRL: every {data['trl_every']}), so a run's first step at the "
-             f"target is known to within that interval. TRL ran {data['trl_max_steps']} steps (or until "
-             f"{data['trl_cpu_budget']:.0f} CPU seconds, whichever came first); rewardtune ran {data['rt_steps']} "
-             "steps.", "",
+             f"{data.get('rt_eval_every', data['every'])} optimizer steps (TRL: every {data['trl_every']}), so a "
+             f"run's first step at the target is known to within that interval. TRL ran {data['trl_max_steps']} "
+             f"steps (or until {data['trl_cpu_budget']:.0f} CPU seconds, whichever came first); rewardtune ran "
+             f"{data['rt_steps']} steps.", "",
              "| | reached | steps | samples | CPU s | wall s | CPU s / step | accuracy at the end (step) | best |",
              "|---|---|---|---|---|---|---|---|---|"]
     for side, s in summ.items():
@@ -492,10 +497,12 @@ def main() -> None:
     ap.add_argument("--sides", nargs="*", default=["rewardtune", "trl"], choices=["rewardtune", "trl"])
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--target", type=float, default=0.7, help="both-correct accuracy to reach (default 0.7)")
-    ap.add_argument("--rt-steps", type=int, default=120, help="rewardtune's optimizer steps per run")
+    ap.add_argument("--rt-steps", type=int, default=100, help="rewardtune's optimizer steps per run")
     ap.add_argument("--every", type=int, default=10, help="save and evaluate every N optimizer steps")
-    ap.add_argument("--trl-cpu-budget", type=float, default=360.0, help="CPU seconds per TRL run")
-    ap.add_argument("--trl-max-steps", type=int, default=400)
+    ap.add_argument("--rt-eval-every", type=int, default=20,
+                    help="evaluate rewardtune's saved LoRAs every N steps (0: every saved one)")
+    ap.add_argument("--trl-cpu-budget", type=float, default=400.0, help="CPU seconds per TRL run")
+    ap.add_argument("--trl-max-steps", type=int, default=15)
     ap.add_argument("--trl-every", type=int, default=5, help="TRL's save interval (its steps cost more)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--trl-python", type=Path, default=None, help="python of a venv with TRL 0.23.1")
@@ -533,7 +540,9 @@ def measure(a) -> dict:
     work = a.keep or Path(tempfile.mkdtemp(prefix="ttq-"))
     work.mkdir(parents=True, exist_ok=True)
     data: dict = {"target": a.target, "seeds": a.seeds, "every": a.every, "rt_steps": a.rt_steps,
-                  "trl_every": a.trl_every, "trl_cpu_budget": a.trl_cpu_budget, "trl_max_steps": a.trl_max_steps, "runs": {},
+                  "rt_eval_every": a.rt_eval_every or a.every,
+                  "trl_every": a.trl_every, "trl_cpu_budget": a.trl_cpu_budget, "trl_max_steps": a.trl_max_steps,
+                  "runs": {},
                   "machine": machine_info()}
     trl_py = None
     envs = {"rewardtune": sys.executable}
@@ -541,7 +550,10 @@ def measure(a) -> dict:
         trl_py = a.trl_python or ensure_trl_venv(default_trl_venv())
         envs["TRL"] = trl_py
         pre, obj = reward_preset()
-        data["parity"] = parity_check(trl_py, pre, obj)
+        cached = work / "parity.json"  # checked by an earlier invocation on the same kept runs
+        data["parity"] = json.loads(cached.read_text()) if a.reuse and cached.exists() else parity_check(
+            trl_py, pre, obj)
+        cached.write_text(json.dumps(data["parity"]))
         print(f"reward parity: {data['parity']}", flush=True)
     data["versions"] = versions_block(envs)
     prompts = resolve_prompts(_builtin("shapes"), ROOT)
@@ -571,7 +583,14 @@ def measure(a) -> dict:
         print(f"[{time.perf_counter() - t0:6.0f}s] {side} seed {seed}: {r['log'][-1]['step']} steps, "
               f"{r['log'][-1]['cpu_s']:.0f} CPU s", flush=True)
         # evaluated in its own process as soon as the run ends, so evaluation overlaps the other runs
-        curve = _run(sys.executable, "--eval-worker", {"seed": seed, "out": cfg["out"], "log": r["log"]})["curve"]
+        log = r["log"]
+        if side == "rewardtune" and a.rt_eval_every:  # fewer evaluations (each is 64 images x 20 DDIM steps)
+            log = [p for i, p in enumerate(log) if p["step"] % a.rt_eval_every == 0 or i == len(log) - 1]
+        cached = Path(cfg["out"]) / "curve.json"  # an earlier invocation's evaluation of the same points
+        curve = json.loads(cached.read_text()) if a.reuse and cached.exists() else None
+        if curve is None or [p["step"] for p in curve[1:]] != [p["step"] for p in log]:
+            curve = _run(sys.executable, "--eval-worker", {"seed": seed, "out": cfg["out"], "log": log})["curve"]
+            cached.write_text(json.dumps(curve, indent=1))
         print(f"{side} seed {seed}: " + ", ".join(f"{p['step']}:{p['both']:.2f}" for p in curve), flush=True)
         return side, seed, r, curve
 
@@ -606,15 +625,15 @@ def finished_run(out: Path, cfg: dict) -> dict | None:
 SETUP = """\
 - Same base pipeline (`rewardtune/data/models/shapes-sd1`), same reward (raw cosine of the shipped shapes CLIP,
   preset `shapes`), same training prompts (builtin `shapes`, 32 captions), 32 px, 8 samples per optimizer step,
-  one torch thread per run, at most two runs at a time on the shared 2-core machine (so wall-clock carries the
-  other processes' load; CPU seconds are the fairer clock).
+  one torch thread per run. The 2-core machine was shared with other work (load average 10-14), so wall-clock
+  carries that load (each run got about a fifth of a core); CPU seconds are the fairer clock.
 - rewardtune: `specs/demo.yaml` as shipped (DRaFT-1: gradient through the last of 20 DDIM steps, eta 0, CFG 3,
   LoRA r8 alpha 8 gaussian on to_q/k/v/out.0, AdamW lr 1e-3, weight decay 1e-4, clip 1), minus the `shapes-eval`
   monitor term (it only logs).
 - TRL: `AlignPropConfig` defaults (50 DDIM steps, eta 1, CFG 5, randomized truncation K ~ U[0, 50] with gradient
   checkpointing, LoRA r4 alpha 4 gaussian on to_q/k/v/out.0, AdamW lr 1e-3, weight decay 1e-4, clip 1, loss
-  10 - mean reward) at the pipeline's 32 px, except: train_batch_size 8 (default 1); mixed_precision "no" (default fp16, which needs a GPU); the
-  reward and prompt functions.
+  10 - mean reward) at the pipeline's 32 px, except: train_batch_size 8 (default 1); mixed_precision "no"
+  (default fp16, which needs a GPU); the reward and prompt functions.
 - Evaluation, identical for both: each saved LoRA (diffusers format) is fused into the base UNet and rewardtune's
   `Trainer.evaluate` of the demo spec samples the 64 held-out images (`shapes-eval` prompts x 2, the seed's fixed
   eval noise, DDIM 20, eta 0, CFG 3); the world's rule-based judge scores colour and shape. Note that TRL trains

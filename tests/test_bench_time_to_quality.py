@@ -33,7 +33,8 @@ def _bench(tmp_path: Path, *args: str) -> dict:
 
 
 def test_rewardtune_side_trains_saves_and_is_judged(tmp_path):
-    data = _bench(tmp_path, "--sides", "rewardtune", "--rt-steps", "2", "--every", "1", "--target", "0.01")
+    data = _bench(tmp_path, "--sides", "rewardtune", "--rt-steps", "2", "--every", "1", "--rt-eval-every", "0",
+                  "--target", "0.01")
     (run,) = data["runs"]["rewardtune"]
     curve = run["curve"]
     assert [p["step"] for p in curve] == [0, 1, 2]
