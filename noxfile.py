@@ -136,6 +136,16 @@ def bench(session: nox.Session) -> None:
     session.run(py, "benchmarks/score_throughput.py", "--ref-python", str(ref), external=True, env=env)
 
 
+@nox.session(name="time-to-quality")
+def time_to_quality(session: nox.Session) -> None:
+    """Time to a target judge accuracy on the shapes world, rewardtune's demo vs TRL 0.23.1's AlignPropTrainer
+    with its defaults, 3 seeds each (results under benchmarks/results/; about an hour on 2 cores, TRL's venv
+    created on first use). Options after `--` go to benchmarks/time_to_quality.py."""
+    py = _ensure_env(session)
+    session.run(py, "benchmarks/time_to_quality.py", *session.posargs, external=True,
+                env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+
+
 @nox.session
 def fixtures(session: nox.Session) -> None:
     """Regenerate the parity fixtures in separate reference venvs (see docs/parity.md). Not run in CI."""
