@@ -8,6 +8,10 @@ captions x 2 seeds, noise drawn from the run seed's own eval stream, never from 
 after. The base reads 40.6% both-correct there. Margins are set well under what was measured (docs/shapes-world.md
 has the table), so a pass means "learns", not "got lucky", and a broken method fails by a wide margin.
 
+The flow-matching sibling (zoo:shapes-sd3) runs the same demo with only the pipeline swapped: backprop through
+the whole sampling chain must raise the judge there too, and the methods whose gradient sees only the last steps
+must be caught raising the reward without the judge following.
+
 Budget: `nox -s learning` (also run by .ci/run) takes about 25-30 minutes on 2 cores; one fast test runs in the
 default suite.
 """
@@ -50,6 +54,22 @@ KL_MOVED_FRACTION = 0.6
 KL_MIN_GAIN = 0.15
 #: the default suite's fast test: DRaFT-1 LoRA for 40 steps (measured: 40.6% -> 71.9%, 64 s on one thread)
 FAST_MARGIN = 0.15
+
+
+#: the flow-matching sibling (zoo:shapes-sd3: an SD3-architecture transformer trained on the same world): the same
+#: demo run with only the pipeline swapped; LoRA on the family's default targets (both attention streams). Its base
+#: reads 28/64 both-correct here (every colour right, the shapes are its errors).
+FLOW = ("model.pretrained=zoo:shapes-sd3", "model.family=sd3")
+FLOW_BASE = 28 / 64
+#: shapes form early on a flow path: backprop through the whole chain (DRaFT-K, K = all 20 steps) moves them
+#: (measured 43.8% -> 60.9%, reward 0.881 -> 0.935) ...
+FLOW_FULL_CHAIN = "method={name: draft_k, k: 20}"
+FLOW_FULL_CHAIN_MARGIN = 0.10
+#: ... while methods whose gradient sees only the last steps raise the reward as much and leave the shapes as they
+#: were (measured: DRaFT-1 43.8% -> 42.2% at reward 0.910; ReFL 43.8% -> 46.9% at 0.917; AlignProp K ~ U[1, 10]
+#: +8 points; DRaFT-5 +3): reward hacking that the judge catches. The day one of them learns here, this fails.
+FLOW_LAST_STEPS = ("draft_k", "refl")
+FLOW_LAST_STEPS_MAX_GAIN = 0.08
 
 
 class _EvalImages:
@@ -96,6 +116,27 @@ def test_method_raises_the_judges_accuracy_on_held_out_seeds(method, trainable, 
     # colour and shape each improve, and the optimized reward rose with them
     assert _gain(res, "shapes-eval/colour_ok") > 0 and _gain(res, "shapes-eval/shape_ok") >= 0
     assert _gain(res, "clip") > 0.05
+
+
+@pytest.mark.learning
+def test_full_chain_backprop_raises_the_judges_accuracy_on_a_flow_matching_transformer(tmp_path):
+    res, _ = _run(tmp_path, *FLOW, FLOW_FULL_CHAIN)
+    print("LEARNED flow full chain: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
+    assert res.steps_done == 100 and res.skipped_steps == 0
+    assert res.eval_before["shapes-eval"] == pytest.approx(FLOW_BASE)
+    assert _gain(res) >= FLOW_FULL_CHAIN_MARGIN, (res.eval_before, res.eval_after)
+    assert _gain(res, "shapes-eval/shape_ok") >= FLOW_FULL_CHAIN_MARGIN and _gain(res, "clip") > 0.03
+
+
+@pytest.mark.learning
+@pytest.mark.parametrize("method", FLOW_LAST_STEPS)
+def test_last_step_methods_raise_the_reward_but_not_the_judge_on_a_flow_matching_transformer(method, tmp_path):
+    res, _ = _run(tmp_path, *FLOW, METHODS[method])
+    print(f"LEARNED flow {method}: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
+    assert res.steps_done == 100 and res.skipped_steps == 0
+    assert res.eval_before["shapes-eval"] == pytest.approx(FLOW_BASE)
+    assert _gain(res, "clip") > 0.02  # the method optimizes the flow model's reward...
+    assert _gain(res) <= FLOW_LAST_STEPS_MAX_GAIN, res.eval_after  # ...and the judge sees the shapes unchanged
 
 
 @pytest.mark.learning
