@@ -18,8 +18,8 @@ def rt(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def test_help_lists_every_verb_and_each_verb_has_help():
-    """Every verb module (rewardtune/cli/<verb>.py with a COMMAND) is listed by `--help` with its summary, and
-    `<verb> --help` shows its usage."""
+    """Every verb module (rewardtune/cli/<verb>.py with a COMMAND, or a `register` for a verb with sub-commands such
+    as `specs cp`) is listed by `--help` with its summary, and `<verb> --help` shows its usage."""
     import re
 
     from typer.testing import CliRunner
@@ -27,7 +27,7 @@ def test_help_lists_every_verb_and_each_verb_has_help():
     from rewardtune.cli.main import VERBS, app
 
     modules = sorted(f.stem for f in (ROOT / "rewardtune" / "cli").glob("*.py")
-                     if re.search(r"^(def COMMAND\b|COMMAND =)", f.read_text(), re.M))
+                     if re.search(r"^(def COMMAND\b|COMMAND =|def register\b)", f.read_text(), re.M))
     assert len(modules) >= 8 and sorted(VERBS) == modules
     p = rt("--help")
     assert p.returncode == 0
