@@ -57,8 +57,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def learning(session: nox.Session) -> None:
     """The shapes-world learning tests: every method, LoRA and full UNet, must raise the rule-based judge's
-    accuracy on held-out seeds. Two pytest processes of one thread each, one per half (about 25 minutes on 2
-    cores); .ci/run runs them after the default suite."""
+    accuracy on held-out seeds, and the flow sibling's. Two pytest processes of one thread each (about 35 minutes
+    on 2 cores); .ci/run runs them after the default suite."""
     py = _ensure_env(session)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     halves = ["lora or draft_plus_kl", "not (lora or draft_plus_kl)"]
@@ -94,7 +94,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(name="shapes-world")
 def shapes_world(session: nox.Session) -> None:
-    """Retrain the shapes world's shipped models from seed 0 into rewardtune/data/models (35-60 minutes on 2 cores)."""
+    """Retrain the shapes world's shipped models from seed 0 into rewardtune/data/models (about 90 minutes on 2 cores)."""
     py = _ensure_env(session)
     session.run(py, "-m", "rewardtune.world.train", "all", "--out", "rewardtune/data/models", *session.posargs,
                 external=True)

@@ -1,5 +1,6 @@
 """Train the shapes world's models from a seed: a VAE, an SD-1.x-architecture pipeline (UNet + CLIP text encoder,
-DDIM) and a CLIP-architecture reward. The results are `save_pretrained` directories that load through the same
+DDIM), its flow-matching SD3-architecture sibling (transformer + two CLIPs + a small T5, flow-match Euler) and a
+CLIP-architecture reward. The results are `save_pretrained` directories that load through the same
 `from_pretrained` paths as hub checkpoints.
 
     python -m rewardtune.world.train all --out rewardtune/data/models      # or: nox -s shapes-world

@@ -12,8 +12,8 @@ The flow-matching sibling (zoo:shapes-sd3) runs the same demo with only the pipe
 the whole sampling chain must raise the judge there too, and the methods whose gradient sees only the last steps
 must be caught raising the reward without the judge following.
 
-Budget: `nox -s learning` (also run by .ci/run) takes about 25-30 minutes on 2 cores; one fast test runs in the
-default suite.
+Budget: `nox -s learning` (also run by .ci/run) takes about 30-40 minutes on 2 cores, the flow runs included; one
+fast test runs in the default suite.
 """
 from __future__ import annotations
 
