@@ -122,6 +122,7 @@ def explain_field(key: str) -> str:
     import re
 
     from rewardtune.errors import UsageError
+    from rewardtune.spec.docs import default_text, type_name
     from rewardtune.spec.load import models_in
     from rewardtune.spec.schema import Spec
 
@@ -152,7 +153,7 @@ def explain_field(key: str) -> str:
     for o in owners:
         f = o.model_fields[parts[-1]]
         tag = f" (in {o.__name__})" if len(owners) > 1 else ""
-        lines.append(f"{path}{tag}: {_type(f.annotation)}, default {_default(f)}")
+        lines.append(f"{path}{tag}: {type_name(f.annotation, markdown=False)}, default {default_text(f, markdown=False)}")
         if f.description:
             lines.append(f"  {f.description}")
     if models:
@@ -161,56 +162,10 @@ def explain_field(key: str) -> str:
                                       and not m.__doc__.lstrip().startswith(("!!!", "Usage docs")) else "")
             lines.append(f"  {head}")
             for n, sub in m.model_fields.items():
-                lines.append(f"    {n}: {_type(sub.annotation)}, default {_default(sub)}"
+                lines.append(f"    {n}: {type_name(sub.annotation, markdown=False)}, default {default_text(sub, markdown=False)}"
                              + (f"  - {sub.description}" if sub.description else ""))
     if field is not None and parts[-1] == "kwargs":
         lines.append("  A reward's arguments and weights keys: `rewardtune rewards NAME`.")
     lines.append("Sections: model, prompts, objective, method, sampling, train, logging, launcher "
                  "(`--explain SECTION` lists one).")
     return "\n".join(lines)
-
-
-def _type(ann) -> str:
-    import typing
-
-    from pydantic import BaseModel
-
-    origin, args = typing.get_origin(ann), typing.get_args(ann)
-    if origin is typing.Literal:
-        return " | ".join(repr(a) if isinstance(a, str) else str(a) for a in args)
-    if origin is typing.Annotated:
-        return _type(args[0])
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return " | ".join(_type(a) for a in args)
-    if origin in (tuple, list):
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"list of {_type(args[0])}"
-        return "[" + ", ".join(_type(a) for a in args) + "]"
-    if origin is dict:
-        return "mapping"
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann.__name__
-    if ann is type(None):
-        return "null"
-    return getattr(ann, "__name__", str(ann))
-
-
-def _default(field) -> str:
-    from pydantic import BaseModel
-    from pydantic_core import PydanticUndefined
-
-    if field.default is PydanticUndefined:
-        if field.default_factory is None:
-            return "none (required)"
-        val = field.default_factory()
-        if isinstance(val, BaseModel):
-            return "its fields' defaults"
-        return repr(val) if val not in ({}, [], ()) else "empty"
-    d = field.default
-    if d is None:
-        return "null"
-    if isinstance(d, bool):
-        return str(d).lower()
-    if isinstance(d, tuple):
-        return str(list(d))
-    return str(d)

@@ -45,44 +45,53 @@ a test fails when it is out of date.
 """
 
 
-def _type_name(ann: Any) -> str:
+def type_name(ann: Any, markdown: bool = True) -> str:
+    """A field's type in words: markdown for docs/spec.md, plain text for `validate --explain`."""
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
+    bar = " \\| " if markdown else " | "
     if origin is typing.Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
+        if markdown:
+            return bar.join(f"`{a}`" for a in args)
+        return bar.join(repr(a) if isinstance(a, str) else str(a) for a in args)
     if origin is typing.Annotated:
-        return _type_name(args[0])
+        return type_name(args[0], markdown)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return " \\| ".join(_type_name(a) for a in args)
+        return bar.join(type_name(a, markdown) for a in args)
     if origin in (tuple, list):
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"list[{_type_name(args[0])}]"
-        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+            inner = type_name(args[0], markdown)
+            return f"list[{inner}]" if markdown else f"list of {inner}"
+        return "[" + ", ".join(type_name(a, markdown) for a in args) + "]"
     if origin is dict:
         return "mapping"
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return f"[{ann.__name__}](#{ann.__name__.lower()})"
+        return f"[{ann.__name__}](#{ann.__name__.lower()})" if markdown else ann.__name__
     if ann is type(None):
         return "null"
     return getattr(ann, "__name__", str(ann))
 
 
-def _default(field: Any) -> str:
+def default_text(field: Any, markdown: bool = True) -> str:
+    """A field's default in words (markdown code spans for docs/spec.md, plain for `validate --explain`)."""
+    def code(text: str) -> str:
+        return f"`{text}`" if markdown else text
+
     if field.default is PydanticUndefined:
-        if field.default_factory is not None:
-            val = field.default_factory()
-            if isinstance(val, BaseModel):
-                return "see below"
-            return f"`{val!r}`" if val not in ({}, [], ()) else "empty"
-        return "**required**"
+        if field.default_factory is None:
+            return "**required**" if markdown else "none (required)"
+        val = field.default_factory()
+        if isinstance(val, BaseModel):
+            return "see below" if markdown else "its fields' defaults"
+        return code(repr(val)) if val not in ({}, [], ()) else "empty"
     d = field.default
     if d is None:
-        return "`null`"
+        return code("null")
     if isinstance(d, bool):
-        return f"`{str(d).lower()}`"
+        return code(str(d).lower())
     if isinstance(d, tuple):
-        return "`" + str(list(d)) + "`"
-    return f"`{d}`"
+        return code(str(list(d)))
+    return code(str(d))
 
 
 def render_reference() -> str:
@@ -102,7 +111,7 @@ def render_reference() -> str:
         parts.append("| field | type | default | meaning |\n|---|---|---|---|")
         for name, field in model.model_fields.items():
             desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-            parts.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+            parts.append(f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {desc} |")
             queue += [m for m in models_in(field.annotation) if m not in seen]
     return "\n".join(parts).rstrip() + "\n"
 

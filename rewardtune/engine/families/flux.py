@@ -51,12 +51,6 @@ class FluxFamily(FlowMatchFamily):
     max_sequence_length = 512  # FluxPipeline's default
     default_max_shift = 1.15
 
-    def pipeline_kwargs(self) -> dict[str, Any]:
-        return {}
-
-    def setup(self, diff: Diffusion, pipe: Any) -> None:
-        pass
-
     def encode_text(self, diff: Diffusion, texts: list[str]) -> Conditioning:
         c = diff.components
         tok, clip = c["tokenizer"], c["text_encoder"]

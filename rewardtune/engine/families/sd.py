@@ -84,6 +84,9 @@ class DDIMFamily:
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     shard_blocks = ("down_blocks", "mid_block", "up_blocks")
 
+    def setup(self, diff: Diffusion, pipe: Any) -> None:
+        """Nothing to adjust after loading (SDXL overrides this for its VAE)."""
+
     def make_scheduler(self, config: Any) -> Any:
         from diffusers import DDIMScheduler
 
@@ -140,9 +143,6 @@ class SDFamily(DDIMFamily):
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         return {"safety_checker": None, "requires_safety_checker": False}
-
-    def setup(self, diff: Diffusion, pipe: Any) -> None:
-        pass
 
     def encode_text(self, diff: Diffusion, texts: list[str]) -> Conditioning:
         tok = diff.tokenizer

@@ -38,6 +38,12 @@ class FlowMatchFamily:
     shard_blocks = ("transformer_blocks", "single_transformer_blocks")
     default_max_shift = 1.16  # what the pipeline assumes when the scheduler config has no max_shift
 
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def setup(self, diff: Diffusion, pipe: Any) -> None:
+        """Nothing to adjust after loading (SDXL's VAE upcast is the one family that needs this)."""
+
     def make_scheduler(self, config: Any) -> Any:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -137,12 +143,6 @@ class SD3Family(FlowMatchFamily):
     lora_targets: tuple[str, ...] = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
                                      "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
     max_sequence_length = 256  # StableDiffusion3Pipeline's default
-
-    def pipeline_kwargs(self) -> dict[str, Any]:
-        return {}
-
-    def setup(self, diff: Diffusion, pipe: Any) -> None:
-        pass
 
     def encode_text(self, diff: Diffusion, texts: list[str]) -> Conditioning:
         c = diff.components
