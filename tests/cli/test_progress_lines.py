@@ -3,6 +3,7 @@ with the latest eval next to the training reward. Before, a piped 60-step run wr
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -91,7 +92,8 @@ def test_no_progress_means_no_lines(tmp_path):
 
 
 def test_a_terminal_gets_the_bar_not_lines(tmp_path):
-    """Under a pseudo-terminal the rich bar is drawn (its `train` column and a bar), not the plain lines."""
+    """Under a pseudo-terminal the rich bar is drawn (its `train` column and a bar), not the plain lines, and it
+    shows the reward, the latest eval, the loss, the step time and the memory."""
     import pty
 
     code = ("import rewardtune; rewardtune.run('demo', overrides=['train.steps=2', 'sampling.steps=2', "
@@ -120,3 +122,6 @@ def test_a_terminal_gets_the_bar_not_lines(tmp_path):
     text = out.decode(errors="replace")
     assert "━" in text and "2/2" in text, text[-2000:]
     assert "train 1/2 (50%)" not in text
+    final = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "\n").splitlines()
+    bar = [ln for ln in final if "2/2" in ln and "━" in ln][-1]
+    assert re.search(r"reward -?[0-9.]+ +eval clip -?[0-9.]+ .*loss -?[0-9.e+-]+ +[0-9.]+s/step +[0-9]+MB", bar), bar

@@ -50,3 +50,12 @@ def tiny_diffusion():
 
     torch.manual_seed(0)
     return load_diffusion("zoo:sd1", lora=LoraSettings(rank=4))
+
+
+@pytest.fixture
+def nan_on_steps():
+    """The `test-nan-on-steps` reward, disarmed: `nan_on_steps.arm({2})` makes optimizer step 2's reward NaN."""
+    from rewards_for_tests import NAN_ON_STEPS
+
+    yield NAN_ON_STEPS.arm(())
+    NAN_ON_STEPS.arm(())

@@ -39,3 +39,27 @@ def redness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """Non-differentiable: red minus the other channels, computed in numpy (no graph at all)."""
     x = pixels.detach().cpu().numpy()
     return torch.from_numpy(x[:, 0].mean(axis=(1, 2)) - x[:, 1:].mean(axis=(1, 2, 3))).float()
+
+
+class NanOnTrainingSteps:
+    """Mean pixel value, but NaN on chosen optimizer steps: the n-th reward call with gradient returns NaN when n is
+    in `steps` (for draft_k without accumulation there is one such call per step). Evaluations run without
+    gradient and stay finite, so which step fails does not depend on when the trainer evaluates."""
+
+    def __init__(self):
+        self.arm(())
+
+    def arm(self, steps) -> NanOnTrainingSteps:
+        self.steps, self.calls = set(steps), 0
+        return self
+
+    def __call__(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        r = pixels.mean(dim=(1, 2, 3))
+        if not torch.is_grad_enabled():
+            return r
+        self.calls += 1
+        return r * float("nan") if self.calls in self.steps else r
+
+
+NAN_ON_STEPS = NanOnTrainingSteps()
+register_reward("test-nan-on-steps", differentiable=True)(NAN_ON_STEPS)

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from runs import assert_bitwise_equal, lora, stop_at
 
 import rewardtune.api as api
-from rewardtune.engine import control
 from rewardtune.engine.build import build_trainer
 from rewardtune.engine.outputs import latest_resumable
 from rewardtune.engine.trainer import NonFiniteError
-from rewardtune.registry import register_reward
 from rewardtune.rundir import RunDir
 from rewardtune.spec.load import load_spec
 
@@ -38,16 +36,6 @@ def _resume_spec(spec_factory):
                                "checkpoint_every": 2})
 
 
-def _lora(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
-
-
-def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    diff = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[0]}"
-
-
 def _ranked_resume_spec(spec_factory):
     return spec_factory({"name": "ranked", "samples_per_prompt": 3, "top_m": 1, "prompts_per_round": 2,
                          "steps_per_round": 4},
@@ -61,16 +49,12 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
     assert full.steps_done == 6 and not full.stopped_early
 
-    def stop_at_3(ev):
-        if ev.step == 3:
-            control.request_stop("test interrupt")
-
-    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at_3])
+    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at(3)])
     assert part.stopped_early and part.steps_done == 3 and part.weights_path is None
     assert _steps(tmp_path / "part")[-1] == 3
     resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert resumed.resumed_from == 3 and resumed.steps_done == 6
-    _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "part"))
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "part"))
     # metrics of the resumed run continue the interrupted one without duplicated steps
     steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [s for s in steps if s > 0]
@@ -84,7 +68,7 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, make):
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory):
     spec = _resume_spec(spec_factory)
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
-    uninterrupted = _lora(tmp_path / "full")
+    uninterrupted = lora(tmp_path / "full")
     run = RunDir(tmp_path / "full")
     assert _steps(run.path) == [4, 6]  # keep_checkpoints=2 pruned step 2
     # what a kill -9 can leave: a half-written temp directory, and (were rename not atomic) a truncated newest file
@@ -98,61 +82,46 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, spec_factory
     assert resumed.resumed_from == 4 and resumed.steps_done == 6
     # the fallback resumed from step 4's state: steps 5-6 replayed give the uninterrupted run's weights again
     assert resumed.weights_path == full.weights_path
-    _assert_bitwise_equal(uninterrupted, _lora(tmp_path / "full"))
+    assert_bitwise_equal(uninterrupted, lora(tmp_path / "full"))
     # the unreadable checkpoint was set aside (kept, never pruned in favour of), the crash's temp dir removed
     assert _steps(run.path) == [4, 6] and (run.checkpoints_dir / "corrupt-step_00000006").is_dir()
     assert not [p for p in run.checkpoints_dir.iterdir() if p.name.startswith(".tmp-")]
 
 
-_NAN_CALLS = {"n": 0, "bad": set()}
-
-
-@register_reward("test-sometimes-nan", differentiable=True)
-def sometimes_nan(pixels, prompts):
-    _NAN_CALLS["n"] += 1
-    r = pixels.mean(dim=(1, 2, 3))
-    return r * float("nan") if _NAN_CALLS["n"] in _NAN_CALLS["bad"] else r
-
-
-def test_non_finite_steps_are_skipped_and_bounded(tmp_path, spec_factory):
-    spec = load_spec(spec_factory(objective=[{"reward": "test-sometimes-nan"}],
+def test_non_finite_steps_are_skipped_and_bounded(tmp_path, spec_factory, nan_on_steps):
+    spec = load_spec(spec_factory(objective=[{"reward": "test-nan-on-steps"}],
                                   train={"steps": 4, "max_nonfinite": 1}, logging={"eval_prompts": 1}))
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
-    _NAN_CALLS.update(n=0, bad={2})
+    nan_on_steps.arm({2})
     before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
     m1, _, bad1 = tr.train_step()
-    tr.step += 1
     after1 = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
-    m2, _, bad2 = tr.train_step()  # reward call 2 is NaN
+    m2, _, bad2 = tr.train_step()  # step 2's reward is NaN
     after2 = tr.diff.trainable_state_dict()
     assert not bad1 and bad2 and m2["skipped"] == 1.0 and tr.skipped == 1
     assert any(not torch.equal(before[k], after1[k]) for k in before)
     assert all(torch.equal(after1[k], after2[k]) for k in after1)  # the NaN step changed nothing
     assert all(torch.isfinite(v).all() for v in after2.values())
     # a run with more non-finite steps than allowed stops with a clear error, its weights finite
-    spec2 = spec.model_copy(update={"train": spec.train.model_copy(update={"max_nonfinite": 1})})
-    _NAN_CALLS.update(n=0, bad={3, 4, 5, 6})  # call 1 is the 'before' eval
-    tr2 = build_trainer(spec2, output_dir=tmp_path / "b", progress=False)
+    nan_on_steps.arm({2, 3, 4})
+    tr2 = build_trainer(spec, output_dir=tmp_path / "b", progress=False)
     with pytest.raises(NonFiniteError, match="max_nonfinite=1"):
         tr2.run()
-    assert all(torch.isfinite(v).all() for v in tr2.diff.trainable_state_dict().values())
-    _NAN_CALLS.update(n=0, bad=set())
+    assert tr2.step == 3 and all(torch.isfinite(v).all() for v in tr2.diff.trainable_state_dict().values())
 
 
-def test_non_finite_step_with_loss_scaling_leaves_the_scaler_usable(tmp_path, spec_factory):
-    """fp16 loss scaling (GradScaler, CUDA in real runs; its CPU twin here): a skipped step must close the
-    unscale it opened, or the next step fails with 'unscale_() has already been called'."""
-    spec = load_spec(spec_factory(objective=[{"reward": "test-sometimes-nan"}], train={"steps": 3}))
+def test_non_finite_step_with_loss_scaling_leaves_the_scaler_usable(tmp_path, spec_factory, nan_on_steps):
+    """fp16 loss scaling: a skipped step must close the unscale it opened, or the next step fails with 'unscale_()
+    has already been called'. A run enables the scaler only for fp16 on CUDA, where tests/engine/test_engine_gpu.py
+    runs this through the spec; CPU has no fp16 autocast, so here the scaler's CPU twin is put in by hand (the one
+    test that sets trainer state: CI has no other way to reach this path)."""
+    spec = load_spec(spec_factory(objective=[{"reward": "test-nan-on-steps"}], train={"steps": 3}))
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
     tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=True)
-    _NAN_CALLS.update(n=0, bad={1})
-    try:
-        _, _, bad1 = tr.train_step()
-        tr.step += 1
-        before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
-        m2, _, bad2 = tr.train_step()
-    finally:
-        _NAN_CALLS.update(n=0, bad=set())
+    nan_on_steps.arm({1})
+    _, _, bad1 = tr.train_step()
+    before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
+    m2, _, bad2 = tr.train_step()
     assert bad1 and not bad2 and tr.skipped == 1 and m2["loss"] == m2["loss"]
     after = tr.diff.trainable_state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the next step trained
@@ -233,4 +202,4 @@ def test_kill_9_mid_run_then_resume_is_bitwise_equal(tmp_path, spec_factory):
     proc.wait()
     assert not (tmp_path / "killed" / "lora").exists(), "the run finished before it could be killed"
     subprocess.run(cmd + ["-o", str(tmp_path / "killed"), "--resume"], check=True, env=env, capture_output=True)
-    _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "killed"))
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "killed"))

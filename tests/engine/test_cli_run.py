@@ -8,20 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from runs import cli
 
 import rewardtune.api as api
 from rewardtune.engine import control
 from rewardtune.rundir import RunDir
-
-
-def _cli(args: list[str]) -> int:
-    from rewardtune.cli.main import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def _write(tmp_path: Path, spec: dict) -> Path:
@@ -32,15 +23,15 @@ def _write(tmp_path: Path, spec: dict) -> Path:
 
 def test_bad_override_is_a_usage_error(tmp_path, spec_factory, capsys):
     p = _write(tmp_path, spec_factory())
-    assert _cli(["run", str(p), "train.stpes=3", "-o", str(tmp_path / "o")]) == 2
+    assert cli(["run", str(p), "train.stpes=3", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "train.stpes" in err and "steps" in err
-    assert _cli(["run", str(p), "train.steps=0", "-o", str(tmp_path / "o")]) == 2
+    assert cli(["run", str(p), "train.steps=0", "-o", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
 
 
 def test_unknown_spec_lists_shipped_ones(capsys):
-    assert _cli(["run", "no-such-spec"]) == 2
+    assert cli(["run", "no-such-spec"]) == 2
     assert "demo" in capsys.readouterr().err
 
 
@@ -55,7 +46,7 @@ def test_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path, spec_fa
 
     def go(resume: bool = False, overwrite: bool = False) -> int:
         if via == "cli":
-            return _cli(["run", str(p), "-o", str(out), "--no-progress"] + ["--resume"] * resume
+            return cli(["run", str(p), "-o", str(out), "--no-progress"] + ["--resume"] * resume
                         + ["--overwrite"] * overwrite)
         try:
             api.run(spec, output_dir=out, progress=False, resume=resume, overwrite=overwrite)
@@ -203,32 +194,13 @@ def test_tiny_runs_default_to_a_separate_dir_and_can_be_rerun(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     p = _write(tmp_path, spec_factory(train={"steps": 1}))
     for _ in range(2):
-        assert _cli(["run", str(p), "--tiny", "--no-progress"]) == 0
+        assert cli(["run", str(p), "--tiny", "--no-progress"]) == 0
     assert (tmp_path / "runs" / "t-tiny" / "lora").is_dir() and not (tmp_path / "runs" / "t").exists()
-
-
-def test_progress_bar_shows_reward_loss_step_time_and_memory():
-    import io
-
-    from rewardtune.engine.trainer import _Progress
-
-    class Terminal(io.StringIO):  # the live bar is for terminals; elsewhere progress is plain lines
-        def isatty(self) -> bool:
-            return True
-
-    p = _Progress(True, 10, 0, stream=Terminal())
-    with p:
-        p.update(3, {"objective": 0.25, "loss": -0.25, "time/step_s": 1.5, "memory/peak_mb": 812.0,
-                     "skipped_total": 1.0}, ["r"])
-        info = p.p.tasks[0].fields["info"]
-        assert p.p.tasks[0].completed == 3
-    for part in ("reward 0.25", "loss -0.25", "1.50s/step", "812MB", "skipped 1"):
-        assert part in info
 
 
 def test_shipped_spec_by_name(tmp_path):
     out = tmp_path / "o"
-    assert _cli(["run", "demo", "--tiny", "--no-progress", "-o", str(out), "train.steps=1", "sampling.steps=2",
+    assert cli(["run", "demo", "--tiny", "--no-progress", "-o", str(out), "train.steps=1", "sampling.steps=2",
                  "logging.eval_prompts=1"]) == 0
     assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
     assert yaml.safe_load((out / "spec.yaml").read_text())["name"] == "demo"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_file
+from runs import lora
 
 from rewardtune.engine.outputs import latest_resumable
 from rewardtune.rundir import RunDir
@@ -58,7 +58,7 @@ def test_two_ranks_match_one_rank(tmp_path, spec_factory):
     path.write_text(yaml.safe_dump(spec))
     _launch(path, tmp_path / "one", 1)
     _launch(path, tmp_path / "two", 2)
-    a, b = _lora(tmp_path / "one"), _lora(tmp_path / "two")
+    a, b = lora(tmp_path / "one"), lora(tmp_path / "two")
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     moved = max(float(a[k].abs().max()) for k in a if "lora_B" in k or "lora.up" in k)
@@ -81,5 +81,3 @@ def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
 
-def _lora(out: Path) -> dict:
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))

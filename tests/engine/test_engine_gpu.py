@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from runs import assert_bitwise_equal, lora, stop_at
 
 import rewardtune.api as api
-from rewardtune.engine import control
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -23,10 +22,6 @@ def _spec(spec_factory, **train):
                         train={"steps": 6, "checkpoint_every": 2, **train})
 
 
-def _lora(out):
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
-
-
 @pytest.mark.parametrize("fused", [False, True], ids=["read-every-step", "fused-adam-read-every-3"])
 def test_deterministic_resume_on_cuda_is_bitwise_equal(tmp_path, spec_factory, fused):
     spec = _spec(spec_factory, deterministic=True, fused_adam=fused)
@@ -35,16 +30,10 @@ def test_deterministic_resume_on_cuda_is_bitwise_equal(tmp_path, spec_factory, f
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
     assert full.steps_done == 6
 
-    def stop_at_3(ev):
-        if ev.step == 3:
-            control.request_stop("test interrupt")
-
-    api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at_3])
+    api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at(3)])
     resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert resumed.resumed_from == 3 and resumed.steps_done == 6
-    a, b = _lora(tmp_path / "full"), _lora(tmp_path / "part")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "part"))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -52,7 +41,7 @@ def test_mixed_precision_trains_fp32_lora(tmp_path, spec_factory, precision):
     spec = _spec(spec_factory, mixed_precision=precision, steps=4, checkpoint_every=100)
     res = api.run(spec, output_dir=tmp_path / precision, progress=False)
     assert res.steps_done == 4 and res.skipped_steps == 0, res
-    w = _lora(tmp_path / precision)
+    w = lora(tmp_path / precision)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values())
     up = [v for k, v in w.items() if ".lora.up." in k or ".lora_B." in k]  # B starts at zero
     assert up and any(v.abs().max() > 0 for v in up), "LoRA B stayed at zero: nothing trained"
@@ -83,7 +72,7 @@ def test_half_precision_weights_train_without_autocast(tmp_path, spec_factory, d
     half = torch.bfloat16 if dtype == "bfloat16" else torch.float16
     assert seen and all(s == (False, half) for s in seen)
     assert res.steps_done == 3 and res.skipped_steps == 0, res
-    w = _lora(tmp_path)
+    w = lora(tmp_path)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values())
 
 
@@ -112,3 +101,16 @@ def test_fused_adam_steps_do_not_wait_for_the_device(tmp_path, spec_factory):
         torch.cuda.set_sync_debug_mode("default")
     read = tr.read_steps(pending)
     assert [m["skipped"] for m, _, _ in read] == [0.0, 0.0] and all(m["loss"] == m["loss"] for m, _, _ in read)
+
+
+def test_fp16_skipped_step_leaves_the_loss_scaler_usable(tmp_path, spec_factory, nan_on_steps):
+    """fp16 on CUDA runs with loss scaling: a NaN reward on step 2 skips that step (the scaler closes the unscale
+    it opened), and the steps after it still train."""
+    nan_on_steps.arm({2})
+    spec = spec_factory({"name": "draft_k", "k": 1}, objective=[{"reward": "test-nan-on-steps"}],
+                        train={"steps": 4, "mixed_precision": "fp16", "checkpoint_every": 100})
+    res = api.run(spec, output_dir=tmp_path, progress=False)
+    assert res.steps_done == 4 and res.skipped_steps == 1, res
+    w = lora(tmp_path)
+    up = [v for k, v in w.items() if ".lora.up." in k or ".lora_B." in k]
+    assert up and all(torch.isfinite(v).all() for v in w.values()) and any(v.abs().max() > 0 for v in up)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from runs import lora
 
 HERE = Path(__file__).parent
 
@@ -62,8 +62,8 @@ def test_two_sharded_ranks_match_one_rank_and_resume_bitwise(tmp_path, spec_fact
     assert all(r["dtensor"] for r in one + two)  # the trainable parameters are DTensors
     assert two[0]["total"] == one[0]["total"] and two[0]["local"] + two[1]["local"] >= two[0]["total"]
     assert max(r["local"] for r in two) < 0.6 * two[0]["total"]  # each rank holds about half
-    a = _lora(tmp_path / "one")
-    b = _lora(tmp_path / "two")
+    a = lora(tmp_path / "one")
+    b = lora(tmp_path / "two")
     assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 1e-3  # training happened
     _close(a, b, 1e-4)  # stated tolerance: summation order differs between 1 and 2 ranks
     # the 'before' eval ran on both ranks (a sharded denoiser needs both in every call) and rank 0 logged it
@@ -74,12 +74,8 @@ def test_two_sharded_ranks_match_one_rank_and_resume_bitwise(tmp_path, spec_fact
     _launch(spec, tmp_path / "part", 2, "1")
     assert not (tmp_path / "part" / "lora").exists()
     _launch(spec, tmp_path / "part", 2, "-", "resume")
-    c = _lora(tmp_path / "part")
+    c = lora(tmp_path / "part")
     assert all(torch.equal(b[k], c[k]) for k in b)
-
-
-def _lora(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
 
 
 @pytest.mark.slow

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import assert_bitwise_equal, lora, stop_at
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 import rewardtune.api as api
-from rewardtune.engine import control
 from rewardtune.engine.build import build_trainer
 from rewardtune.engine.trainer import NonFiniteError
-from rewardtune.registry import register_reward
 from rewardtune.spec.load import load_spec
 
 _READS = {"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu", "__array__",
@@ -95,16 +94,6 @@ def test_the_counter_sees_the_per_step_read_of_the_plain_optimizer(tmp_path, spe
     assert len(reads.reads) == 2 and all(r.startswith("tolist at engine/trainer.py") for r in reads.reads)
 
 
-_NAN = {"n": 0, "bad": set()}
-
-
-@register_reward("test-nan-on-calls", differentiable=True)
-def nan_on_calls(pixels, prompts):
-    _NAN["n"] += 1
-    r = pixels.mean(dim=(1, 2, 3))
-    return r * float("nan") if _NAN["n"] in _NAN["bad"] else r
-
-
 def _rows(out: Path) -> dict[int, dict]:
     rows = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
@@ -115,23 +104,17 @@ def _rows(out: Path) -> dict[int, dict]:
     return rows
 
 
-def _lora(out: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
-
-
-def test_reading_every_third_step_logs_and_trains_as_reading_every_step(tmp_path, spec_factory):
+def test_reading_every_third_step_logs_and_trains_as_reading_every_step(tmp_path, spec_factory, nan_on_steps):
     """logging.every=3 with fused AdamW: the same weights bitwise and the same logged numbers as logging.every=1,
     a non-finite step still skipped (and logged, though off the logging grid)."""
     def spec(every):
-        return spec_factory(objective=[{"reward": "test-nan-on-calls"}],
+        return spec_factory(objective=[{"reward": "test-nan-on-steps"}],
                             train={"steps": 6, "fused_adam": True}, model={"ema": {"decay": 0.5}},
                             logging={"every": every, "eval_prompts": 1})
 
     runs = {}
     for every in (1, 3):
-        _NAN.update(n=0, bad={3})  # call 1 is the 'before' eval; call 3 is step 2's reward
+        nan_on_steps.arm({2})
         res = api.run(spec(every), output_dir=tmp_path / str(every), progress=False)
         assert res.steps_done == 6 and res.skipped_steps == 1
         runs[every] = _rows(tmp_path / str(every))
@@ -139,20 +122,17 @@ def test_reading_every_third_step_logs_and_trains_as_reading_every_step(tmp_path
     for step, row in runs[3].items():
         assert row == pytest.approx(runs[1][step], nan_ok=True)
     assert runs[3][2]["skipped"] == 1.0 and runs[3][6]["skipped_total"] == 1.0
-    a, b = _lora(tmp_path / "1"), _lora(tmp_path / "3")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert all(torch.isfinite(v).all() for v in b.values())
-    _NAN.update(n=0, bad=set())
+    assert_bitwise_equal(lora(tmp_path / "1"), lora(tmp_path / "3"))
+    assert all(torch.isfinite(v).all() for v in lora(tmp_path / "3").values())
 
 
-def test_fused_adam_skips_a_non_finite_step_exactly(tmp_path, spec_factory):
+def test_fused_adam_skips_a_non_finite_step_exactly(tmp_path, spec_factory, nan_on_steps):
     """The skip taken on the device leaves weights and optimizer state as they were, as the host-side skip does."""
-    spec = load_spec(spec_factory(objective=[{"reward": "test-nan-on-calls"}], train={"fused_adam": True},
+    spec = load_spec(spec_factory(objective=[{"reward": "test-nan-on-steps"}], train={"fused_adam": True},
                                   logging={"eval_prompts": 1}))
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
-    _NAN.update(n=0, bad={2})
+    nan_on_steps.arm({2})
     tr.train_step()
-    tr.step += 1
     before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
     moments = [{k: v.clone() for k, v in st.items()} for st in tr.opt.state.values()]
     m2, _, bad = tr.train_step()
@@ -161,16 +141,14 @@ def test_fused_adam_skips_a_non_finite_step_exactly(tmp_path, spec_factory):
     assert all(torch.equal(before[k], after[k]) for k in before)
     for old, new in zip(moments, tr.opt.state.values(), strict=True):
         assert all(torch.equal(old[k], new[k]) for k in old)  # step count included
-    _NAN.update(n=0, bad={3, 4, 5, 6})
-    tr2 = build_trainer(load_spec(spec_factory(objective=[{"reward": "test-nan-on-calls"}],
+    nan_on_steps.arm({2, 3, 4})
+    tr2 = build_trainer(load_spec(spec_factory(objective=[{"reward": "test-nan-on-steps"}],
                                                train={"fused_adam": True, "max_nonfinite": 1},
                                                logging={"eval_prompts": 1, "every": 4})),
                         output_dir=tmp_path / "b", progress=False)
-    _NAN.update(n=0)
     with pytest.raises(NonFiniteError, match="max_nonfinite=1"):
         tr2.run()
     assert all(torch.isfinite(v).all() for v in tr2.diff.trainable_state_dict().values())
-    _NAN.update(n=0, bad=set())
 
 
 def test_fused_adam_matches_the_plain_optimizer(tmp_path, spec_factory):
@@ -178,7 +156,7 @@ def test_fused_adam_matches_the_plain_optimizer(tmp_path, spec_factory):
     for fused in (False, True):
         spec = spec_factory(train={"steps": 3, "fused_adam": fused}, logging={"eval_prompts": 1})
         api.run(spec, output_dir=tmp_path / str(fused), progress=False)
-        outs[fused] = _lora(tmp_path / str(fused))
+        outs[fused] = lora(tmp_path / str(fused))
     ref = outs[False]
     assert any(ref[k].abs().max() > 0 for k in ref if "lora.up" in k)  # trained: LoRA up starts at zero
     for k in ref:
@@ -195,16 +173,11 @@ def test_resume_with_deferred_reads_is_bitwise_equal(tmp_path, spec_factory):
     full = api.run(spec, output_dir=tmp_path / "full", progress=False)
     assert full.steps_done == 6
 
-    def stop_at_3(ev):
-        if ev.step == 3:
-            control.request_stop("test interrupt")
-
-    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at_3])
+    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at(3)])
     assert part.stopped_early and part.steps_done == 3
     resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert resumed.resumed_from == 3 and resumed.steps_done == 6
-    a, b = _lora(tmp_path / "full"), _lora(tmp_path / "part")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "part"))
 
 
 def test_channels_last_gives_the_same_step(tmp_path, spec_factory):

@@ -12,10 +12,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from runs import assert_bitwise_equal, cli, lora, stop_at
 
 import rewardtune.api as api
-from rewardtune.engine import control
 from rewardtune.engine.build import build_trainer
 from rewardtune.engine.families.flux import pack, unpack
 from rewardtune.engine.pipeline import LoraSettings, full_save, load_diffusion, lora_save
@@ -172,16 +171,12 @@ def test_ranked_trains_with_the_family_denoising_loss(tmp_path, spec_factory, wh
     assert r.steps_done == 4 and r.skipped_steps == 0
     losses = [ev.metrics["denoise_loss"] for ev in seen]
     assert all(0 < v < 100 for v in losses), losses
-    assert _trained(_lora(tmp_path))
+    assert _trained(lora(tmp_path))
 
 
-def _lora(out):
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
-
-
-def _trained(lora: dict[str, torch.Tensor]) -> bool:
+def _trained(weights: dict[str, torch.Tensor]) -> bool:
     """Some LoRA up-projection moved from its zero init (diffusers' key names: lora_B, or lora.up for UNets)."""
-    return any(float(v.abs().max()) > 0 for k, v in lora.items() if "lora_B" in k or "lora.up" in k)
+    return any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k or "lora.up" in k)
 
 
 def _snapshot(module):
@@ -215,17 +210,12 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, spec_factory, which):
                                "checkpoint_every": 2})
     api.run(spec, output_dir=tmp_path / "full", progress=False)
 
-    def stop_at_2(ev):
-        if ev.step == 2:
-            control.request_stop("test interrupt")
-
-    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at_2])
+    part = api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at(2)])
     assert part.stopped_early and part.steps_done == 2
     resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert resumed.resumed_from == 2 and resumed.steps_done == 4
-    a, b = _lora(tmp_path / "full"), _lora(tmp_path / "part")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _trained(a)
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "part"))
+    assert _trained(lora(tmp_path / "full"))
 
 
 # ------------------------------------------------------------------------------------------------ flow matching
@@ -306,21 +296,13 @@ def test_refl_decodes_the_flow_x0_prediction_at_its_stop_step(tmp_path, spec_fac
 
 
 # ------------------------------------------------------------------------------------------------ specs
-def _cli(argv: list[str]) -> int:
-    from rewardtune.cli.main import main
-
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def test_a_family_that_does_not_match_the_pipeline_is_bad_input(tmp_path, spec_factory, capsys):
     spec = spec_factory({"name": "draft_k", "k": 1}, model={"pretrained": "zoo:sd3", "family": "flux"})
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    assert _cli(["run", str(path), "--no-progress", "-o", str(tmp_path / "out")]) == 2
+    assert cli(["run", str(path), "--no-progress", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "StableDiffusion3Pipeline" in err and "set model.family: sd3" in err and "Traceback" not in err
 
@@ -348,6 +330,7 @@ def test_tiny_runs_the_twin_of_the_spec_family(tmp_path, spec_factory, family, t
                         sampling={"resolution": 1024}, train={"steps": 1, "mixed_precision": "bf16"})
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    assert _cli(["run", str(path), "--tiny", "--no-progress", "-o", str(tmp_path / "out")]) == 0
+    assert cli(["run", str(path), "--tiny", "--no-progress", "-o", str(tmp_path / "out")]) == 0
     saved = (tmp_path / "out" / "spec.yaml").read_text()
     assert f"pretrained: {twin}" in saved and f"family: {family}" in saved
+

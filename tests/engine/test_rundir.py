@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
+from runs import assert_bitwise_equal, cli, lora
 
 import rewardtune.api as api
 from rewardtune.engine import control
@@ -26,16 +26,6 @@ from rewardtune.rundir import RunDir, atomic_write
 
 HERE = Path(__file__).parent
 CLI = [sys.executable, "-m", "rewardtune.cli.main"]
-
-
-def _cli(args: list[str]) -> int:
-    from rewardtune.cli.main import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def _spec_file(tmp_path: Path, spec: dict, *, for_subprocess: bool = False) -> Path:
@@ -60,18 +50,6 @@ def _wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 180.0
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _lora(out: Path) -> dict:
-    return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
-
-
-def _assert_bitwise_equal(a: dict, b: dict) -> None:
-    import torch
-
-    assert a.keys() == b.keys()
-    diff = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[0]}"
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -116,7 +94,7 @@ def test_unusable_output_dir_fails_with_2_before_any_model_loads(tmp_path, unloa
         cleanup = _read_only_dir(out)
         needle = "read-only" if os.geteuid() == 0 else "permission denied"
     try:
-        assert _cli(["run", str(unloadable_spec), "-o", str(out), "--no-progress"]) == 2
+        assert cli(["run", str(unloadable_spec), "-o", str(out), "--no-progress"]) == 2
     finally:
         if cleanup:
             cleanup()
@@ -127,7 +105,7 @@ def test_unusable_output_dir_fails_with_2_before_any_model_loads(tmp_path, unloa
 
 def test_a_usable_output_dir_gets_as_far_as_loading(tmp_path, unloadable_spec, capsys):
     """The other half of the proof above: with a good directory, the same spec fails on its weights (exit 4)."""
-    assert _cli(["run", str(unloadable_spec), "-o", str(tmp_path / "ok"), "--no-progress"]) == 4
+    assert cli(["run", str(unloadable_spec), "-o", str(tmp_path / "ok"), "--no-progress"]) == 4
     assert "not-cached-anywhere" in capsys.readouterr().err
 
 
@@ -261,7 +239,7 @@ def test_the_lock_dies_with_its_process(tmp_path):
 def test_resume_when_every_checkpoint_is_corrupt_refuses_and_keeps_every_file(tmp_path, spec_factory, capsys):
     p = _spec_file(tmp_path, spec_factory(train={"steps": 4, "checkpoint_every": 2}))
     out = tmp_path / "out"
-    assert _cli(["run", str(p), "-o", str(out), "--no-progress"]) == 0
+    assert cli(["run", str(p), "-o", str(out), "--no-progress"]) == 0
     run = RunDir(out)
     assert [c.step for c in run.checkpoints()] == [2, 4]
     (run.checkpoint_dir(2) / "state.json").write_text("{not json")
@@ -269,7 +247,7 @@ def test_resume_when_every_checkpoint_is_corrupt_refuses_and_keeps_every_file(tm
     t.write_bytes(t.read_bytes()[:100])
     before = _files(out)
     capsys.readouterr()
-    assert _cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 2
+    assert cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "none of its checkpoints can be used" in err and "step_00000002" in err and "step_00000004" in err
     assert "--overwrite" in err and "Traceback" not in err
@@ -298,21 +276,21 @@ def test_pickle_checkpoints_are_never_unpickled(tmp_path, spec_factory, capsys):
     # 1. a directory holding only a crafted pickle checkpoint (what older versions wrote, torch.save format)
     run.checkpoints_dir.mkdir(parents=True)
     torch.save({"step": 1, "x": _Payload(marker)}, run.checkpoints_dir / "step_00000001.pt")
-    assert _cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 2
+    assert cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "step_00000001.pt" in err and "never loaded" in err and "unpickling can run code" in err
     assert not marker.exists()
     # 2. a real run, then a newer planted pickle file and a newer checkpoint directory whose tensors are a pickle
     shutil.rmtree(out)
-    assert _cli(["run", str(p), "-o", str(out), "--no-progress"]) == 0
-    good = _lora(out)
+    assert cli(["run", str(p), "-o", str(out), "--no-progress"]) == 0
+    good = lora(out)
     torch.save({"step": 9, "x": _Payload(marker)}, run.checkpoints_dir / "step_00000009.pt")
     crafted = run.checkpoint_dir(7)
     shutil.copytree(run.checkpoint_dir(2), crafted)
     (crafted / "tensors.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
-    assert _cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 0  # from step 2, the newest good
+    assert cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 0  # from step 2, the newest good
     assert not marker.exists()
-    _assert_bitwise_equal(good, _lora(out))
+    assert_bitwise_equal(good, lora(out))
     assert (run.checkpoints_dir / "corrupt-step_00000007").is_dir()  # set aside, never pruned in favour of
     assert (run.checkpoints_dir / "step_00000009.pt").exists()  # left alone, never read
 
@@ -343,13 +321,13 @@ def test_resume_with_another_spec_is_refused_and_the_saved_spec_kept(tmp_path, s
     assert first.stopped_early and first.steps_done == 2
     saved = (out / "spec.yaml").read_bytes()
     capsys.readouterr()
-    assert _cli(["run", str(p), "-o", str(out), "--no-progress", "--resume", "train.steps=3", "train.lr=0.5"]) == 2
+    assert cli(["run", str(p), "-o", str(out), "--no-progress", "--resume", "train.steps=3", "train.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert "differs from the one the run was started with" in err
     assert "train.steps: 4 in the run, 3 now" in err and "train.lr: 0.03 in the run, 0.5 now" in err
     assert (out / "spec.yaml").read_bytes() == saved
     # where it runs and how progress shows may change
-    assert _cli(["run", str(p), "-o", str(out), "--resume", "logging.progress=true", "launcher.type=local",
+    assert cli(["run", str(p), "-o", str(out), "--resume", "logging.progress=true", "launcher.type=local",
                  "launcher.device=cpu"]) == 0
     assert (out / "spec.yaml").read_bytes() == saved
     steps = [r["step"] for r in RunDir(out).metrics() if "loss" in r]
@@ -452,7 +430,7 @@ def test_stop_in_the_middle_of_a_step_checkpoints_the_last_finished_step(tmp_pat
     assert [c.step for c in RunDir(tmp_path / "part").checkpoints()] == [1]
     resumed = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert resumed.resumed_from == 1 and resumed.steps_done == 4
-    _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "part"))
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "part"))
     assert resumed.eval_after == full.eval_after
 
 
@@ -475,7 +453,7 @@ def test_stop_during_the_before_and_after_evals_resumes_to_the_same_result(tmp_p
     done = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
     assert not done.stopped_early and done.resumed_from == 3
     assert done.eval_before == full.eval_before and done.eval_after == full.eval_after
-    _assert_bitwise_equal(_lora(tmp_path / "full"), _lora(tmp_path / "part"))
+    assert_bitwise_equal(lora(tmp_path / "full"), lora(tmp_path / "part"))
     result = json.loads((tmp_path / "part" / "result.json").read_text())
     assert result["outcome"] == "done" and result["steps_done"] == 3
 
@@ -487,12 +465,12 @@ def test_status_of_a_local_run_reads_its_files(tmp_path, spec_factory, capsys):
                     callbacks=[lambda ev: ev.step == 1 and control.request_stop("test")])
     assert first.stopped_early
     capsys.readouterr()
-    assert _cli(["status", str(out)]) == 3  # the run's own code: stopped, resumable
+    assert cli(["status", str(out)]) == 3  # the run's own code: stopped, resumable
     text = capsys.readouterr().out
     assert "run: STOPPED (step 1 of 2)" in text and "resumable" in text and "step_00000001" in text
-    assert _cli(["run", str(p), "-o", str(out), "--resume", "--no-progress"]) == 0
+    assert cli(["run", str(p), "-o", str(out), "--resume", "--no-progress"]) == 0
     capsys.readouterr()
-    assert _cli(["status", str(out)]) == 0
+    assert cli(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert "run: COMPLETED (step 2 of 2)" in text and "weights:" in text
 
@@ -518,6 +496,6 @@ def test_a_run_dirs_spec_yaml_with_aliases_is_refused_before_expanding(tmp_path,
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]  # 10^6 leaves if expanded
     (out / "spec.yaml").write_text("\n".join(levels) + "\n")
     capsys.readouterr()
-    assert _cli(["run", str(p), "-o", str(out), "--resume", "--no-progress"]) == 2
+    assert cli(["run", str(p), "-o", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "was not written by rewardtune (it uses YAML aliases)" in err and "Traceback" not in err

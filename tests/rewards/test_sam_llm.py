@@ -228,21 +228,19 @@ def test_explain_is_json_and_consistent_with_the_score(reward):
     assert ex[1]["prompt_truncated"] and ex[1]["prompt_used"].endswith(" ...")
 
 
+def _fresh_reward():
+    """A reward of its own (its judgement cache empty), loaded."""
+    return load_reward("sam-llm", "tiny", max_batch_size=8).load()
+
+
 def test_reward_follows_the_llm_answer(reward):
     """End to end: the same images score near +0.5 when the LLM says 'certain', near -0.5 when 'unlikely'."""
-    tok = reward.judge.tok
     x = _pixels(seed=7)
-    original = reward.judge.model.lm_head
-    try:
-        results = {}
-        for word in ("certain", "unlikely"):
-            biased = _with_answer_bias(reward.judge.model, tok, {word: 30.0})
-            reward.judge.model.lm_head = biased.lm_head
-            reward._judged.clear()
-            results[word] = reward(x, PROMPTS)
-    finally:
-        reward.judge.model.lm_head = original
-        reward._judged.clear()
+    results = {}
+    for word in ("certain", "unlikely"):
+        r = _fresh_reward()  # an LLM that always answers `word`: its output layer biased towards that answer
+        r.judge.model.lm_head = _with_answer_bias(r.judge.model, r.judge.tok, {word: 30.0}).lm_head
+        results[word] = r(x, PROMPTS)
     labelled = torch.tensor([bool(e["labels"]) for e in reward.explain(x, PROMPTS)])
     assert labelled.any()
     torch.testing.assert_close(results["certain"][labelled], torch.full((int(labelled.sum()),), 0.5), atol=1e-3,
@@ -251,15 +249,15 @@ def test_reward_follows_the_llm_answer(reward):
                                rtol=0)
 
 
-def test_judgements_are_cached_per_prompt_and_label(reward):
+def test_judgements_are_cached_per_prompt_and_label():
     x = _pixels(2, seed=9)
-    reward._judged.clear()
+    r = _fresh_reward()
     calls = []
-    h = reward.judge.model.register_forward_hook(lambda *a: calls.append(1))
+    h = r.judge.model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        reward(x, PROMPTS[:2])
+        r(x, PROMPTS[:2])
         first = len(calls)
-        reward(x, PROMPTS[:2])
+        r(x, PROMPTS[:2])
     finally:
         h.remove()
     assert first == 1 and len(calls) == 1  # one batched pass, then everything from the cache
