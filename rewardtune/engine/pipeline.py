@@ -171,13 +171,18 @@ def _quiet_loading():
             tlog.enable_progress_bar()
 
 
+def _model_index(path: str | Path) -> dict[str, Any]:
+    """A pipeline directory's model_index.json ({} when it has none or it is not a mapping)."""
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
 def pipeline_class_of(path: str | Path) -> str | None:
     """The diffusers pipeline class a pipeline directory was saved from (model_index.json's `_class_name`)."""
-    index = Path(path) / "model_index.json"
-    try:
-        return str(json.loads(index.read_text()).get("_class_name") or "") or None
-    except (OSError, ValueError, AttributeError):
-        return None
+    return str(_model_index(path).get("_class_name") or "") or None
 
 
 def resolve_family(path: str | Path, family: str | None, pretrained: str) -> Any:
@@ -221,6 +226,9 @@ def load_diffusion(pretrained: str, *, family: str | None = None, revision: str 
     with _quiet_loading():  # importing the pipeline class makes transformers warn about torchvision
         pipeline_cls = getattr(diffusers, fam.pipeline_class)
     kw: dict[str, Any] = dict(fam.pipeline_kwargs())
+    # components the directory was saved without (SD3 without T5: `"text_encoder_3": [null, null]`) are passed as
+    # None, as diffusers asks of a caller loading such a directory
+    kw.update({n: None for n, v in _model_index(path).items() if v in ([None, None], None) and n not in kw})
     if variant:
         kw["variant"] = variant
     if not text_encoders:

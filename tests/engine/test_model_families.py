@@ -334,3 +334,24 @@ def test_tiny_runs_the_twin_of_the_spec_family(tmp_path, spec_factory, family, t
     saved = (tmp_path / "out" / "spec.yaml").read_text()
     assert f"pretrained: {twin}" in saved and f"family: {family}" in saved
 
+
+def test_sd3_saved_without_t5_loads_and_trains(tmp_path, spec_factory):
+    """SD3.5 is often run without T5 (`text_encoder_3=None`): a directory saved that way loads (its null components
+    are passed as None, as diffusers asks), its prompts are encoded as StableDiffusion3Pipeline encodes them (zeros
+    in place of T5), and it trains."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from rewardtune.zoo import materialize
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(materialize("zoo:sd3"), text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(tmp_path / "no-t5")
+    diff = load_diffusion(str(tmp_path / "no-t5"), lora=None)
+    cond = diff.family.encode_text(diff, ["a red circle"])
+    emb, _, pooled, _ = pipe.encode_prompt("a red circle", "a red circle", "a red circle",
+                                           do_classifier_free_guidance=False, max_sequence_length=cond.emb.shape[1] -
+                                           pipe.tokenizer.model_max_length)
+    torch.testing.assert_close(cond.emb, emb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond.pooled, pooled, rtol=1e-5, atol=1e-5)
+    spec = spec_factory({"name": "draft_k", "k": 1}, model={"pretrained": str(tmp_path / "no-t5"), "family": "sd3"},
+                        train={"steps": 1})
+    assert api.run(spec, output_dir=tmp_path / "run", progress=False).steps_done == 1
