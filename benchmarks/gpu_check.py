@@ -11,6 +11,8 @@ In order, each stage within what is left of `--budget-s`:
    CFG 7.5, LoRA r=4, bf16, PickScore-architecture reward with random weights): K=1 and randomized truncation, the
    lever sweep (larger batches, fused AdamW, no host syncs, channels_last, SDPA kernels, compiled / CUDA-graph
    prefix), the largest batch that fits.
+3. (`--stages families`, a second call: building FLUX-size models takes minutes) `gpu_families.py`: SDXL-,
+   SD3.5-Medium- and FLUX.1-dev-architecture cells with random weights (samples/s, peak memory, MFU).
 Writes `gpu_check.json` and `gpu_check.md` (what ran, what passed, where the numbers are) and `gpu_scale.{md,json}`
 into `--out-dir` (default benchmarks/results/), and copies them to $OUT when that is set (the device tool's
 folder that comes back).
@@ -77,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=16, help="largest batch the fit search tries (TRL and "
                                                              "rewardtune's plain step; the lever sweep goes further)")
     ap.add_argument("--no-trl", action="store_true", help="rewardtune cells only")
+    ap.add_argument("--stages", default="tests,scale", help="comma-separated, of tests, scale, families "
+                                                            "(default tests,scale: the 8-minute check)")
     a = ap.parse_args(argv)
+    stages = set(a.stages.split(","))
+    if stages - {"tests", "scale", "families"}:
+        ap.error(f"--stages: unknown stage(s) {', '.join(sorted(stages - {'tests', 'scale', 'families'}))}; "
+                 "the stages are tests, scale, families")
     t_start = time.time()
     out_dir: Path = a.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,64 +101,93 @@ def main(argv: list[str] | None = None) -> int:
     del torch
 
     # 1. the GPU tests: a few tiny models, about a minute
-    report["tests"] = run_tests(out_dir, timeout=max(30.0, min(150.0, left() / 3)), dry=a.dry_run)
-    print(f"[{time.time() - t_start:5.0f}s] GPU tests: {report['tests']['counts']} (rc {report['tests']['rc']})",
-          flush=True)
+    if "tests" in stages:
+        report["tests"] = run_tests(out_dir, timeout=max(30.0, min(150.0, left() / 3)), dry=a.dry_run)
+        print(f"[{time.time() - t_start:5.0f}s] GPU tests: {report['tests']['counts']} (rc {report['tests']['rc']})",
+              flush=True)
 
     # 2. gpu_scale.py with what is left (it stops starting new measurements at its own budget)
-    scale_md = out_dir / "gpu_scale.md"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_scale.py"), "--out", str(scale_md)]
-    if a.dry_run:
-        cmd += ["--size", "dry", "--repeats", "1", "--warmup", "0", "--steps", "1", "--max-batch", "4",
-                "--flops", "0", "--no-trl", "--levers", "base,nosync,cl,flash,nosync+cl+b4,compile", "--compile-backend",
-                "eager"]
-    else:
-        budget = max(60.0, left() - 45)  # the last measurement may run past gpu_scale's budget: leave room
-        # model FLOPs: the architecture's constants from the H100 run (counting costs two processes); the lever
-        # sweep first (its base is rewardtune's K=1 cell), leaving 90 s for TRL's K=1 cell
-        cmd += ["--repeats", "1", "--warmup", "1", "--steps", "1", "--max-batch", str(a.max_batch), "--flops", "0",
-                "--reserve-s", "90", "--budget-s", f"{budget:.0f}"]
-        if a.no_trl:
-            cmd.append("--no-trl")
-    if a.batch:
-        cmd += ["--batch", str(a.batch)]
-    t0 = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=worker_env())
-    report["gpu_scale"] = {"command": " ".join(Path(c).name if c == sys.executable else c for c in cmd[1:]),
-                           "rc": p.returncode, "wall_s": round(time.time() - t0, 1),
-                           "tail": (p.stdout + p.stderr)[-3000:],
-                           "results": [str(x.relative_to(ROOT)) if x.is_relative_to(ROOT) else str(x)
-                                       for x in (scale_md, scale_md.with_suffix(".json")) if x.exists()]}
-    scale_json = scale_md.with_suffix(".json")
-    if scale_json.exists():
-        data = json.loads(scale_json.read_text())
-        report["gpu_scale"]["rows"] = data.get("rows")
-        report["gpu_scale"]["levers"] = {k: {f: v.get(f) for f in ("ok", "step_s", "cuda_peak_gib", "error")}
-                                         for k, v in data.get("results", {}).get("levers", {}).items()}
-    print(f"[{time.time() - t_start:5.0f}s] gpu_scale.py rc {p.returncode}", flush=True)
+    if "scale" in stages:
+        cmd = ["--out", str(out_dir / "gpu_scale.md")]
+        if a.dry_run:
+            cmd += ["--size", "dry", "--repeats", "1", "--warmup", "0", "--steps", "1", "--max-batch", "4",
+                    "--flops", "0", "--no-trl", "--levers", "base,nosync,cl,flash,nosync+cl+b4,compile",
+                    "--compile-backend", "eager"]
+        else:
+            budget = max(60.0, left() - 45)  # the last measurement may run past gpu_scale's budget: leave room
+            # model FLOPs: the architecture's constants from the H100 run (counting costs two processes); the lever
+            # sweep first (its base is rewardtune's K=1 cell), leaving 90 s for TRL's K=1 cell
+            cmd += ["--repeats", "1", "--warmup", "1", "--steps", "1", "--max-batch", str(a.max_batch), "--flops",
+                    "0", "--reserve-s", "90", "--budget-s", f"{budget:.0f}"]
+            if a.no_trl:
+                cmd.append("--no-trl")
+        if a.batch:
+            cmd += ["--batch", str(a.batch)]
+        report["gpu_scale"] = run_script("gpu_scale.py", cmd, out_dir / "gpu_scale.md")
+        data = report["gpu_scale"].pop("data", None)
+        if data:
+            report["gpu_scale"]["rows"] = data.get("rows")
+            report["gpu_scale"]["levers"] = {k: {f: v.get(f) for f in ("ok", "step_s", "cuda_peak_gib", "error")}
+                                             for k, v in data.get("results", {}).get("levers", {}).items()}
+        print(f"[{time.time() - t_start:5.0f}s] gpu_scale.py rc {report['gpu_scale']['rc']}", flush=True)
+
+    # 3. the newer families (opt-in)
+    if "families" in stages:
+        cmd = ["--out", str(out_dir / "gpu_families.md"), "--budget-s", f"{max(60.0, left() - 120):.0f}"]
+        if a.dry_run:
+            cmd += ["--size", "dry", "--warmup", "0", "--steps", "1"]
+        report["gpu_families"] = run_script("gpu_families.py", cmd, out_dir / "gpu_families.md")
+        data = report["gpu_families"].pop("data", None)
+        if data:
+            report["gpu_families"]["cells"] = {f: {k: r.get(k) for k in ("ok", "step_s", "cuda_peak_gib",
+                                                                           "flops_per_sample", "error")}
+                                               for f, r in data.get("results", {}).items()}
+        print(f"[{time.time() - t_start:5.0f}s] gpu_families.py rc {report['gpu_families']['rc']}", flush=True)
     report["elapsed_s"] = round(time.time() - t_start, 1)
 
     write_text(out_dir / "gpu_check.json", json.dumps(report, indent=1, default=str) + "\n")
-    t = report["tests"]
     lines = [f"# GPU check ({'DRY RUN on a CPU: nothing here is a GPU measurement' if a.dry_run else report['device']})",
-             "", f"Produced by `{'python benchmarks/gpu_check.py --dry-run' if a.dry_run else 'bash benchmarks/gpu_check.sh'}`"
+             "", f"Produced by `{'python benchmarks/gpu_check.py --dry-run' if a.dry_run else 'bash benchmarks/gpu_check.sh'}"
+             f"{'' if a.stages == 'tests,scale' else ' --stages ' + a.stages}`"
              f" on {report['started']}, {report['elapsed_s']:.0f} s, torch {report['torch']}.", "",
-             "## Machine", machine_block({"gpu": report["device"]}), "",
-             "## GPU tests", "", f"`{t['command']}`: {t['counts']} in {t['wall_s']} s (rc {t['rc']}).", "",
-             f"- bitwise resume under train.deterministic: {t['bitwise_resume']}"]
-    lines += [f"- {n}: {o}" for n, o in t["tests"].items() if RESUME_TEST not in n]
-    lines += ["", "## Throughput, memory, MFU, levers", "",
-              f"`{report['gpu_scale']['command']}` (rc {report['gpu_scale']['rc']}, {report['gpu_scale']['wall_s']} s):"
-              f" see {', '.join(Path(x).name for x in report['gpu_scale']['results']) or 'no results file'}.", ""]
+             "## Machine", machine_block({"gpu": report["device"]}), ""]
+    ok = True
+    if "tests" in report:
+        t = report["tests"]
+        lines += ["## GPU tests", "", f"`{t['command']}`: {t['counts']} in {t['wall_s']} s (rc {t['rc']}).", "",
+                  f"- bitwise resume under train.deterministic: {t['bitwise_resume']}"]
+        lines += [f"- {n}: {o}" for n, o in t["tests"].items() if RESUME_TEST not in n]
+        lines.append("")
+        ok = ok and t["rc"] in (0, 5)
+    for key, title in (("gpu_scale", "Throughput, memory, MFU, levers"), ("gpu_families", "SDXL, SD3.5, FLUX")):
+        if key in report:
+            r = report[key]
+            lines += [f"## {title}", "", f"`{r['command']}` (rc {r['rc']}, {r['wall_s']} s): see "
+                      f"{', '.join(Path(x).name for x in r['results']) or 'no results file'}.", ""]
+            ok = ok and r["rc"] == 0 and not re.search(r"Traceback", r["tail"])
     write_text(out_dir / "gpu_check.md", "\n".join(lines) + "\n")
     dest = os.environ.get("OUT")
     if dest:
-        for name in ("gpu_check.json", "gpu_check.md", "gpu_scale.md", "gpu_scale.json"):
+        for name in ("gpu_check.json", "gpu_check.md", "gpu_scale.md", "gpu_scale.json", "gpu_families.md",
+                     "gpu_families.json"):
             if (out_dir / name).exists():
                 shutil.copy(out_dir / name, Path(dest) / name)
-    ok = t["rc"] in (0, 5) and p.returncode == 0 and not re.search(r"Traceback", report["gpu_scale"]["tail"])
     print(f"gpu_check: wrote {out_dir / 'gpu_check.md'} ({'ok' if ok else 'with failures: see it'})")
     return 0 if ok else 1
+
+
+def run_script(script: str, args: list[str], md: Path) -> dict:
+    """Run a benchmark script of this folder; what it returned, wrote and said (its JSON results as `data`)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=worker_env())
+    files = [md, md.with_suffix(".json")]
+    out = {"command": " ".join([script, *args]), "rc": p.returncode, "wall_s": round(time.time() - t0, 1),
+           "tail": (p.stdout + p.stderr)[-3000:],
+           "results": [str(x.relative_to(ROOT)) if x.is_relative_to(ROOT) else str(x) for x in files if x.exists()]}
+    if files[1].exists():
+        out["data"] = json.loads(files[1].read_text())
+    return out
 
 
 if __name__ == "__main__":

@@ -49,3 +49,38 @@ def test_without_cuda_it_asks_for_a_gpu_or_the_dry_run(tmp_path):
     p = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out-dir", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, env=_env())
     assert p.returncode == 2 and "--dry-run" in p.stderr and not (tmp_path / "gpu_check.json").exists()
+
+
+def test_the_families_stage_runs_every_family_in_its_dry_size(tmp_path):
+    p = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--stages", "families", "--out-dir",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900, env=_env())
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert "tests" not in report and "gpu_scale" not in report
+    cells = report["gpu_families"]["cells"]
+    assert list(cells) == ["sdxl", "sd3", "flux"]
+    assert all(c["ok"] and c["step_s"][0] > 0 and c["flops_per_sample"] > 0 for c in cells.values()), cells
+    md = (tmp_path / "gpu_families.md").read_text()
+    assert "DRY RUN" in md and all(n in md for n in ("| SDXL base 1.0 |", "| SD3.5 Medium |", "| FLUX.1-dev |"))
+
+
+def test_the_family_cells_are_the_published_architectures():
+    """The configs written out in gpu_families.py, built on the meta device: the published parameter counts (a
+    wrong width, depth or head count would change them)."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_families as g
+
+    def n(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    with torch.device("meta"):
+        assert n(diffusers.UNet2DConditionModel(**g.FULL["sdxl"]["unet"])) == 2_567_463_684  # SDXL base UNet
+        assert round(n(diffusers.SD3Transformer2DModel(**g.FULL["sd3"]["transformer"])) / 1e9, 2) == 2.24  # 3.5 M
+        assert n(diffusers.FluxTransformer2DModel(**g.FULL["flux"]["transformer"])) == 11_901_408_320  # FLUX.1-dev
+        assert n(CLIPTextModel(CLIPTextConfig(**g.CLIP_L))) == 123_060_480  # CLIP ViT-L/14 text
+        assert n(CLIPTextModelWithProjection(CLIPTextConfig(**g.CLIP_G))) == 694_659_840  # OpenCLIP bigG text
+        assert n(T5EncoderModel(T5Config(**g.T5_XXL))) == 4_762_310_656  # T5 v1.1 XXL encoder
+        assert n(diffusers.AutoencoderKL(**g.FULL["sdxl"]["vae"])) == 83_653_863
