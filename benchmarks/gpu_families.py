@@ -23,6 +23,7 @@ Not compared with TRL: TRL 0.23.1's AlignProp and DDPO trainers take Stable Diff
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -120,7 +121,10 @@ def build_pipeline(family: str, conf: dict, path: Path, device: str, dtype_name:
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     parts: dict = {}
-    with torch.device(device):
+    stamp = path / ".complete"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the saved dtype: FLUX and T5-XXL in float32 would take 67 GB
+    with torch.device("meta" if stamp.exists() else device):  # saved already: only the counts are wanted
         vae = diffusers.AutoencoderKL(**conf["vae"])
         text = conf["text"]
         if family == "sdxl":
@@ -135,8 +139,8 @@ def build_pipeline(family: str, conf: dict, path: Path, device: str, dtype_name:
             parts["transformer"] = diffusers.FluxTransformer2DModel(**conf["transformer"])
             parts["text_encoder"] = CLIPTextModel(clip_config(text))
             parts["text_encoder_2"] = T5EncoderModel(T5Config(**conf["t5"]))
+    torch.set_default_dtype(default)
     counts = {n: sum(p.numel() for p in m.parameters()) for n, m in [("vae", vae), *parts.items()]}
-    stamp = path / ".complete"
     if not stamp.exists():
         tok = tiny_clip_tokenizer(text["max_position_embeddings"])
         mods = {n: m.to(dtype) for n, m in parts.items()}
@@ -197,7 +201,8 @@ def worker(a: argparse.Namespace) -> dict:
         torch.set_num_threads(1)
     run = RUN[a.size]
     conf = (FULL if a.size == "full" else DRY)[a.family]
-    pipe_dir = a.workdir / f"{a.family}-random"
+    key = hashlib.sha1(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    pipe_dir = a.workdir / f"{a.family}-random-{key}"  # a config change builds anew
     t0 = time.perf_counter()
     counts = build_pipeline(a.family, conf, pipe_dir, a.device, "bfloat16" if run["precision"] == "bf16" else "float32")
     if cuda:
