@@ -153,7 +153,8 @@ def explain_field(key: str) -> str:
     for o in owners:
         f = o.model_fields[parts[-1]]
         tag = f" (in {o.__name__})" if len(owners) > 1 else ""
-        lines.append(f"{path}{tag}: {type_name(f.annotation, markdown=False)}, default {default_text(f, markdown=False)}")
+        lines.append(f"{path}{tag}: {type_name(f.annotation, markdown=False)}, "
+                     f"default {default_text(f, markdown=False)}")
         if f.description:
             lines.append(f"  {f.description}")
     if models:
@@ -162,7 +163,8 @@ def explain_field(key: str) -> str:
                                       and not m.__doc__.lstrip().startswith(("!!!", "Usage docs")) else "")
             lines.append(f"  {head}")
             for n, sub in m.model_fields.items():
-                lines.append(f"    {n}: {type_name(sub.annotation, markdown=False)}, default {default_text(sub, markdown=False)}"
+                lines.append(f"    {n}: {type_name(sub.annotation, markdown=False)}, "
+                             f"default {default_text(sub, markdown=False)}"
                              + (f"  - {sub.description}" if sub.description else ""))
     if field is not None and parts[-1] == "kwargs":
         lines.append("  A reward's arguments and weights keys: `rewardtune rewards NAME`.")
