@@ -551,6 +551,7 @@ class Trainer:
         progress = _Progress(s.progress and info.main, s.steps, self.step, every_s=s.progress_every_s,
                              every_steps=s.progress_every_steps)
         progress.last_eval = {k.removeprefix("eval/"): v for k, v in before.items() if k != "eval/objective"}
+        progress.last_eval_step = self.step
         stopped, reason = False, ""
         abort_steps = info.world == 1  # several ranks must finish a step together (its collectives)
         self._pending: list[tuple[int, PendingStep]] = []  # finished steps whose numbers are not read yet
@@ -730,6 +731,7 @@ class _Progress:
         self.p = None
         self.lines = False
         self.last_eval: dict[str, float] = {}  # shown until the next eval: a monitor next to the optimized reward
+        self.last_eval_step = start  # the step it was taken at, shown with it (`eval@0` is the model before training)
 
     def __enter__(self):
         if not self.enabled:
@@ -758,13 +760,14 @@ class _Progress:
             return
         evals = {k.removeprefix("eval/"): v for k, v in m.items() if k.startswith("eval/") and k != "eval/objective"}
         if evals:
-            self.last_eval = evals
+            self.last_eval, self.last_eval_step = evals, step
         parts = []
         if "objective" in m:
             parts.append(f"reward {m['objective']:.4g}")
         if self.last_eval:
             shown = " ".join(f"{k} {v:.3g}" for k, v in self.last_eval.items() if k.count("/") == 0)
-            parts.append(shown and (f"eval {shown}" if self.lines else f"[cyan]eval {shown}[/]"))
+            shown = shown and f"eval@{self.last_eval_step} {shown}"
+            parts.append(shown and (shown if self.lines else f"[cyan]{shown}[/]"))
         parts.append(f"loss {m['loss']:.4g}")
         parts.append(f"{m['time/step_s']:.2f}s/step")
         parts.append(f"{m['memory/peak_mb']:.0f}MB")

@@ -54,7 +54,7 @@ def test_piped_progress_lines_arrive_while_the_run_is_running(tmp_path):
     try:
         assert first.wait(300), f"no progress line while the run was held at step 2: {lines}"
         assert proc.poll() is None  # the line came through the pipe while the run was still going
-        assert "eval clip" in lines[-1] and "reward " in lines[-1], lines[-1]  # the latest eval beside the reward
+        assert "eval@0 clip" in lines[-1] and "reward " in lines[-1], lines[-1]  # the latest eval beside the reward
     finally:
         go.touch()
         proc.wait(timeout=300)
@@ -124,4 +124,4 @@ def test_a_terminal_gets_the_bar_not_lines(tmp_path):
     assert "train 1/2 (50%)" not in text
     final = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "\n").splitlines()
     bar = [ln for ln in final if "2/2" in ln and "━" in ln][-1]
-    assert re.search(r"reward -?[0-9.]+ +eval clip -?[0-9.]+ .*loss -?[0-9.e+-]+ +[0-9.]+s/step +[0-9]+MB", bar), bar
+    assert re.search(r"reward -?[0-9.]+ +eval@0 clip -?[0-9.]+ .*loss -?[0-9.e+-]+ +[0-9.]+s/step +[0-9]+MB", bar), bar

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import assert_bitwise_equal, lora, stop_at
+from run_helpers import assert_bitwise_equal, lora, stop_at
 
 import rewardtune.api as api
 from rewardtune.engine.build import build_trainer

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from runs import cli
+from run_helpers import cli
 
 import rewardtune.api as api
 from rewardtune.engine import control

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from runs import lora
+from run_helpers import lora
 
 from rewardtune.engine.outputs import latest_resumable
 from rewardtune.rundir import RunDir

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from runs import assert_bitwise_equal, lora, stop_at
+from run_helpers import assert_bitwise_equal, lora, stop_at
 
 import rewardtune.api as api
 

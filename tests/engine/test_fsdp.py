@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from runs import lora
+from run_helpers import lora
 
 HERE = Path(__file__).parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import assert_bitwise_equal, lora, stop_at
+from run_helpers import assert_bitwise_equal, lora, stop_at
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from runs import assert_bitwise_equal, cli, lora, stop_at
+from run_helpers import assert_bitwise_equal, cli, lora, stop_at
 
 import rewardtune.api as api
 from rewardtune.engine.build import build_trainer

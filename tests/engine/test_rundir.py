@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from runs import assert_bitwise_equal, cli, lora
+from run_helpers import assert_bitwise_equal, cli, lora
 
 import rewardtune.api as api
 from rewardtune.engine import control

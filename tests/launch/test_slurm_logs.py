@@ -36,7 +36,7 @@ def test_the_job_log_shows_progress_lines_while_the_job_runs(tmp_path, monkeypat
         # the reward holds the job at its third step: it is running, and its log already shows two lines
         state = subprocess.run(["squeue", "-h", "-j", sub.job_id, "-o", "%T"], capture_output=True, text=True).stdout
         assert state.strip() == "RUNNING", state
-        assert "reward " in seen and "eval launch-hold" in seen
+        assert "reward " in seen and "eval@0 launch-hold" in seen
     finally:
         go.touch()
     sub.wait(timeout_s=420)
