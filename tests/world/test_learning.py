@@ -65,7 +65,6 @@ FLOW_BASE = 28 / 64
 #: shapes form early on a flow path: backprop through the whole chain (DRaFT-K, K = all 20 steps) moves them
 #: (measured 43.8% -> 60.9%, reward 0.881 -> 0.935) ...
 FLOW_FULL_CHAIN = "method={name: draft_k, k: 20}"
-FLOW_FULL_CHAIN_MARGIN = 0.10
 #: ... while methods whose gradient sees only the last steps raise the reward as much and leave the shapes as they
 #: were (measured: DRaFT-1 43.8% -> 42.2% at reward 0.910; ReFL 43.8% -> 46.9% at 0.917; AlignProp K ~ U[1, 10]
 #: +8 points; DRaFT-5 +3): reward hacking that the judge catches. The day one of them learns here, this fails.
@@ -74,6 +73,8 @@ FLOW_LAST_STEPS_MAX_GAIN = 0.08
 #: ReFL whose stop step falls where the shapes form (steps 1-6 of 20) moves them, at a tenth of the full chain's cost
 #: (measured 43.8% -> 70.3%, reward 0.881 -> 0.928; stopping in [0, 3]: 65.6%; in [4, 10]: 43.8%, unchanged)
 FLOW_EARLY_REFL = "method={name: refl, stop_range: [1, 6], loss: neg}"
+#: least rise of both-correct (and of shape) each of the two must show
+FLOW_MARGIN = 0.10
 
 
 class _EvalImages:
@@ -123,23 +124,14 @@ def test_method_raises_the_judges_accuracy_on_held_out_seeds(method, trainable, 
 
 
 @pytest.mark.learning
-def test_full_chain_backprop_raises_the_judges_accuracy_on_a_flow_matching_transformer(tmp_path):
-    res, _ = _run(tmp_path, *FLOW, FLOW_FULL_CHAIN)
-    print("LEARNED flow full chain: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
+@pytest.mark.parametrize("method", [FLOW_FULL_CHAIN, FLOW_EARLY_REFL], ids=["draft_full_chain", "refl_early_stop"])
+def test_gradient_into_the_early_steps_raises_the_judges_accuracy_on_a_flow_matching_transformer(method, tmp_path):
+    res, _ = _run(tmp_path, *FLOW, method)
+    print(f"LEARNED flow {method}: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
     assert res.steps_done == 100 and res.skipped_steps == 0
     assert res.eval_before["shapes-eval"] == pytest.approx(FLOW_BASE)
-    assert _gain(res) >= FLOW_FULL_CHAIN_MARGIN, (res.eval_before, res.eval_after)
-    assert _gain(res, "shapes-eval/shape_ok") >= FLOW_FULL_CHAIN_MARGIN and _gain(res, "clip") > 0.03
-
-
-@pytest.mark.learning
-def test_refl_stopping_early_raises_the_judges_accuracy_on_a_flow_matching_transformer(tmp_path):
-    res, _ = _run(tmp_path, *FLOW, FLOW_EARLY_REFL)
-    print("LEARNED flow refl early: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
-    assert res.steps_done == 100 and res.skipped_steps == 0
-    assert res.eval_before["shapes-eval"] == pytest.approx(FLOW_BASE)
-    assert _gain(res) >= FLOW_FULL_CHAIN_MARGIN, (res.eval_before, res.eval_after)
-    assert _gain(res, "shapes-eval/shape_ok") >= FLOW_FULL_CHAIN_MARGIN and _gain(res, "clip") > 0.03
+    assert _gain(res) >= FLOW_MARGIN, (res.eval_before, res.eval_after)
+    assert _gain(res, "shapes-eval/shape_ok") >= FLOW_MARGIN and _gain(res, "clip") > 0.03
 
 
 @pytest.mark.learning
