@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. the newer families (opt-in)
     if "families" in stages:
-        cmd = ["--out", str(out_dir / "gpu_families.md"), "--budget-s", f"{max(60.0, left() - 120):.0f}"]
+        cmd = ["--out", str(out_dir / "gpu_families.md"), "--budget-s", f"{max(60.0, left() - 30):.0f}"]
         if a.dry_run:
             cmd += ["--size", "dry", "--warmup", "0", "--steps", "1"]
         report["gpu_families"] = run_script("gpu_families.py", cmd, out_dir / "gpu_families.md")
@@ -181,12 +181,12 @@ def run_script(script: str, args: list[str], md: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "benchmarks" / script), *args]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=worker_env())
-    files = [md, md.with_suffix(".json")]
+    files = [x for x in (md, md.with_suffix(".json")) if x.exists() and x.stat().st_mtime >= t0]  # not a stale one
     out = {"command": " ".join([script, *args]), "rc": p.returncode, "wall_s": round(time.time() - t0, 1),
            "tail": (p.stdout + p.stderr)[-3000:],
-           "results": [str(x.relative_to(ROOT)) if x.is_relative_to(ROOT) else str(x) for x in files if x.exists()]}
-    if files[1].exists():
-        out["data"] = json.loads(files[1].read_text())
+           "results": [str(x.relative_to(ROOT)) if x.is_relative_to(ROOT) else str(x) for x in files]}
+    if md.with_suffix(".json") in files:
+        out["data"] = json.loads(md.with_suffix(".json").read_text())
     return out
 
 

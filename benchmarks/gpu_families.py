@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         args = [__file__, "--worker", fam, "--size", a.size, "--warmup", a.warmup, "--steps", a.steps, "--flops",
                 a.flops, "--workdir", a.workdir.parent, "--batch", a.batch]
         try:
-            results[fam] = run_worker(sys.executable, args, timeout=max(60.0, a.budget_s * 1.5))
+            # a family started inside the budget may finish up to 2 minutes past it
+            results[fam] = run_worker(sys.executable, args, timeout=max(60.0, a.budget_s - (time.time() - t_start) + 120))
         except Exception as e:  # noqa: BLE001
             results[fam] = {"ok": False, "error": str(e)[-1500:]}
         r = results[fam]
