@@ -14,7 +14,9 @@ What is evaluated (`find_target`):
 
 Sampling goes through rewardtune's own engine (`rewardtune.engine.sampler`), with the noise of the training run's
 own eval (`generator(seed, "eval-noise")`), so `evaluate` of a run directory with its own settings reproduces the
-run's `after` eval, and before/after differ only by the weights.
+run's `after` eval, and before/after differ only by the weights. That holds for a run trained in one process in
+float32 with eta 0 (the tested case): `evaluate` samples in float32 in one process, so a bf16/fp16 run, or an eta > 0
+run split over ranks (whose eval noise is drawn per rank), gets numbers close to its own but not equal.
 """
 from __future__ import annotations
 

@@ -117,6 +117,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = True) -> st
 
     api = HfApi()
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+    # a bare name is created under the token's namespace: upload to the id the hub returned, not the bare name
+    api.upload_folder(repo_id=url.repo_id, folder_path=str(folder), repo_type="model",
                       commit_message="Upload rewardtune export")
     return str(url)

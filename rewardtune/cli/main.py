@@ -56,7 +56,8 @@ def _no_bool_type(display_type_rich):
     return shown
 
 
-typer.core.TyperOption.display_type_rich = _no_bool_type(typer.core.TyperOption.display_type_rich)
+if callable(getattr(typer.core.TyperOption, "display_type_rich", None)):  # a typer without it: help shows `<bool>`
+    typer.core.TyperOption.display_type_rich = _no_bool_type(typer.core.TyperOption.display_type_rich)
 
 
 def _with_globals(fn):

@@ -92,7 +92,7 @@ class PendingStep:
     values: torch.Tensor | list[float]  # [bad loss/reward, bad grad norm, *metrics]; a list once read
     names: list[str]  # of the metrics after the two flags
     host: dict[str, float]  # what the host already knows: lr, a method's host numbers
-    out: MethodOutput | None  # the last micro-batch's output
+    out: MethodOutput | None  # the last micro-batch's output (kept only when there are callbacks)
     timer: _PhaseTimer
     t0: float  # perf_counter when the step began
     t_done: float | None = None  # when it ended, for a step whose skip decision was read at once
@@ -428,7 +428,10 @@ class Trainer:
                 host[k] = float(np.mean(v))
         names = list(device_metrics)
         packed = torch.cat([flags.float(), torch.stack([device_metrics[k].to(dev) for k in names])])
-        pending = PendingStep(packed, names, host, outs[-1] if outs else None, timer, t0)
+        # the last micro-batch's output (images, rewards) only for callbacks: steps whose numbers wait to be read
+        # (`logging.every` > 1) would otherwise hold their pixels on the device until then
+        keep = outs[-1] if outs and self.callbacks.callbacks else None
+        pending = PendingStep(packed, names, host, keep, timer, t0)
         update_ema = self.ema is not None and (self.step + 1) % s.ema_every == 0
         if self.defer_reads:
             bad_t = flags.sum() > 0  # no fp16 scaler here: a non-finite gradient norm skips too

@@ -293,6 +293,13 @@ class TrainSpec(Strict):
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
 
+    @model_validator(mode="after")
+    def _fused_needs_adamw(self) -> TrainSpec:
+        if self.fused_adam and self.optimizer != "adamw":
+            raise ValueError(f"fused_adam needs optimizer: adamw (got {self.optimizer}, whose 8-bit state has no "
+                             "fused kernel); set fused_adam: false, or optimizer: adamw")
+        return self
+
 
 class LoggingSpec(Strict):
     every: int = Field(1, ge=1, description="Log metrics every N steps.")
