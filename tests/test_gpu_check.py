@@ -64,13 +64,13 @@ def test_the_families_stage_runs_every_family_in_its_dry_size(tmp_path):
     assert "DRY RUN" in md and all(n in md for n in ("| SDXL base 1.0 |", "| SD3.5 Medium |", "| FLUX.1-dev |"))
 
 
-def test_the_family_cells_are_the_published_architectures():
+def test_the_family_cells_are_the_published_architectures(monkeypatch):
     """The configs written out in gpu_families.py, built on the meta device: the published parameter counts (a
     wrong width, depth or head count would change them)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_families as g
 
     def n(m) -> int:

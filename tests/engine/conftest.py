@@ -54,8 +54,12 @@ def tiny_diffusion():
 
 @pytest.fixture
 def nan_on_steps():
-    """The `test-nan-on-steps` reward, disarmed: `nan_on_steps.arm({2})` makes optimizer step 2's reward NaN."""
-    from rewards_for_tests import NAN_ON_STEPS
+    """A `test-nan-on-steps` reward of this test's own (the registry forgets it after the test), disarmed:
+    `nan_on_steps.arm({2})` makes optimizer step 2's reward NaN."""
+    from rewards_for_tests import NanOnTrainingSteps
 
-    yield NAN_ON_STEPS.arm(())
-    NAN_ON_STEPS.arm(())
+    from rewardtune.registry import register_reward
+
+    reward = NanOnTrainingSteps()
+    register_reward("test-nan-on-steps", differentiable=True)(reward)
+    return reward

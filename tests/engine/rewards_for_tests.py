@@ -50,6 +50,7 @@ class NanOnTrainingSteps:
         self.arm(())
 
     def arm(self, steps) -> NanOnTrainingSteps:
+        """NaN on these optimizer steps (1-based), counted from now."""
         self.steps, self.calls = set(steps), 0
         return self
 
@@ -59,7 +60,3 @@ class NanOnTrainingSteps:
             return r
         self.calls += 1
         return r * float("nan") if self.calls in self.steps else r
-
-
-NAN_ON_STEPS = NanOnTrainingSteps()
-register_reward("test-nan-on-steps", differentiable=True)(NAN_ON_STEPS)

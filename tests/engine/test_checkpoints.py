@@ -95,6 +95,7 @@ def test_non_finite_steps_are_skipped_and_bounded(tmp_path, spec_factory, nan_on
     nan_on_steps.arm({2})
     before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
     m1, _, bad1 = tr.train_step()
+    tr.step += 1
     after1 = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
     m2, _, bad2 = tr.train_step()  # step 2's reward is NaN
     after2 = tr.diff.trainable_state_dict()
@@ -113,13 +114,14 @@ def test_non_finite_steps_are_skipped_and_bounded(tmp_path, spec_factory, nan_on
 def test_non_finite_step_with_loss_scaling_leaves_the_scaler_usable(tmp_path, spec_factory, nan_on_steps):
     """fp16 loss scaling: a skipped step must close the unscale it opened, or the next step fails with 'unscale_()
     has already been called'. A run enables the scaler only for fp16 on CUDA, where tests/engine/test_engine_gpu.py
-    runs this through the spec; CPU has no fp16 autocast, so here the scaler's CPU twin is put in by hand (the one
-    test that sets trainer state: CI has no other way to reach this path)."""
+    runs this through the spec; CPU has no fp16 autocast, so here the scaler's CPU twin is put into the trainer by hand
+    (CI has no other way to reach this path)."""
     spec = load_spec(spec_factory(objective=[{"reward": "test-nan-on-steps"}], train={"steps": 3}))
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
     tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=True)
     nan_on_steps.arm({1})
     _, _, bad1 = tr.train_step()
+    tr.step += 1
     before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
     m2, _, bad2 = tr.train_step()
     assert bad1 and not bad2 and tr.skipped == 1 and m2["loss"] == m2["loss"]

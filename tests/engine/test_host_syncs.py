@@ -133,6 +133,7 @@ def test_fused_adam_skips_a_non_finite_step_exactly(tmp_path, spec_factory, nan_
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
     nan_on_steps.arm({2})
     tr.train_step()
+    tr.step += 1
     before = {k: v.clone() for k, v in tr.diff.trainable_state_dict().items()}
     moments = [{k: v.clone() for k, v in st.items()} for st in tr.opt.state.values()]
     m2, _, bad = tr.train_step()
