@@ -124,6 +124,20 @@ def build_reward(a: argparse.Namespace):
 
 
 # ------------------------------------------------------------------------------------------------ rewardtune
+def trainer_step(trainer):
+    """One optimizer step of a rewardtune Trainer as a callable (returning the step's K), as the training loop takes
+    it; a skipped (non-finite) step is an error in a benchmark. The trainer is at `step.trainer`."""
+    def step():
+        metrics, _out, skipped = trainer.train_step()
+        trainer.step += 1
+        if skipped:
+            raise RuntimeError(f"rewardtune skipped a step (non-finite): {metrics}")
+        return metrics.get("k", float("nan"))
+
+    step.trainer = trainer  # type: ignore[attr-defined]
+    return step
+
+
 def rewardtune_step(a: argparse.Namespace, reward, diff=None, *, fused_adam: bool = False):
     """rewardtune's own training step: `Trainer.train_step()` of the engine (method loss, backward, grad clip,
     AdamW, metrics), on a Diffusion built as `engine.build` builds it from a spec."""
@@ -152,15 +166,7 @@ def rewardtune_step(a: argparse.Namespace, reward, diff=None, *, fused_adam: boo
     trainer = Trainer(diff, objective, make_method(a), sampling, settings, PROMPTS,
                       Path(tempfile.mkdtemp(prefix="rt_bench_")), info=DistInfo())
     diff.unet.train()
-
-    def step():
-        metrics, _out, skipped = trainer.train_step()
-        trainer.step += 1
-        if skipped:
-            raise RuntimeError(f"rewardtune skipped a step (non-finite): {metrics}")
-        return metrics.get("k", float("nan"))
-
-    step.trainer = trainer  # type: ignore[attr-defined]
+    step = trainer_step(trainer)
     return step, {"trainable_params": sum(p.numel() for p in trainer.params), "method": trainer.method.name}, diff
 
 

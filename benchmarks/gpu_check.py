@@ -19,7 +19,7 @@ folder that comes back).
 
 `--dry-run` runs the same stages on a CPU: the GPU tests (all skipped without CUDA), and gpu_scale.py at its
 `dry` size (the reduced SD-1.5 topology, 64 px, 2 steps, fp32), rewardtune cells only, the compile levers traced
-with the `eager` backend. tests/test_benchmarks.py runs it.
+with the `eager` backend. tests/test_gpu_check.py runs it.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ GPU_TESTS = ["tests/engine/test_engine_gpu.py", "tests/rewards/test_gpu.py"]
 RESUME_TEST = "test_deterministic_resume_on_cuda_is_bitwise_equal"
 
 
-def run_tests(out_dir: Path, timeout: float, dry: bool) -> dict:
+def run_tests(out_dir: Path, timeout: float) -> dict:
     """`pytest -m gpu` over the GPU test files; per-test outcomes from its JUnit XML."""
     xml = out_dir / "gpu_tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", f"--junitxml={xml}",
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. the GPU tests: a few tiny models, about a minute
     if "tests" in stages:
-        report["tests"] = run_tests(out_dir, timeout=max(30.0, min(150.0, left() / 3)), dry=a.dry_run)
+        report["tests"] = run_tests(out_dir, timeout=max(30.0, min(150.0, left() / 3)))
         print(f"[{time.time() - t_start:5.0f}s] GPU tests: {report['tests']['counts']} (rc {report['tests']['rc']})",
               flush=True)
 

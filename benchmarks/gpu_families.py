@@ -188,7 +188,7 @@ def worker(a: argparse.Namespace) -> dict:
     from types import SimpleNamespace
 
     import torch
-    from _step_worker import build_reward
+    from _step_worker import build_reward, count_flops, trainer_step
 
     from rewardtune.engine.build import build_trainer
     from rewardtune.registry import register_reward
@@ -225,11 +225,7 @@ def worker(a: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    def step():
-        metrics, _out, skipped = trainer.train_step()
-        trainer.step += 1
-        if skipped:
-            raise RuntimeError(f"a non-finite step: {metrics}")
+    step = trainer_step(trainer)
 
     try:
         for _ in range(a.warmup):
@@ -250,13 +246,9 @@ def worker(a: argparse.Namespace) -> dict:
         result.update(ok=False, oom=True)
         return result
     if a.flops:  # one step more, checkpointing off: recomputation is not model work
-        from torch.utils.flop_counter import FlopCounterMode
-
         trainer.sampling = dataclasses.replace(trainer.sampling, use_checkpoint=False)
         try:
-            with FlopCounterMode(display=False) as fc:
-                step()
-            result["flops_per_sample"] = fc.get_total_flops() / spec.train.batch_size
+            result["flops_per_sample"] = count_flops(step) / spec.train.batch_size
         except torch.OutOfMemoryError:
             result["flops_per_sample"] = None
             result["flops_note"] = "the uncheckpointed step did not fit"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -215,10 +216,12 @@ def table(agg: dict) -> str:
     for name, a in agg.items():
         first, last = a["points"][0], a["points"][-1]
         tt = a["steps_to_target"]
-        reached = [t for t in tt if t is not None]
         cps = a["cpu_s_per_step"]
-        to_cpu = (f"{statistics.median(reached) * cps:.0f}" + ("" if len(reached) == len(tt) else
-                  f" ({len(tt) - len(reached)} of {len(tt)} seeds never)")) if reached and cps else "—"
+        # a seed that never reached the target counts as never (not left out): the median is then over every seed
+        med = statistics.median([math.inf if t is None else t for t in tt]) if tt else math.inf
+        missed = sum(t is None for t in tt)
+        to_cpu = "—" if math.isinf(med) or not cps else (
+            f"{med * cps:.0f}" + (f" ({missed} of {len(tt)} seeds never)" if missed else ""))
         lines.append(f"| {name} | {f(first['both'])} → **{f(last['both'])}** | {f(last['colour'])} | "
                      f"{f(last['shape'])} | {f(first['reward'], False)} → {f(last['reward'], False)} | "
                      f"{', '.join('never' if t is None else str(t) for t in tt)} | "

@@ -70,7 +70,7 @@ FLOW_FULL_CHAIN = "method={name: draft_k, k: 20}"
 #: +8 points; DRaFT-5 +3): reward hacking that the judge catches. The day one of them learns here, this fails.
 FLOW_LAST_STEPS = ("draft_k", "refl")
 FLOW_LAST_STEPS_MAX_GAIN = 0.08
-#: ReFL whose stop step falls where the shapes form (steps 1-6 of 20) moves them, at a tenth of the full chain's cost
+#: ReFL whose stop step falls where the shapes form (steps 1-6 of 20) moves them, at about a seventh of the full chain's CPU time
 #: (measured 43.8% -> 70.3%, reward 0.881 -> 0.928; stopping in [0, 3]: 65.6%; in [4, 10]: 43.8%, unchanged)
 FLOW_EARLY_REFL = "method={name: refl, stop_range: [1, 6], loss: neg}"
 #: least rise of both-correct (and of shape) each of the two must show
