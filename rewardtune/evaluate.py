@@ -195,11 +195,11 @@ def prompts_for(target: Target, source: str | None, images_per_prompt: int | Non
     else:
         p = Path(source)
         if not p.is_file():
-            import difflib
+            from rewardtune.registry import did_you_mean
 
-            guess = difflib.get_close_matches(source, list(BUILTIN_SETS), n=1)
+            guess = did_you_mean(source, list(BUILTIN_SETS))
             raise UsageError(f"--prompts {source}: no such file and no built-in set of that name"
-                             + (f". Did you mean '{guess[0]}'?" if guess else "")
+                             + (f". Did you mean '{guess}'?" if guess else "")
                              + f" Built-in sets: {', '.join(BUILTIN_SETS)}.")
         try:
             prompts = read_prompt_file(p)

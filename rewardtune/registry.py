@@ -281,8 +281,10 @@ class Registry:
         raise UnknownRewardError(unknown_reward_message(name, self.names()))
 
 
-def did_you_mean(name: str, choices: list[str]) -> str | None:
-    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+def did_you_mean(name: str, choices: list[str], cutoff: float = 0.6) -> str | None:
+    """The choice closest to a misspelt `name` (difflib's ratio at least `cutoff`), or None: every "Did you mean"
+    of rewardtune comes from here."""
+    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=cutoff)
     return match[0] if match else None
 
 

@@ -6,86 +6,28 @@
 
 Where a spec is named on the command line (`run`, `submit`, `validate`, `weights`, `eval`), a local file always
 wins over a shipped spec of the same spelling (`demo` -> ./demo, then ./demo.yaml, then the shipped demo), and
-the command says which one it used (`resolve_spec_arg`).
+the command says which one it used (`resolve_spec_arg`; the rule is `rewardtune.spec.find`'s).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from rewardtune.cli.common import console, guarded
+from rewardtune.spec.find import ResolvedSpec, find_spec, shipped_spec, shipped_specs
 
 HELP = ("List the specs shipped with rewardtune (`specs`), copy one to edit it (`specs cp NAME [DEST]`, comments "
         "kept), or print one (`specs show NAME`). A local file of the same name wins over a shipped spec.")
 
-SUFFIXES = (".yaml", ".yml")
-
-
-@dataclass(frozen=True)
-class ResolvedSpec:
-    """Which file a spec argument names: `shipped` when it is one of rewardtune's own specs; `shadows` when a local
-    file was used although a shipped spec has the same name."""
-
-    arg: str
-    path: Path
-    shipped: bool
-    shadows: Path | None = None
-
-    def note(self) -> str:
-        if self.shipped:
-            return f"spec: the shipped spec '{self.path.stem}' ({self.path}); `rewardtune specs cp {self.path.stem}` " \
-                   "copies it to edit"
-        if self.shadows is not None:
-            return f"spec: {self.path} (a local file; it wins over the shipped spec '{self.shadows.stem}')"
-        return f"spec: {self.path}"
-
-
-def shipped_specs() -> list[Path]:
-    from rewardtune.registry import bundled_dir
-
-    d = bundled_dir("specs")
-    return sorted(p for p in d.rglob("*") if p.suffix in SUFFIXES and p.is_file()) if d.is_dir() else []
-
-
-def _shipped(name: str) -> Path | None:
-    """The shipped spec `name` names (`demo`, `demo.yaml`, `specs/demo.yaml`), or None."""
-    from rewardtune.registry import bundled_dir
-
-    p = Path(name)
-    rel = p.parts[1:] if p.parts[:1] == ("specs",) else p.parts
-    if p.is_absolute() or not rel or ".." in rel:
-        return None
-    cand = bundled_dir("specs").joinpath(*rel)
-    for c in (cand, *(cand.with_name(cand.name + s) for s in SUFFIXES)):
-        if c.suffix in SUFFIXES and c.is_file():
-            return c
-    return None
-
-
-def _exists(p: Path) -> bool:
-    try:
-        return p.exists()
-    except (OSError, ValueError):
-        return False
-
-
 def resolve_spec_arg(arg: str) -> ResolvedSpec:
-    """The file a spec argument names. A local file wins: `arg` itself, then `arg.yaml` / `arg.yml`; only then
-    a shipped spec (`demo`, `demo.yaml`, `specs/demo.yaml`). A name that is none of these raises UsageError
-    listing the shipped specs."""
+    """The file a spec argument names (`rewardtune.spec.find`: a local file wins, then a shipped spec). A name that
+    is neither raises UsageError listing the shipped specs."""
     from rewardtune.errors import UsageError
 
-    local = Path(arg)
-    candidates = [local] + ([] if local.suffix in SUFFIXES else [Path(arg + s) for s in SUFFIXES])
-    shipped = _shipped(arg)
-    for c in candidates:
-        if _exists(c):
-            same = shipped is not None and c.resolve() != shipped.resolve()
-            return ResolvedSpec(arg, c, False, shipped if same else None)
-    if shipped is not None:
-        return ResolvedSpec(arg, shipped, True)
+    found = find_spec(arg)
+    if found is not None:
+        return found
     names = ", ".join(p.stem for p in shipped_specs()) or "(none)"
     raise UsageError(f"spec '{arg}' not found: no such file here (also looked for {arg}.yaml), and rewardtune ships "
                      f"no spec of that name. Shipped specs: {names} (`rewardtune specs` lists them).")
@@ -165,7 +107,7 @@ def _cp(name: str = typer.Argument(..., help="Shipped spec (see `rewardtune spec
 
     from rewardtune.errors import UsageError
 
-    src = _shipped(name)
+    src = shipped_spec(name)
     if src is None:
         names = ", ".join(p.stem for p in shipped_specs())
         from rewardtune.registry import did_you_mean

@@ -47,6 +47,7 @@ def COMMAND(  # noqa: N802
         return
     from rewardtune.cli.rewards import print_plugin_warnings
     from rewardtune.errors import SpecError
+    from rewardtune.spec.find import find_spec, shipped_spec
     from rewardtune.spec.load import load_spec, unresolved_names
     from rewardtune.spec.preflight import preflight
 
@@ -57,14 +58,13 @@ def COMMAND(  # noqa: N802
             overrides.append(a)
             continue
         p = Path(a)
-        if not _is(p, "exists") and Path(a).parts[:1] == ("specs",):  # `validate specs/` outside a checkout
-            shipped = _shipped_path(a)
-            if shipped is not None:
-                p = shipped
+        if not _is(p, "exists"):  # `demo` -> ./demo.yaml, else the shipped one; `specs/` outside a checkout
+            found = find_spec(a)
+            p = found.path if found is not None else shipped_spec(a, folders=True) or p
         if _is(p, "is_dir"):
             files += sorted(list(p.rglob("*.yaml")) + list(p.rglob("*.yml")))
         else:
-            files.append(_resolve(str(p)) if not _is(p, "exists") else p)
+            files.append(p)  # a path that is not there: loading it says so, with the shipped specs
     if not files:
         raise typer.BadParameter("give at least one spec file (or --explain FIELD)")
     out = console()
@@ -93,27 +93,6 @@ def COMMAND(  # noqa: N802
         raise typer.Exit(worst)
 
 
-def _resolve(arg: str) -> Path:
-    """A spec argument that is not a file here: `demo` -> ./demo.yaml, else the shipped spec; else the path as
-    given (loading it reports that it is missing)."""
-    from rewardtune.cli.specs import resolve_spec_arg
-    from rewardtune.errors import UsageError
-
-    try:
-        return resolve_spec_arg(arg).path
-    except UsageError:
-        return Path(arg)
-
-
-def _shipped_path(arg: str) -> Path | None:
-    """`specs/`, `specs/demo.yaml` -> the shipped folder or file, when rewardtune ships it."""
-    from rewardtune.registry import bundled_dir
-
-    rel = Path(arg).parts[1:]
-    p = bundled_dir("specs").joinpath(*rel)
-    return p if _is(p, "exists") else None
-
-
 # ------------------------------------------------------------------------------------------- field reference
 def explain_field(key: str) -> str:
     """The reference of one spec field (or section), from the schema itself: its type, default and meaning; a
@@ -135,13 +114,13 @@ def explain_field(key: str) -> str:
     for i, name in enumerate(parts):
         owners = [m for m in models if name in m.model_fields]
         if not owners:
-            import difflib
+            from rewardtune.registry import did_you_mean
 
             known = sorted({f for m in models for f in m.model_fields})
             where = ".".join(parts[:i]) or "the top level"
-            guess = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            guess = did_you_mean(name, known)
             raise UsageError(f"--explain {key}: {where} has no field '{name}'"
-                             + (f". Did you mean '{'.'.join([*parts[:i], guess[0]])}'?" if guess else "")
+                             + (f". Did you mean '{'.'.join([*parts[:i], guess])}'?" if guess else "")
                              + f" Fields there: {', '.join(known)}.")
         field = owners[0].model_fields[name]
         models = [m for o in owners for m in models_in(o.model_fields[name].annotation)]

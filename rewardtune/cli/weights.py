@@ -37,11 +37,11 @@ def human_size(n: int | None) -> str:
 def refs_for(args: Sequence[str], *, tiny: bool = False):
     """The checkpoints named by command-line arguments: specs (with their `key=value` overrides) and rewards
     (`pickscore`, `clip:vit-b-32`). Returns (refs, what): `what` describes the arguments for messages."""
-    from rewardtune.cli.specs import resolve_spec_arg
     from rewardtune.errors import UsageError
     from rewardtune.registry import registry
     from rewardtune.rewards._weights import merge_refs, reward_weights, spec_weights
     from rewardtune.scoring import parse_reward_arg
+    from rewardtune.spec.find import find_spec
     from rewardtune.spec.load import load_spec
 
     overrides = [a for a in args if "=" in a and not os.path.exists(a)]
@@ -53,24 +53,22 @@ def refs_for(args: Sequence[str], *, tiny: bool = False):
     refs = []
     for a in items:
         choice = parse_reward_arg(a, tiny=tiny)
-        local = os.path.exists(a) or os.path.exists(a + ".yaml") or os.path.exists(a + ".yml")
-        if choice.name in names and not local:
+        found = find_spec(a)
+        if choice.name in names and (found is None or found.shipped):  # a local spec file wins over a reward
             card = registry().get(choice.name)
             if choice.preset is not None and choice.preset not in card.presets:
                 raise UsageError(f"reward '{choice.name}' has no preset '{choice.preset}'; presets: "
                                  f"{', '.join(card.presets)}")
             refs += reward_weights(card, choice.preset)
             continue
-        try:
-            resolved = resolve_spec_arg(a)
-        except UsageError:
+        if found is None:
             from rewardtune.registry import did_you_mean
 
             guess = did_you_mean(a, names)
             raise UsageError(f"'{a}' is neither a spec (no such file, no shipped spec of that name) nor a registered "
                              "reward" + (f". Did you mean '{guess}'?" if guess else "")
-                             + ". `rewardtune specs` and `rewardtune rewards` list them.") from None
-        spec = load_spec(resolved.path, overrides=overrides, tiny=tiny)
+                             + ". `rewardtune specs` and `rewardtune rewards` list them.")
+        spec = load_spec(found.path, overrides=overrides, tiny=tiny)
         refs += spec_weights(spec)
     return merge_refs(refs)
 

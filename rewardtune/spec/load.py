@@ -6,7 +6,6 @@ No torch is imported here.
 from __future__ import annotations
 
 import codecs
-import difflib
 import math
 import re
 import stat
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rewardtune.errors import Problem, SpecError, UnknownRewardError, UsageError
+from rewardtune.registry import did_you_mean
 from rewardtune.spec.schema import FLOW_FAMILIES, GRADIENT_METHODS, Spec
 
 PathT = tuple[str | int, ...]
@@ -272,29 +272,11 @@ def source_from_bytes(data: bytes, name: str = "<spec>", base_dir: Path | None =
 
 
 def find_spec_file(path: str | Path) -> Path | None:
-    """`path` itself, or, when it does not exist, the shipped spec of that name (`specs/demo.yaml`, `demo`),
-    so `rewardtune run specs/demo.yaml` works from an installed wheel outside the repository."""
-    p = Path(path)
-    if _exists(p):
-        return p
-    from rewardtune.registry import bundled_dir
+    """The file a spec argument names (`rewardtune.spec.find`: a local file, else a shipped spec), or None."""
+    from rewardtune.spec.find import find_spec
 
-    if p.is_absolute():
-        return None
-    rel = p.parts[1:] if p.parts[:1] == ("specs",) else p.parts
-    shipped = bundled_dir("specs").joinpath(*rel) if rel else None
-    if shipped is not None and shipped.suffix not in (".yaml", ".yml"):
-        shipped = shipped.with_suffix(".yaml")
-    return shipped if shipped is not None and shipped.is_file() else None
-
-
-def _exists(p: Path) -> bool:
-    try:
-        return p.exists()
-    except OSError:  # a folder we may not enter, a name too long: reading it will say which
-        return True
-    except ValueError:  # a NUL in the name: no such file
-        return False
+    found = find_spec(path)
+    return found.path if found is not None else None
 
 
 def _read_spec_bytes(p: Path, shown: str) -> bytes:
@@ -320,12 +302,12 @@ def read_spec_source(path: str | Path, base_dir: Path | None = None) -> SpecSour
     copy of a spec, such as the one `submit` puts in the job folder, resolves them as the original did)."""
     p = find_spec_file(path)
     if p is None:
-        from rewardtune.registry import bundled_dir
+        from rewardtune.spec.find import shipped_specs
 
-        names = sorted(x.stem for x in bundled_dir("specs").rglob("*.yaml"))
+        names = [x.stem for x in shipped_specs()]
         raise SpecError([Problem("", f"spec file '{path}' not found", None,
                                  "check the path; shipped specs: " + (", ".join(names) or "none"))], str(path))
-    shown = str(path) if _exists(Path(path)) else str(p)
+    shown = str(path) if p == Path(path) else str(p)
     return source_from_bytes(_read_spec_bytes(p, shown), name=shown, base_dir=base_dir or p.resolve().parent)
 
 
@@ -421,9 +403,9 @@ def check_override_path(path: PathT, data: Any = None) -> Problem | None:
         owner = next((m for m in models if part in m.model_fields), None)
         if owner is None:
             options = list(dict.fromkeys(k for m in models for k in m.model_fields))
-            guess = difflib.get_close_matches(str(part), options, n=1, cutoff=0.6)
+            guess = did_you_mean(str(part), options)
             return Problem(dotted(path[:i + 1]), f"unknown key '{part}'"
-                           + (f". Did you mean '{guess[0]}'?" if guess else ""), 0,
+                           + (f". Did you mean '{guess}'?" if guess else ""), 0,
                            f"allowed keys{' in ' + here if here else ''}: {', '.join(options)}")
         ann = owner.model_fields[part].annotation
         node = node.get(part) if isinstance(node, dict) else None
@@ -569,8 +551,8 @@ def _problem_from_error(err: dict[str, Any], src: SpecSource) -> Problem:
         model = _model_at(loc)
         if model is not None:
             options = list(model.model_fields)
-            guess = difflib.get_close_matches(str(key), options, n=1, cutoff=0.6)
-            msg = f"unknown key '{key}'" + (f". Did you mean '{guess[0]}'?" if guess else "")
+            guess = did_you_mean(str(key), options)
+            msg = f"unknown key '{key}'" + (f". Did you mean '{guess}'?" if guess else "")
             fix = f"allowed keys here: {', '.join(options)}"
         else:
             msg = f"unknown key '{key}'"
@@ -588,8 +570,8 @@ def _problem_from_error(err: dict[str, Any], src: SpecSource) -> Problem:
             line = _line_for(src, (*loc, key))
         if expected:
             opts = [o.strip().strip("'") for o in str(expected).replace(" or ", ",").split(",") if o.strip()]
-            guess = difflib.get_close_matches(str(given), opts, n=1, cutoff=0.5)
-            msg = f"'{given}' is not allowed" + (f". Did you mean '{guess[0]}'?" if guess else "")
+            guess = did_you_mean(str(given), opts, cutoff=0.5)
+            msg = f"'{given}' is not allowed" + (f". Did you mean '{guess}'?" if guess else "")
             fix = f"use one of: {', '.join(opts)}"
     elif typ == "union_tag_not_found":
         key = str(err.get("ctx", {}).get("discriminator", "")).strip("'")
@@ -625,7 +607,7 @@ def _registry_problems(raw: dict[str, Any], src: SpecSource, imports: bool = Tru
 
     Without `imports`, `module:Class` rewards are not looked up (finding a module imports its package) and names
     the spec's `imports:` may register are not judged: both go to `src.unresolved`."""
-    from rewardtune.registry import did_you_mean, registry, unknown_reward_message
+    from rewardtune.registry import registry, unknown_reward_message
 
     problems: list[Problem] = []
     reg = registry()
@@ -792,9 +774,9 @@ def _semantic_problems(spec: Spec, src: SpecSource) -> list[Problem]:
             from rewardtune.prompts import BUILTIN_SETS
 
             if ps.builtin not in BUILTIN_SETS:
-                guess = difflib.get_close_matches(ps.builtin, list(BUILTIN_SETS), n=1)
+                guess = did_you_mean(ps.builtin, list(BUILTIN_SETS))
                 add(("prompts", which, "builtin"), f"unknown built-in prompt set '{ps.builtin}'"
-                    + (f". Did you mean '{guess[0]}'?" if guess else ""),
+                    + (f". Did you mean '{guess}'?" if guess else ""),
                     f"built-in sets: {', '.join(BUILTIN_SETS)}")
     if m.name == "refl" and m.pretrain is not None:
         p = Path(m.pretrain.data)

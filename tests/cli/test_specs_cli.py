@@ -64,6 +64,22 @@ def test_a_local_file_wins_over_the_shipped_spec_and_the_output_says_so(tmp_path
     assert p.returncode == 0 and "spec: the shipped spec 'demo'" in p.stderr and "name: demo" in p.stdout
 
 
+def test_the_library_resolves_a_spec_name_by_the_same_rule(tmp_path, monkeypatch):
+    """`load_spec` (and through it `rewardtune.run` and `submit`'s copy of the spec) follows the command line's rule:
+    ./NAME, then ./NAME.yaml, then the shipped spec."""
+    from rewardtune.spec.find import find_spec
+    from rewardtune.spec.load import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("demo").name == "demo" and find_spec("demo").shipped
+    (tmp_path / "demo.yaml").write_text((ROOT / "specs" / "demo.yaml").read_text().replace("name: demo",
+                                                                                          "name: my-demo"))
+    found = find_spec("demo")
+    assert not found.shipped and found.shadows is not None and load_spec("demo").name == "my-demo"
+    assert load_spec("specs/demo.yaml").name == "demo"  # a path into the shipped folder names the shipped one
+    assert find_spec("no-such-spec") is None and find_spec("../specs/demo") is None
+
+
 def test_validate_specs_folder_outside_a_checkout(tmp_path):
     p = rt("validate", "specs/", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
