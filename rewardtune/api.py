@@ -8,7 +8,7 @@ from typing import Any
 
 def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[Any] = (), tiny: bool = False,
         resume: bool = False, output_dir: str | Path | None = None, *, progress: bool | None = None,
-        overwrite: bool = False):
+        overwrite: bool = False, fetch_command: str | None = None):
     """Fine-tune the spec's model against its objective; returns a `TrainResult`.
 
     `spec_or_path`: a YAML path, a dict or a `Spec`. `overrides`: `key=value` strings, validated like the spec.
@@ -19,8 +19,11 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     start over in an output directory that holds a previous run (otherwise that is an error). Tiny runs without an
     explicit `output_dir` go to the spec's output_dir + `-tiny` and replace the previous tiny run there.
 
-    The output directory is checked (a writable directory) and locked (one run at a time) before any model
-    loads; OutputDirError says what is wrong. A run stopped by a signal or `request_stop` returns a result with
+    Before any model loads, in this order: the spec's preflight (prompt files, local paths, extras, device; every
+    problem at once), the output directory (a writable directory, then locked: one run at a time; OutputDirError),
+    and every checkpoint the run needs (missing hub ones are fetched unless HF_HUB_OFFLINE is set; whatever is
+    still missing raises one MissingWeightsError naming all of them and `fetch_command`, by default
+    `rewardtune weights SPEC --download`). A run stopped by a signal or `request_stop` returns a result with
     `stopped_early` set, after writing a checkpoint of its last finished step.
 
         result = rewardtune.run("specs/demo.yaml", ["train.steps=20"], tiny=True)
@@ -30,9 +33,12 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
 
     from rewardtune.engine.build import build_trainer
     from rewardtune.engine.distributed import dist_info
+    from rewardtune.rewards._weights import require, spec_weights
     from rewardtune.spec.load import load_spec
+    from rewardtune.spec.preflight import preflight
 
     spec = load_spec(spec_or_path, overrides=list(overrides), tiny=tiny)
+    preflight(spec)
     threads = torch.get_num_threads()
     if spec.model.pretrained.startswith("zoo:") and not torch.cuda.is_available():
         torch.set_num_threads(1)  # tiny twins run ~3x faster on one thread than on two (measured, 2-core CPU)
@@ -42,6 +48,14 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
         overwrite = overwrite or not resume
     out = Path(output_dir) if output_dir is not None else Path.cwd() / spec.resolved_output_dir
     info = dist_info()
+    _check_writable(out)  # a bad directory is exit 2 before a missing checkpoint is exit 4
+    if fetch_command is None:
+        import shlex
+
+        named = str(spec_or_path) if isinstance(spec_or_path, (str, Path)) else "SPEC"
+        fetch_command = shlex.join(["rewardtune", "weights", named, *overrides, *(["--tiny"] if tiny else []),
+                                    "--download"])
+    require(spec_weights(spec), fetch_command)
     # the output directory is checked and locked before any model loads: a bad one fails in a second, not after
     # minutes of loading
     start = _open_run_dir(out, resume=resume, overwrite=overwrite, spec=spec, info=info)
@@ -71,6 +85,17 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     finally:
         start.release()
         torch.set_num_threads(threads)
+
+
+def _check_writable(out: Path) -> None:
+    """OutputDirError unless `out` is (or can be made) a writable directory, leaving behind no folder it made:
+    `open_run_dir` makes it for real once the checkpoints are known to be here."""
+    from rewardtune.rundir import RunDir
+
+    created = [a for a in (out, *out.parents) if not a.exists()]  # deepest first
+    RunDir(out).check_writable()
+    for a in created:
+        a.rmdir()
 
 
 def _open_run_dir(out: Path, *, resume: bool, overwrite: bool, spec: Any, info: Any):

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rewardtune.errors import UsageError
+from rewardtune.rewards._weights import read_card
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 DENOISER_CLASSES = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
@@ -53,25 +53,6 @@ class Target:
             return self.spec.model.pretrained
         b = self.card.get("base_model")
         return b[0] if isinstance(b, list) and b else b
-
-
-def read_card(folder: Path) -> dict[str, Any]:
-    """The YAML front matter of `folder/README.md` (a model card), or {}."""
-    import yaml
-
-    p = folder / "README.md"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    m = re.match(r"---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not m:
-        return {}
-    try:
-        data = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _is_denoiser_dir(p: Path) -> bool:

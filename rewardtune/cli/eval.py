@@ -46,8 +46,8 @@ def COMMAND(  # noqa: N802
     as_json: bool = typer.Option(False, "--json", help="Print scores.json to stdout instead of the table."),
 ) -> None:
     from rewardtune import evaluate as ev
-    from rewardtune.cli.weights import require
     from rewardtune.errors import UsageError
+    from rewardtune.rewards._weights import require
     from rewardtune.scoring import ArgumentError, parse_weights_args
 
     out, err = console(), console(stderr=True)

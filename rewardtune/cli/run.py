@@ -34,10 +34,11 @@ def COMMAND(  # noqa: N802
     path = resolved.path
     out = console()
     console(stderr=True).print(resolved.note(), markup=False, soft_wrap=True, style="dim")
-    check_before_loading(str(path), list(overrides or []), tiny, shown=spec, output_dir=output_dir)
+    import shlex
     import signal
 
     from rewardtune.api import run
+    from rewardtune.cli.weights import fetch_command
     from rewardtune.engine import control
 
     # SLURM preemption (USR2), kill (TERM) and a first Ctrl-C: stop within one UNet call, checkpoint the last
@@ -45,7 +46,8 @@ def COMMAND(  # noqa: N802
     previous = control.install_signal_handlers((signal.SIGUSR2, signal.SIGTERM, signal.SIGINT))
     try:
         result = run(path, overrides=list(overrides or []), tiny=tiny, resume=resume, output_dir=output_dir,
-                     progress=False if no_progress else None, overwrite=overwrite)
+                     progress=False if no_progress else None, overwrite=overwrite,
+                     fetch_command=fetch_command([spec, *(overrides or [])], tiny))
     except ExistingRunError as e:
         raise UsageError(f"{e}\n  --resume continues it, --overwrite starts over in it, -o DIR runs elsewhere.") from None
     except ResumeSpecError as e:
@@ -58,8 +60,6 @@ def COMMAND(  # noqa: N802
     if result.stopped_early:
         again = ["rewardtune", "run", spec, *(overrides or []), *(["--tiny"] if tiny else []), "--resume",
                  "--output-dir", str(result.output_dir)]
-        import shlex
-
         out.print(f"[yellow]stopped[/] after step {result.steps_done} ({result.stop_reason}); checkpoint written.",
                   soft_wrap=True)
         out.print("Continue with: " + shlex.join(again), markup=False, soft_wrap=True)
@@ -77,33 +77,6 @@ def COMMAND(  # noqa: N802
         out.print("grids: " + ", ".join(str(p) for p in grids))
     if result.weights_path:
         out.print(f"weights: {result.weights_path}")
-
-
-def check_before_loading(spec: str, overrides: list[str], tiny: bool, shown: str | None = None,
-                         output_dir: str | None = None) -> None:
-    """What the run would reject, before any model loads: the spec's preflight (prompt files, local paths, extras,
-    device; exit 2/4, every problem at once), an output directory that cannot be written (exit 2), then every
-    checkpoint it needs (exit 4, all missing ones at once, with the command that fetches them)."""
-    import shlex
-    from pathlib import Path
-
-    from rewardtune.cli.weights import require
-    from rewardtune.rewards._weights import spec_weights
-    from rewardtune.rundir import RunDir
-    from rewardtune.spec.load import load_spec
-    from rewardtune.spec.preflight import preflight
-
-    s = load_spec(spec, overrides=overrides, tiny=tiny)
-    preflight(s)
-    # as rewardtune.run picks it; it checks it again (and locks it) before loading
-    out = Path(output_dir) if output_dir is not None else Path(
-        s.resolved_output_dir.rstrip("/") + "-tiny" if tiny else s.resolved_output_dir)
-    created = [a for a in (out, *out.parents) if not a.exists()]  # deepest first
-    RunDir(out).check_writable()
-    for a in created:  # leave nothing behind when the run stops below; rewardtune.run creates it again
-        a.rmdir()
-    require(spec_weights(s), shlex.join(["rewardtune", "weights", shown or spec, *overrides, *(["--tiny"] if tiny else []),
-                                         "--download"]), out=console(stderr=True))
 
 
 def eval_table(before: dict[str, float], after: dict[str, float], steps: int):

@@ -238,8 +238,7 @@ def _require_weights(choices, cards, weight_map, reward_args, weights, tiny, err
     """Every checkpoint the rewards need, checked before any is loaded: all missing ones in one message (exit 4)."""
     import shlex
 
-    from rewardtune.cli.weights import require
-    from rewardtune.rewards._weights import merge_refs, reward_weights
+    from rewardtune.rewards._weights import merge_refs, require, reward_weights
 
     refs = []
     for label, c in choices.items():

@@ -1,8 +1,8 @@
 """`rewardtune weights SPEC|REWARD... [--download]`: every checkpoint a spec (or a set of rewards) needs, whether it
 is on this machine, its size and licence; `--download` fetches the missing ones through huggingface_hub.
 
-Also the check `run` and `score` make before they load anything (`require`): every missing checkpoint in one
-message that names the command which fetches them.
+`run`, `score` and `eval` check every checkpoint before they load anything (`rewardtune.rewards._weights.require`);
+their message names the command this module builds (`fetch_command`), which fetches them all.
 """
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ HELP = ("List every checkpoint a spec or a set of rewards (NAME or NAME:PRESET) 
         "weights, processors, tokenizers and auxiliary models, with size, licence and whether each is here (in the "
         "hub cache or at its local path). --download fetches the missing ones (resumable). Exit 4 while any is "
         "missing.")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def human_size(n: int | None) -> str:
@@ -77,43 +73,6 @@ def fetch_command(args: Sequence[str], tiny: bool = False) -> str:
     return shlex.join(["rewardtune", "weights", *args, *(["--tiny"] if tiny else []), "--download"])
 
 
-def fetch_missing(statuses, out=None) -> list[tuple[object, str]]:  # pragma: no cover - needs the network
-    """Fetch every missing hub checkpoint; return (ref, error) for those that could not be fetched."""
-    from rewardtune.rewards._weights import fetch
-
-    failed = []
-    for s in statuses:
-        if s.ok or s.ref.kind != "hub":
-            continue
-        if out is not None:
-            out.print(f"fetching {s.ref.ref}" + (f" @ {s.ref.revision}" if s.ref.revision else "")
-                      + f" ({s.ref.role})", markup=False)
-        try:
-            fetch(s.ref, progress=out is not None and out.is_terminal)
-        except Exception as e:  # noqa: BLE001 - gated, private, no network: reported with the rest
-            failed.append((s.ref, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
-    return failed
-
-
-def require(refs, command: str | None, *, out=None) -> None:
-    """Before a command loads any model: every hub checkpoint it needs must be here. Missing ones are fetched first
-    when the hub may be used (HF_HUB_OFFLINE unset); whatever is still missing raises one MissingWeightsError
-    naming all of them and `command`. Local paths are left to the spec's preflight (exit 2)."""
-    from rewardtune.errors import MissingWeightsError
-    from rewardtune.rewards._weights import check, missing_message
-
-    statuses = [s for s in check(refs, sizes=False) if s.ref.kind in ("hub", "package")]
-    if all(s.ok for s in statuses):
-        return
-    if not _offline() and any(not s.ok and s.ref.kind == "hub" for s in statuses):  # pragma: no cover - network
-        fetch_missing(statuses, out)
-        statuses = check([s.ref for s in statuses], sizes=False)
-        if all(s.ok for s in statuses):
-            return
-    raise MissingWeightsError(missing_message(statuses, command)
-                              + ("" if not _offline() else " (HF_HUB_OFFLINE is set: nothing is downloaded)"))
-
-
 @guarded
 def COMMAND(  # noqa: N802
     args: list[str] = typer.Argument(..., help="Spec files or shipped spec names, reward names (NAME or "
@@ -124,26 +83,26 @@ def COMMAND(  # noqa: N802
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from rewardtune.errors import MissingWeightsError, UsageError
-    from rewardtune.rewards._weights import check, hub_cache_dir, missing_message, remote_info
+    from rewardtune.rewards import _weights as W
 
     refs = refs_for(args, tiny=tiny)
-    statuses = check(refs)
+    statuses = W.check(refs)
     out = console()
     err = console(stderr=True)
     if download:
-        if _offline():
+        if W.hub_offline():
             raise UsageError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (on a machine with "
                              "network access) and run this again.")
-        failed = fetch_missing(statuses, err)  # pragma: no cover - needs the network
-        statuses = check(refs)  # pragma: no cover
+        failed = W.fetch_missing(statuses, err)  # pragma: no cover - needs the network
+        statuses = W.check(refs)  # pragma: no cover
         for ref, why in failed:  # pragma: no cover
             err.print(f"[red]could not fetch[/] {ref.ref}: {why}", soft_wrap=True)
-    elif not _offline():  # pragma: no cover - needs the network
+    elif not W.hub_offline():  # pragma: no cover - needs the network
         from dataclasses import replace
 
         for s in statuses:
             if not s.ok and s.ref.kind == "hub":
-                s.size, lic = remote_info(s.ref)
+                s.size, lic = W.remote_info(s.ref)
                 if lic and not s.ref.license:
                     s.ref = replace(s.ref, license=lic)
     if as_json:
@@ -153,14 +112,14 @@ def COMMAND(  # noqa: N802
                  "kind": s.ref.kind, "used_by": list(s.ref.used_by), "license": s.ref.license, "state": s.state,
                  "path": None if s.path is None else str(s.path), "size_bytes": s.size, "lacks": s.lacks,
                  "detail": s.detail} for s in statuses]
-        typer.echo(json.dumps({"hub_cache": hub_cache_dir(), "weights": rows}, indent=2))
+        typer.echo(json.dumps({"hub_cache": W.hub_cache_dir(), "weights": rows}, indent=2))
     else:
         _table(out, statuses)
     missing = [s for s in statuses if not s.ok]
     if missing:
         if not as_json:
             size = sum(s.size or 0 for s in missing if s.ref.kind == "hub")
-            err.print(missing_message(statuses, None if download else fetch_command(args, tiny))
+            err.print(W.missing_message(statuses, None if download else fetch_command(args, tiny))
                       + (f" ({human_size(size)} to fetch)" if size else ""), markup=False, soft_wrap=True)
         raise typer.Exit(MissingWeightsError.exit_code)
     if not as_json:

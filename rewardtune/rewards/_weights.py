@@ -6,14 +6,15 @@ Real loading code stays real: hub ids go through huggingface_hub's cache, local 
 and `zoo:NAME` builds a seeded tiny twin once, saves it with `save_pretrained`, and hands back that directory,
 so the same `from_pretrained` path runs in tests and in `--tiny` mode.
 
-The hub cache is read as `hf download` writes it (huggingface_hub's layout, no network):
-`HF_HUB_CACHE/models--ORG--NAME/refs/REVISION` holds a commit hash, `snapshots/COMMIT/` the files (symbolic links
-into `blobs/`, which appear only once a file is complete).
+The hub cache is read through huggingface_hub without the network (`cached_snapshot`). A snapshot that lacks files
+its own index names (an interrupted download) is not taken as is: `resolve_weights` resumes it, and `check` reports
+what it lacks.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -72,18 +73,23 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
         raise MissingWeightsError(f"{what}: local weights directory '{weights}' does not exist. Fix the path, or use "
                                   "a hub id such as 'org/name'.")
     cached = cached_snapshot(weights, revision)
-    if cached is not None:  # already here (`hf download`, `rewardtune weights --download`): no network needed
+    lacks = snapshot_lacks(cached, pipeline=setting == "model.pretrained") if cached is not None else []
+    if cached is not None and not lacks:  # already here (`hf download`, `rewardtune weights --download`): no network
         return cached
-    try:
+    try:  # not here, or an interrupted download: huggingface_hub fetches what is missing and resumes partial files
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(weights, revision=revision, allow_patterns=allow_patterns))
     except Exception as e:  # hub errors, offline mode, no network: one clear message instead of a hub traceback
         rev = f" --revision {revision}" if revision else ""
+        where = (f"in the local cache only as an incomplete copy ({cached}; it lacks {', '.join(lacks[:4])}"
+                 f"{', ...' if len(lacks) > 4 else ''}: an interrupted download)" if lacks
+                 else f"not in the local cache ({hub_cache_dir()})")
         raise MissingWeightsError(
-            f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are not in the local cache "
-            f"({hub_cache_dir()}) and could not be downloaded ({type(e).__name__}).\n"
-            f"    fix: `rewardtune weights SPEC --download` fetches every checkpoint a spec needs; or, on a machine "
+            f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are {where} and could not be "
+            f"downloaded ({type(e).__name__}).\n"
+            f"    fix: `rewardtune weights SPEC --download` fetches every checkpoint a spec needs"
+            f"{' and resumes this one' if lacks else ''}; or, on a machine "
             f"with network access, `hf download {weights}{rev}` (and copy the cache here, or set HF_HOME); or "
             f"download the files to a directory and use it as the weights (in a spec: "
             f"`{_spec_key(setting)}=/models/{weights.split('/')[-1]}`)."
@@ -96,25 +102,39 @@ def _spec_key(setting: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the hub cache
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path | None:
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The snapshot folder of `repo_id` at `revision` (a branch, tag or commit; default main) in the hub cache, as
-    `hf download` leaves it, or None when it is not there. Reads the cache's files only (no network)."""
-    if "/" not in repo_id or repo_id.count("/") != 1:
+    `hf download` leaves it, or None when it is not there. huggingface_hub looks it up without the network; whether
+    it holds what a loader reads is `snapshot_lacks`'s question (the hub's own completeness check compares with the
+    whole repository, and a fetch here skips files on purpose: other formats, pickles beside safetensors)."""
+    if repo_id.count("/") != 1:
         return None
-    repo = Path(cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
-    rev = revision or "main"
-    commit = rev if _COMMIT.fullmatch(rev) else None
-    if commit is None:
-        ref = repo / "refs" / rev
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True))
+    except LocalEntryNotFoundError as e:  # IncompleteSnapshotError (huggingface_hub >= 2.4) names the folder
+        snap = getattr(e, "snapshot_path", None)
+        return Path(snap) if snap else None
+    except HFValidationError:
+        return None
+
+
+def snapshot_lacks(folder: Path, *, pipeline: bool = False) -> list[str]:
+    """What a checkpoint folder lacks that its own files say it needs: the components a pipeline's model_index.json
+    names (with weights) and, in any folder, the shards a `*.index.json` maps weights to. An interrupted download
+    leaves exactly these gaps, since the cache links a file into the snapshot only once it is complete."""
+    lacks = _pipeline_lacks(folder) if pipeline else []
+    for index in sorted(folder.glob("*.index.json")) + sorted(folder.glob("*/*.index.json")):
         try:
-            commit = ref.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-    snap = repo / "snapshots" / commit
-    return snap if commit and snap.is_dir() else None
+            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            lacks.append(f"a readable {index.relative_to(folder)}")
+            continue
+        lacks += [str((index.parent / s).relative_to(folder)) for s in sorted(shards)
+                  if isinstance(s, str) and not (index.parent / s).is_file()]
+    return lacks
 
 
 def dir_size(path: Path) -> int:
@@ -283,15 +303,17 @@ def merge_refs(refs: Iterable[WeightRef]) -> list[WeightRef]:
     return list(out.values())
 
 
-def _lacking(folder: Path, needs: Sequence[tuple[str, ...]]) -> list[str]:
-    return [" or ".join(alts) for alts in needs if not any((folder / a).exists() for a in alts)]
+def _folder_lacks(folder: Path, ref: WeightRef) -> list[str]:
+    """The files `ref` needs that `folder` lacks, then the components and shards its own files name."""
+    pipeline = ref.role == "diffusion pipeline"
+    named = [] if pipeline else [" or ".join(alts) for alts in ref.needs
+                                 if not any((folder / a).exists() for a in alts)]
+    return named + snapshot_lacks(folder, pipeline=pipeline)
 
 
 def _pipeline_lacks(folder: Path) -> list[str]:
     """What a diffusers pipeline folder lacks: model_index.json, and for each component it names, the component's
     folder (with weights, for models)."""
-    import json
-
     index = folder / "model_index.json"
     if not index.is_file():
         return ["model_index.json"]
@@ -312,19 +334,25 @@ def _pipeline_lacks(folder: Path) -> list[str]:
     return lacks
 
 
-def card_license(folder: Path | None) -> str:
-    """The `license:` of a model card's front matter (README.md of a checkpoint folder), or ''."""
+def read_card(folder: Path | None) -> dict[str, Any]:
+    """The front matter of a model card (`folder/README.md`), as huggingface_hub reads it; {} when there is none
+    or it is not YAML."""
     if folder is None:
-        return ""
+        return {}
+    import yaml
+    from huggingface_hub.repocard import metadata_load
+
     try:
-        text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")[:20000]
-    except OSError:
-        return ""
-    if not text.startswith("---"):
-        return ""
-    head = text[3:].split("\n---", 1)[0]
-    m = re.search(r"^license:\s*(.+)$", head, re.M)
-    return m.group(1).strip().strip("'\"") if m else ""
+        data = metadata_load(folder / "README.md")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def card_license(folder: Path | None) -> str:
+    """The `license:` a checkpoint folder's model card states, or ''."""
+    lic = read_card(folder).get("license")
+    return str(lic) if isinstance(lic, (str, int, float)) else ""
 
 
 def weight_status(ref: WeightRef, *, sizes: bool = True) -> WeightStatus:
@@ -358,13 +386,13 @@ def _status(ref: WeightRef, sizes: bool) -> WeightStatus:
         if not folder.is_dir():
             why = "is a file, not a directory" if folder.exists() else "does not exist"
             return WeightStatus(ref, "missing", folder, detail=f"local directory {why}")
-        lacks = _pipeline_lacks(folder) if ref.role == "diffusion pipeline" else _lacking(folder, ref.needs)
+        lacks = _folder_lacks(folder, ref)
         return WeightStatus(ref, "missing" if lacks else "present", folder, dir_size(folder) if sizes else None,
                             lacks, detail="local directory")
     folder = cached_snapshot(ref.ref, ref.revision)
     if folder is None:
         return WeightStatus(ref, "missing", detail=f"not in the hub cache at {hub_cache_dir()}")
-    lacks = _pipeline_lacks(folder) if ref.role == "diffusion pipeline" else _lacking(folder, ref.needs)
+    lacks = _folder_lacks(folder, ref)
     return WeightStatus(ref, "missing" if lacks else "present", folder, dir_size(folder) if sizes else None, lacks,
                         detail="hub cache" + (", incomplete" if lacks else ""))
 
@@ -396,6 +424,50 @@ def missing_message(statuses: Sequence[WeightStatus], fetch_command: str | None)
     if any(s.state == "extra" for s in bad):
         fixes.append("; ".join(s.detail for s in bad if s.state == "extra"))
     return "\n".join(lines) + "\n    fix: " + "; ".join(fixes)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: while it is set, nothing is downloaded."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def require(refs: Iterable[WeightRef], command: str | None, *, out: Any = None) -> None:
+    """Before anything loads a model: every hub checkpoint (and weights-carrying package) it needs must be here.
+    Missing ones are fetched first when the hub may be used (HF_HUB_OFFLINE unset); whatever is still missing
+    raises one MissingWeightsError naming all of them and `command`, the command that fetches them. Local paths
+    are the spec's preflight's (exit 2). `out`: a rich console for "fetching ..." lines (default: stderr)."""
+    statuses = [s for s in check(refs, sizes=False) if s.ref.kind in ("hub", "package")]
+    if all(s.ok for s in statuses):
+        return
+    if not hub_offline() and any(not s.ok and s.ref.kind == "hub" for s in statuses):  # pragma: no cover - network
+        fetch_missing(statuses, out)
+        statuses = check([s.ref for s in statuses], sizes=False)
+        if all(s.ok for s in statuses):
+            return
+    raise MissingWeightsError(missing_message(statuses, command)
+                              + (" (HF_HUB_OFFLINE is set: nothing is downloaded)" if hub_offline() else ""))
+
+
+def fetch_missing(statuses: Iterable[WeightStatus], out: Any = None) -> list[tuple[WeightRef, str]]:
+    """Fetch every missing hub checkpoint; return (ref, error) for those that could not be fetched."""
+    import sys
+
+    failed = []
+    for s in statuses:
+        if s.ok or s.ref.kind != "hub":
+            continue
+        line = f"fetching {s.ref.ref}" + (f" @ {s.ref.revision}" if s.ref.revision else "") + f" ({s.ref.role})"
+        if out is not None:
+            out.print(line, markup=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+        try:  # pragma: no cover - needs the network
+            fetch(s.ref, progress=out.is_terminal if out is not None else sys.stderr.isatty())
+        except Exception as e:  # noqa: BLE001 - gated, private, no network: reported with the rest
+            failed.append((s.ref, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+    return failed
 
 
 # ------------------------------------------------------------------------------------------------- downloading

@@ -298,6 +298,59 @@ def test_resolve_weights_uses_a_cached_snapshot_without_the_network(tmp_path, mo
     assert "hf download org/other" in str(e.value) and "huggingface-cli" not in str(e.value)
 
 
+def test_an_interrupted_download_is_resumed_not_loaded(tmp_path, monkeypatch):
+    """The cache links a file into the snapshot only once it is complete, so an interrupted download is a snapshot
+    whose own index names a shard it lacks. resolve_weights must not hand that folder to a loader: it resumes the
+    download, and offline it says what is missing and how to finish it."""
+    from huggingface_hub import constants
+
+    from rewardtune.rewards import _weights as W
+
+    index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                       "b": "model-00002-of-00002.safetensors"}}).encode()
+    files = {"config.json": b"{}", "model.safetensors.index.json": index, "model-00001-of-00002.safetensors": b"1"}
+    snap = hf_download(tmp_path, "org/big", files)
+    monkeypatch.setattr(W, "hub_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(W.MissingWeightsError) as e:
+        W.resolve_weights("org/big")
+    msg = str(e.value)
+    assert "incomplete copy" in msg and "model-00002-of-00002.safetensors" in msg and "resumes this one" in msg
+    status = W.weight_status(W.WeightRef("org/big", None, "x weights", "weights", "hub", needs=(("config.json",),)))
+    assert status.state == "missing" and status.lacks == ["model-00002-of-00002.safetensors"]
+    hf_download(tmp_path, "org/big", {**files, "model-00002-of-00002.safetensors": b"2"})  # the download finishes
+    assert W.resolve_weights("org/big") == snap
+
+
+def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from rewardtune.rewards import _weights as W
+
+    index = json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                        "vae": ["diffusers", "AutoencoderKL"]}).encode()
+    files = {"model_index.json": index, "unet/config.json": b"{}", "vae/config.json": b"{}",
+             "vae/diffusion_pytorch_model.safetensors": b"v"}
+    hf_download(tmp_path, "org/pipe", files)
+    monkeypatch.setattr(W, "hub_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(W.MissingWeightsError, match=r"lacks unet/ weights"):
+        W.resolve_weights("org/pipe", what="diffusion pipeline", setting="model.pretrained")
+    # a reward's folder is judged by its own files: the same snapshot, asked for as a reward, has no index to break
+    assert W.resolve_weights("org/pipe").name == hashlib.sha1(b"org/pipe@main").hexdigest()
+
+
+def test_model_card_front_matter_is_read_as_the_hub_reads_it(tmp_path):
+    from rewardtune.rewards._weights import card_license, read_card
+
+    (tmp_path / "README.md").write_text("---\nlicense: openrail++\nbase_model: [org/base]\n---\n# card\n")
+    assert read_card(tmp_path) == {"license": "openrail++", "base_model": ["org/base"]}
+    assert card_license(tmp_path) == "openrail++"
+    (tmp_path / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    assert read_card(tmp_path) == {} and card_license(tmp_path) == ""
+    assert read_card(tmp_path / "nowhere") == {} and card_license(None) == ""
+
+
 def test_download_refuses_when_the_hub_is_off(tmp_path):
     p = rt("weights", "pickscore", "--download", cache=tmp_path / "hub")
     assert p.returncode == 2 and "HF_HUB_OFFLINE is set" in p.stderr

@@ -204,3 +204,25 @@ def test_shipped_spec_by_name(tmp_path):
                  "logging.eval_prompts=1"]) == 0
     assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
     assert yaml.safe_load((out / "spec.yaml").read_text())["name"] == "demo"
+
+
+def test_the_library_checks_spec_directory_and_weights_before_loading(tmp_path, spec_factory):
+    """`rewardtune.run` makes the checks `rewardtune run` makes, in its order, before any model loads: the spec's
+    preflight, then the output directory, then every checkpoint (one message naming each missing one and the
+    command that fetches them). A failed check leaves no directory behind."""
+    from rewardtune.errors import MissingWeightsError, OutputDirError
+    from rewardtune.spec.preflight import PreflightError
+
+    absent = {"pretrained": "someone/absent-pipeline"}
+    spec = spec_factory(model={"pretrained": str(tmp_path / "no-such-pipeline")})
+    with pytest.raises(PreflightError, match="no-such-pipeline"):
+        api.run(spec, output_dir=tmp_path / "o", progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputDirError, match="is a file"):
+        api.run(spec_factory(model=absent), output_dir=tmp_path / "file", progress=False)
+    p = _write(tmp_path, spec_factory(model=absent))
+    with pytest.raises(MissingWeightsError) as e:
+        api.run(p, ["train.steps=2"], output_dir=tmp_path / "a" / "o", progress=False)
+    assert "someone/absent-pipeline" in str(e.value)
+    assert f"`rewardtune weights {p} train.steps=2 --download`" in str(e.value)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
