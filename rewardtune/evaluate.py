@@ -6,6 +6,9 @@ both with any rewards, and report per-prompt and mean scores with the paired dif
     print(report.summary["shapes-eval"].diff_mean)     # rewards and seed, unless told otherwise
     report.write("runs/demo/eval")                      # scores.json, scores.md, before/after grids, compare.png
 
+`plan(path, ...)` settles the settings without loading a model (what `rewardtune eval` checks the weights against);
+`evaluate(plan)` then runs it.
+
 What is evaluated (`find_target`):
 - a run directory (spec.yaml plus lora/ or unet/): everything comes from its spec;
 - a LoRA folder (`pytorch_lora_weights.safetensors`, as `lora_save` and diffusers write it): the base model and
@@ -206,11 +209,11 @@ def _describe(source: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------------- rewards
 def rewards_for(target: Target, names: Sequence[str] | None, *, device: str,
-                weights: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """({label: loaded reward}, {label: term info}). Without `names`, the run's objective terms (monitors too),
-    built as the run built them; `names` (NAME or NAME:PRESET) replace them."""
-    from rewardtune.registry import get_card, load_reward
-    from rewardtune.rewards._shared import sharing
+                weights: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """({label: loaded reward}, {label: term info}, the run's Objective or None). Without `names`, the run's
+    objective terms (monitors too), built as the trainer builds them; `names` (NAME or NAME:PRESET) replace them,
+    and then there is no objective to report."""
+    from rewardtune.registry import get_card
 
     if names:
         from rewardtune.scoring import load_rewards
@@ -218,24 +221,24 @@ def rewards_for(target: Target, names: Sequence[str] | None, *, device: str,
         rs = load_rewards(list(names), device=device, weights=weights)
         info = {label: {"reward": c.name, "preset": c.preset, "direction": get_card(c.name).direction}
                 for label, c in rs.choices.items()}
-        return dict(rs), info
+        return dict(rs), info, None
     if target.spec is None:
         raise UsageError("which rewards? give them (-r NAME, e.g. -r shapes-eval -r clip:shapes); only a run "
                          "directory brings its own")
-    out, info = {}, {}
-    with sharing():
-        for t in target.spec.objective:
-            card = get_card(t.reward)
-            kw: dict[str, Any] = dict(t.kwargs)
-            if t.weights:
-                kw["weights"] = t.weights
-            r = load_reward(t.reward, t.preset, device=device, dtype="float32", max_batch_size=t.max_batch_size, **kw)
-            if hasattr(r, "load"):
-                r.load()
-            out[t.label] = r
-            info[t.label] = {"reward": t.reward, "preset": t.preset, "role": t.role, "weight": t.weight,
-                             "direction": card.direction}
-    return out, info
+    objective = run_objective(target.spec, device)
+    info = {t.label: {"reward": t.reward, "preset": t.preset, "role": t.role, "weight": t.weight,
+                      "direction": get_card(t.reward).direction} for t in target.spec.objective}
+    return {t.label: t.reward for t in objective.terms}, info, objective
+
+
+def run_objective(spec: Any, device: str):
+    """The run's objective, its terms (monitors too) built as the trainer builds them, in float32."""
+    import torch
+
+    from rewardtune.engine.build import build_objective
+    from rewardtune.engine.distributed import DistInfo
+
+    return build_objective(spec, torch.device(device), DistInfo(), dtype="float32")
 
 
 def needed_weights(target: Target, settings: EvalSettings, names: Sequence[str] | None = None,
@@ -299,25 +302,14 @@ def apply_weights(diff: Any, target: Target) -> None:
 
 def sample_images(diff: Any, prompts: list[str], settings: EvalSettings,
                   progress: Callable[[int, int], None] | None = None):
-    """Images of `prompts` on the fixed eval noise of `settings.seed`, in batches of `settings.batch_size`."""
-    import torch
+    """Images of `prompts` on the fixed eval noise of `settings.seed`, in batches of `settings.batch_size`: the
+    sampling of a run's own eval (`rewardtune.engine.sampler.sample_eval`), kept on the CPU."""
+    from rewardtune.engine.sampler import sample_eval
+    from rewardtune.engine.types import SamplingSettings
 
-    from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
-    from rewardtune.engine.types import generator
-
-    x_t = initial_latents(diff, len(prompts), settings.resolution, generator(settings.seed, "eval-noise"))
-    eta_g = generator(settings.seed, "eval-eta")
-    chunks = []
-    with torch.no_grad():
-        for i in range(0, len(prompts), settings.batch_size):
-            xi = x_t[i:i + settings.batch_size]
-            emb = encode_prompts(diff, prompts[i:i + settings.batch_size], settings.guidance)
-            z = sample(diff, xi, emb, steps=settings.steps, guidance=settings.guidance, eta=settings.eta,
-                       step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device))
-            chunks.append(decode(diff, z.latents).cpu())
-            if progress is not None:
-                progress(min(i + settings.batch_size, len(prompts)), len(prompts))
-    return torch.cat(chunks)
+    sp = SamplingSettings(steps=settings.steps, guidance=settings.guidance, eta=settings.eta,
+                          resolution=settings.resolution)
+    return sample_eval(diff, prompts, sp, settings.seed, settings.batch_size, out_device="cpu", progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------- statistics
@@ -440,7 +432,7 @@ class Report:
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """scores.json, scores.md, before.png / after.png (every image with its scores and verdicts) and
         compare.png (the first 16 pairs). Returns their paths."""
-        from rewardtune.engine.outputs import captioned_grid, comparison_grid
+        from rewardtune.engine.outputs import captioned_grid, comparison_grid, judge_labels
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -456,63 +448,75 @@ class Report:
             means = ", ".join(f"{k} {sum(v) / len(v):.3g}" for k, v in scores.items())
             captioned_grid(self.pixels[side], self.prompts, scores, verdicts=verdicts, ok=ok,
                            title=f"{side}: {means}").save(paths[side])
-            labels = next(iter(verdicts.values()), None)
-            if labels is not None:
-                labels = [v.removeprefix("saw ").split(":")[0].replace("? ?", "nothing clear") for v in labels]
-            sides.append((self.pixels[side], self.prompts, labels, ok))
+            sides.append((self.pixels[side], self.prompts, judge_labels(verdicts), ok))
         comparison_grid(sides[0], sides[1], n=16, title=f"before -> after: {self.target.path.name} (same prompts "
                         "and noise)").save(paths["compare"])
         return paths
 
 
-def _explained(rewards: dict[str, Any], pixels, prompts: list[str]):
-    """Per-image details of rewards that explain themselves at eval (the shapes judge): numeric fields as extra
-    score columns (`label/field`), verdict strings, and the judge's both_ok."""
-    extra: dict[str, list[float]] = {}
-    verdicts: dict[str, list[str]] = {}
-    ok = None
-    for label, r in rewards.items():
-        if not getattr(r, "explain_in_eval", False):
-            continue
-        details = r.explain(pixels, prompts)
-        if not details:
-            continue
-        for key in details[0]:
-            vals = [d.get(key) for d in details]
-            if all(isinstance(v, bool | int | float) for v in vals):
-                extra[f"{label}/{key}"] = [float(v) for v in vals]
-        if all("verdict" in d for d in details):
-            verdicts[label] = [str(d["verdict"]) for d in details]
-            if ok is None and all(isinstance(d.get("both_ok"), bool) for d in details):
-                ok = [d["both_ok"] for d in details]
-    return extra, verdicts, ok
+@dataclass(frozen=True)
+class EvalPlan:
+    """What an evaluation will do, settled before any model loads: the target, its settings, and the prompt set
+    (`prompts`, each sampled `per_prompt` times, from `source`). `plan` makes one; `evaluate` runs it."""
+
+    target: Target
+    settings: EvalSettings
+    prompts: list[str]
+    per_prompt: int
+    source: str
+
+    def needed_weights(self, rewards: Sequence[str] | None = None,
+                       weights: dict[str, Any] | None = None) -> list[Any]:
+        return needed_weights(self.target, self.settings, rewards, weights)
 
 
-def evaluate(path: str | Path, *, rewards: Sequence[str] | None = None, prompts: str | None = None,
+def plan(path: str | Path, *, prompts: str | None = None, images_per_prompt: int | None = None,
+         limit: int | None = None, base: str | None = None, steps: int | None = None, guidance: float | None = None,
+         eta: float | None = None, resolution: int | None = None, seed: int | None = None,
+         batch_size: int | None = None) -> EvalPlan:
+    """Read the target at `path` (its spec or model card) once and settle every setting (UsageError naming what
+    is wrong): see the module docstring for what `path` may be and where the defaults come from."""
+    target = find_target(path)
+    st = settings_for(target, base=base, steps=steps, guidance=guidance, eta=eta, resolution=resolution, seed=seed,
+                      batch_size=batch_size)
+    plist, n, where = prompts_for(target, prompts, images_per_prompt, limit)
+    return EvalPlan(target, st, plist, n, where)
+
+
+def evaluate(path: str | Path | EvalPlan, *, rewards: Sequence[str] | None = None, prompts: str | None = None,
              images_per_prompt: int | None = None, limit: int | None = None, base: str | None = None,
              steps: int | None = None, guidance: float | None = None, eta: float | None = None,
              resolution: int | None = None, seed: int | None = None, batch_size: int | None = None,
              device: str = "auto", weights: dict[str, Any] | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> Report:
     """Sample the prompts with and without the trained weights at `path` on the same noise, score both, and
-    summarise the paired differences. See the module docstring for what `path` may be and where the defaults come
-    from. `rewards` (NAME or NAME:PRESET) replace the run's objective terms; `weights` maps a reward label to
-    weights as `rewardtune.scoring.load_rewards` takes them."""
+    summarise the paired differences. `path` is a target, planned with the settings given here (see `plan`), or a
+    plan `plan` made (then the settings are its own). `rewards` (NAME or NAME:PRESET) replace the run's objective
+    terms; `weights` maps a reward label to weights as `rewardtune.scoring.load_rewards` takes them."""
+    import numpy as np
     import torch
 
+    from rewardtune.engine.objective import explain_rewards
     from rewardtune.scoring import resolve_device
 
-    target = find_target(path)
-    st = settings_for(target, base=base, steps=steps, guidance=guidance, eta=eta, resolution=resolution, seed=seed,
-                      batch_size=batch_size)
-    plist, n, where = prompts_for(target, prompts, images_per_prompt, limit)
-    all_prompts = plist * n  # as the run's eval: the set repeated, each copy on its own noise
+    settings = dict(prompts=prompts, images_per_prompt=images_per_prompt, limit=limit, base=base, steps=steps,
+                    guidance=guidance, eta=eta, resolution=resolution, seed=seed, batch_size=batch_size)
+    if isinstance(path, EvalPlan):
+        given = [k for k, v in settings.items() if v is not None]
+        if given:
+            raise TypeError(f"evaluate() of a plan takes no settings (got {', '.join(given)}): give them to plan()")
+        the_plan = path
+    else:
+        the_plan = plan(path, **settings)
+    target, st, n = the_plan.target, the_plan.settings, the_plan.per_prompt
+    where = the_plan.source
+    all_prompts = the_plan.prompts * n  # as the run's eval: the set repeated, each copy on its own noise
     dev = resolve_device(device)
     threads = torch.get_num_threads()
     if st.base.startswith("zoo:") and dev == "cpu":
         torch.set_num_threads(1)  # the tiny models run fastest on one thread (as `rewardtune.run` does)
     try:
-        loaded, info = rewards_for(target, rewards, device=dev, weights=weights)
+        loaded, info, objective = rewards_for(target, rewards, device=dev, weights=weights)
         diff = load_base(st, dev)
         pixels = {}
         for side in ("before", "after"):
@@ -528,7 +532,7 @@ def evaluate(path: str | Path, *, rewards: Sequence[str] | None = None, prompts:
             for side in ("before", "after"):
                 for label, r in loaded.items():
                     scores.setdefault(label, {})[side] = [float(x) for x in r(pixels[side], all_prompts).cpu()]
-                extra, verdicts[side], ok[side] = _explained(loaded, pixels[side], all_prompts)
+                extra, verdicts[side], ok[side] = explain_rewards(loaded, pixels[side], all_prompts)
                 for k, v in extra.items():
                     scores.setdefault(k, {})[side] = v
     finally:
@@ -536,11 +540,9 @@ def evaluate(path: str | Path, *, rewards: Sequence[str] | None = None, prompts:
     # explained fields that repeat their reward's own numbers (the judge's both_ok) add nothing
     for k in [k for k in scores if "/" in k and scores[k] == scores.get(k.split("/", 1)[0])]:
         del scores[k]
-    terms = [(k, v) for k, v in info.items() if v.get("role", "optimize") == "optimize" and "weight" in v]
-    if terms and target.spec is not None:
-        sign = {k: -1.0 if v["direction"] == "lower" else 1.0 for k, v in terms}
-        scores["objective"] = {side: [sum(v["weight"] * sign[k] * scores[k][side][i] for k, v in terms)
-                                      for i in range(len(all_prompts))] for side in ("before", "after")}
+    if objective is not None and any(t.role == "optimize" for t in objective.terms):  # as the run's eval weighs it
+        scores["objective"] = {side: [float(x) for x in objective.weighted(
+            {k: np.asarray(scores[k][side]) for k in objective.labels})] for side in ("before", "after")}
     direction = {k: info.get(k.split("/", 1)[0], {}).get("direction", "higher") for k in scores}
     summary = {k: paired_summary(s["before"], s["after"], direction[k], seed=st.seed) for k, s in scores.items()}
     if not any(verdicts.values()):

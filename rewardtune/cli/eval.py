@@ -57,18 +57,18 @@ def COMMAND(  # noqa: N802
         weight_map = parse_weights_args(list(weights or []), list(reward or []), _weight_keys(reward or []))
     except ArgumentError as e:
         raise UsageError(f"--weights {e.value}: {e.detail}") from None
-    target = ev.find_target(path)
-    settings = ev.settings_for(target, base=base, steps=steps, guidance=guidance, resolution=resolution, seed=seed,
-                               batch_size=batch_size)
-    plist, n, where = ev.prompts_for(target, prompts, images_per_prompt, limit)
+    the_plan = ev.plan(path, prompts=prompts, images_per_prompt=images_per_prompt, limit=limit, base=base,
+                       steps=steps, guidance=guidance, resolution=resolution, seed=seed, batch_size=batch_size)
+    target, settings, n = the_plan.target, the_plan.settings, the_plan.per_prompt
     # every checkpoint, before any loads: all missing ones in one message (exit 4)
-    refs = ev.needed_weights(target, settings, reward, weight_map)
+    refs = the_plan.needed_weights(reward, weight_map)
     if base or target.kind != "run":  # the pipeline was named here or by the model card, not by a spec
         from dataclasses import replace
 
         refs[0] = replace(refs[0], setting="--base" if base else f"base_model in {target.weights / 'README.md'}")
     require(refs, _fetch_command(target, settings, reward, base, weights), out=err)
-    err.print(f"evaluating {target.kind} {target.weights} on {settings.base}: {len(plist) * n} images ({where}"
+    err.print(f"evaluating {target.kind} {target.weights} on {settings.base}: {len(the_plan.prompts) * n} images "
+              f"({the_plan.source}"
               + (f", {n} per prompt" if n > 1 else "") + f"), {settings.steps} steps, seed {settings.seed}",
               markup=False, soft_wrap=True, style="dim")
 
@@ -76,9 +76,8 @@ def COMMAND(  # noqa: N802
         if done == total or not err.is_terminal:
             err.print(f"  {side}: {done}/{total} images", markup=False, style="dim")
 
-    report = ev.evaluate(path, rewards=reward or None, prompts=prompts, images_per_prompt=images_per_prompt,
-                         limit=limit, base=base, steps=steps, guidance=guidance, resolution=resolution, seed=seed,
-                         batch_size=batch_size, device=device, weights=weight_map or None, progress=progress)
+    report = ev.evaluate(the_plan, rewards=reward or None, device=device, weights=weight_map or None,
+                         progress=progress)
     dest = output_dir if output_dir is not None else Path(path) / "eval"
     paths = report.write(dest)
     if as_json:

@@ -91,9 +91,10 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
     return diff
 
 
-def build_objective(spec: Any, device: torch.device, info: DistInfo) -> Objective:
+def build_objective(spec: Any, device: torch.device, info: DistInfo, dtype: str | None = None) -> Objective:
     """The objective's rewards, loaded now (missing weights fail here, before any step) and together, so that
-    rewards needing the same frozen tower share one copy (`rewards._shared`)."""
+    rewards needing the same frozen tower share one copy (`rewards._shared`). Each reward runs in its term's
+    `dtype`, else `dtype`, else the training's mixed precision on CUDA (float32 elsewhere)."""
     from rewardtune.registry import get_card, load_reward
     from rewardtune.rewards._shared import sharing
 
@@ -102,11 +103,11 @@ def build_objective(spec: Any, device: torch.device, info: DistInfo) -> Objectiv
     with sharing():
         for t in spec.objective:
             card = get_card(t.reward)
-            dtype = t.dtype or (amp if device.type == "cuda" else "float32")
             kw: dict[str, Any] = dict(t.kwargs)
             if t.weights:
                 kw["weights"] = t.weights
-            reward = load_reward(t.reward, t.preset, device=str(device), dtype=dtype,
+            reward = load_reward(t.reward, t.preset, device=str(device),
+                                 dtype=t.dtype or dtype or (amp if device.type == "cuda" else "float32"),
                                  max_batch_size=t.max_batch_size, **kw)
             if hasattr(reward, "load"):  # a plugin's class need not derive from Reward
                 reward.load()

@@ -15,6 +15,7 @@ selects by the combined score c_i = sum_j a_j s_ij over all its optimized terms.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,8 +188,38 @@ class Objective:
             total = multiplier.detach() * total
         return ObjectiveValue(total, raw, norm, multiplier, rank_score)
 
+    def weighted(self, values: Mapping[str, Any]) -> Any:
+        """The objective as an eval reports it: sum over the optimized terms of weight * sign * value, for the
+        raw values of each term (a mean, or per-image arrays)."""
+        return sum(t.weight * t.sign * values[t.label] for t in self.terms if t.role == "optimize")
+
     def state_dict(self) -> dict[str, Any]:
         return {"stats": self.stats.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.stats.load_state_dict(sd["stats"])
+
+
+def explain_rewards(rewards: Mapping[str, Any], pixels: torch.Tensor, prompts: list[str]
+                    ) -> tuple[dict[str, list[float]], dict[str, list[str]], list[bool] | None]:
+    """Per-image details of the rewards that explain themselves at eval (`explain_in_eval`, e.g. the shapes judge),
+    as (numeric fields per image, keyed `LABEL/FIELD`; verdict strings per label; the first judge's `both_ok` per
+    image, or None). The trainer's eval and `rewardtune eval` both read them here."""
+    fields: dict[str, list[float]] = {}
+    verdicts: dict[str, list[str]] = {}
+    ok: list[bool] | None = None
+    for label, r in rewards.items():
+        if not getattr(r, "explain_in_eval", False):
+            continue
+        details = r.explain(pixels, prompts)
+        if not details:
+            continue
+        for key in details[0]:
+            vals = [d.get(key) for d in details]
+            if all(isinstance(v, bool | int | float) for v in vals):
+                fields[f"{label}/{key}"] = [float(v) for v in vals]
+        if all("verdict" in d for d in details):
+            verdicts[label] = [str(d["verdict"]) for d in details]
+            if ok is None and all(isinstance(d.get("both_ok"), bool) for d in details):
+                ok = [d["both_ok"] for d in details]
+    return fields, verdicts, ok

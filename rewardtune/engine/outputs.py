@@ -545,6 +545,15 @@ def captioned_grid(images: torch.Tensor, prompts: list[str], rewards: dict[str, 
     return grid
 
 
+def judge_labels(verdicts: dict[str, list[str]]) -> list[str] | None:
+    """What the first judge saw in each image (`saw red circle: ...` -> `red circle`), short enough to write under
+    an image of a comparison grid; None when no reward gave verdicts."""
+    labels = next(iter(verdicts.values()), None)
+    if labels is None:
+        return None
+    return [v.removeprefix("saw ").split(":")[0].replace("? ?", "nothing clear") for v in labels]
+
+
 def comparison_grid(before, after, *, n: int = 16, cols: int = 8, cell: int = 96, title: str = ""):
     """Before/after pairs of the same prompts on the same noise: a row of `before` images above the matching row
     of `after` images. Each side is `(pixels, prompts, labels, ok)`: `labels[i]` (e.g. what the shapes judge saw)

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from rewardtune.engine.control import check_abort
 from rewardtune.engine.families import Conditioning, Schedule
 from rewardtune.engine.pipeline import Diffusion, FoldedLora, autocast, module_inputs
+from rewardtune.engine.types import SamplingSettings, generator
 
 __all__ = ["Conditioning", "SampleResult", "StepRecord", "add_training_noise", "autocast", "decode", "denoiser_forward",
            "encode", "encode_prompts", "initial_latents", "model_output", "module_inputs", "renoise", "sample",
@@ -266,3 +267,26 @@ def initial_latents(diff: Diffusion, n: int, resolution: int, generator: torch.G
     """x_T drawn on the CPU from `generator` (the same numbers on every device), scaled by init_noise_sigma."""
     z = torch.randn((n, *latent_shape(diff, resolution)), generator=generator, dtype=torch.float32)
     return (z * diff.family.init_noise_sigma(diff)).to(diff.device)
+
+
+@torch.no_grad()
+def sample_eval(diff: Diffusion, prompts: list[str], settings: SamplingSettings, seed: int, batch_size: int, *,
+                out_device: torch.device | str | None = None,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The images of an eval: `prompts` on the fixed noise of `seed` (x_T from `generator(seed, "eval-noise")`,
+    per-step noise from `generator(seed, "eval-eta")`: the same every time), in batches of `batch_size`, pixels
+    [n,3,H,W] in [0, 1]. The trainer's eval and `rewardtune eval` both sample here, so the second reproduces the
+    first. `out_device`: where each batch's images go (the CPU keeps the device free for the next batch)."""
+    x_t = initial_latents(diff, len(prompts), settings.resolution, generator(seed, "eval-noise"))
+    eta_g = generator(seed, "eval-eta")
+    chunks = []
+    for i in range(0, len(prompts), batch_size):
+        xi = x_t[i:i + batch_size]
+        emb = encode_prompts(diff, prompts[i:i + batch_size], settings.guidance)
+        z = sample(diff, xi, emb, steps=settings.steps, guidance=settings.guidance, eta=settings.eta,
+                   step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device))
+        img = decode(diff, z.latents)
+        chunks.append(img if out_device is None else img.to(out_device))
+        if progress is not None:
+            progress(min(i + batch_size, len(prompts)), len(prompts))
+    return torch.cat(chunks)

@@ -30,7 +30,7 @@ from rewardtune.engine.distributed import (
     is_dtensor,
     like,
 )
-from rewardtune.engine.objective import Objective
+from rewardtune.engine.objective import Objective, explain_rewards
 from rewardtune.engine.outputs import (
     MetricsWriter,
     RunStart,
@@ -41,7 +41,7 @@ from rewardtune.engine.outputs import (
     write_run_info,
 )
 from rewardtune.engine.pipeline import Diffusion, full_save, lora_save
-from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample, uncond_embedding
+from rewardtune.engine.sampler import sample_eval, uncond_embedding
 from rewardtune.engine.types import Batch, MethodOutput, RunContext, SamplingSettings, generator
 from rewardtune.errors import CheckpointError, RewardtuneError, RunInterrupted, UsageError
 from rewardtune.rundir import RunDir
@@ -280,18 +280,8 @@ class Trainer:
         if not prompts or not (self.info.main or self.diff.sharded):
             return {}
         self._swap_ema()
-        try:
-            sp, diff = self.sampling, self.diff
-            x_t = initial_latents(diff, len(prompts), sp.resolution, generator(self.s.seed, "eval-noise"))
-            eta_g = generator(self.s.seed, "eval-eta")
-            chunks = []
-            for i in range(0, len(prompts), self.local_batch):  # no larger batches than training uses
-                xi = x_t[i:i + self.local_batch]
-                emb = encode_prompts(diff, prompts[i:i + self.local_batch], sp.guidance)
-                z = sample(diff, xi, emb, steps=sp.steps, guidance=sp.guidance, eta=sp.eta,
-                           step_noise=lambda _, shape=xi.shape: torch.randn(shape, generator=eta_g).to(diff.device))
-                chunks.append(decode(diff, z.latents))
-            pixels = torch.cat(chunks)
+        try:  # no larger batches than training uses
+            pixels = sample_eval(self.diff, prompts, self.sampling, self.s.seed, self.local_batch)
             if not self.info.main:
                 return {}
             groups = torch.arange(len(prompts), device=pixels.device)
@@ -300,9 +290,9 @@ class Trainer:
             self._swap_ema()
         rewards = {k: [float(x) for x in v.cpu()] for k, v in value.raw.items()}
         out = {f"eval/{k}": float(np.mean(v)) for k, v in rewards.items()}
-        out["eval/objective"] = float(sum(t.weight * t.sign * np.mean(rewards[t.label])
-                                          for t in self.objective.terms if t.role == "optimize"))
-        verdicts, ok = self._explained(pixels, prompts, out)
+        out["eval/objective"] = float(self.objective.weighted({k: np.mean(v) for k, v in rewards.items()}))
+        fields, verdicts, ok = explain_rewards({t.label: t.reward for t in self.objective.terms}, pixels, prompts)
+        out.update({f"eval/{k}": float(np.mean(v)) for k, v in fields.items()})
         img_dir = self.run_dir.images_dir
         img_dir.mkdir(parents=True, exist_ok=True)
         path = img_dir / f"{tag}.png"
@@ -317,40 +307,15 @@ class Trainer:
         self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
         return out
 
-    def _explained(self, pixels: torch.Tensor, prompts: list[str], out: dict[str, float]):
-        """Per-image details of the terms whose reward asks for them at eval (`explain_in_eval`, e.g. the shapes
-        judge): their numeric fields are averaged into `out` as `eval/<term>/<field>`, their `verdict` strings
-        go under the images of the grid, coloured by `both_ok` when there is one."""
-        verdicts: dict[str, list[str]] = {}
-        ok: list[bool | None] | None = None
-        for t in self.objective.terms:
-            if not getattr(t.reward, "explain_in_eval", False):
-                continue
-            details = t.reward.explain(pixels, prompts)
-            if not details:
-                continue
-            for key in details[0]:
-                vals = [d.get(key) for d in details]
-                if all(isinstance(v, bool | int | float) for v in vals):
-                    out[f"eval/{t.label}/{key}"] = float(np.mean([float(v) for v in vals]))
-            if all("verdict" in d for d in details):
-                verdicts[t.label] = [str(d["verdict"]) for d in details]
-                if ok is None and all(isinstance(d.get("both_ok"), bool) for d in details):
-                    ok = [d["both_ok"] for d in details]
-        return verdicts, ok
-
     def _write_comparison(self, img_dir: Path) -> None:
         """images/compare.png: the first eval prompts before and after training, on the same noise. Written when the
         'before' eval ran in this process (a resumed run has its after.png, and the before.png of its first part)."""
-        from rewardtune.engine.outputs import comparison_grid
+        from rewardtune.engine.outputs import comparison_grid, judge_labels
 
         sides = []
         for tag in ("before", "after"):
             pix, prompts, verdicts, ok = self._eval_views[tag]
-            labels = next(iter(verdicts.values()), None)
-            if labels is not None:
-                labels = [v.removeprefix("saw ").split(":")[0].replace("? ?", "nothing clear") for v in labels]
-            sides.append((pix, prompts, labels, ok))
+            sides.append((pix, prompts, judge_labels(verdicts), ok))
         comparison_grid(sides[0], sides[1], n=16, title=f"before -> after {self.step} steps "
                         "(under each image: what the judge saw; green = the prompt's colour and shape)").save(
             img_dir / "compare.png")
