@@ -1,7 +1,11 @@
 import os
 import sys
+from pathlib import Path
 
 import pytest
+
+# the tests' shared helpers (inventory, cli_process) import by name from every test folder
+sys.path.insert(0, str(Path(__file__).parent))
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS  # noqa: E402
+from cli_process import rt
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def rt(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
 
 
 def test_help_lists_every_verb_and_each_verb_has_help():

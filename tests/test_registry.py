@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS, reward_cards_on_disk
 
 from rewardtune.errors import RegistryConflictError, UnknownRewardError, UsageError
 from rewardtune.registry import Registry, get_card, load_reward, registry
-
-sys.path.insert(0, str(Path(__file__).parent))
-from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS, reward_cards_on_disk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_BASED = {"shapes-eval"}  # the shapes world's judge: rules, no weights

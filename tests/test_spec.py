@@ -11,12 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from inventory import SHIPPED_SPECS, specs_on_disk
 
 from rewardtune.errors import SpecError
 from rewardtune.spec.load import load_spec, parse_override_path, to_tiny
-
-sys.path.insert(0, str(Path(__file__).parent))
-from inventory import SHIPPED_SPECS, specs_on_disk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "fixtures" / "bad_specs").glob("*.yaml"))

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+import spec_fuzz
 
-import spec_fuzz  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _limit_memory() -> None:

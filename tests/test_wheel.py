@@ -9,9 +9,7 @@ import venv
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from inventory import SHIPPED_REWARDS, SHIPPED_SPECS  # noqa: E402
+from inventory import SHIPPED_REWARDS, SHIPPED_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,13 +4,11 @@ settings its model card records; bad targets exit 2 and missing weights exit 4, 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_process import rt
 
 import rewardtune
 
@@ -19,13 +17,6 @@ DEMO = ROOT / "specs" / "demo.yaml"
 #: the demo's 32 shapes-eval captions, one image each; measured: DRaFT-1 for 20 steps raised the judge's
 #: both-correct from 0.406 to 0.594 (10 images changed: 8 up, 2 down); a rise under 0.1 means broken
 MIN_RISE = 0.1
-
-
-def rt(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    base = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-            "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env={**base, **env}, timeout=900)
 
 
 @pytest.fixture(scope="module")

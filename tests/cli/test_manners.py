@@ -2,21 +2,12 @@
 completion, and the spec field reference (`validate --explain`)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_process import rt
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def rt(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    base = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-            "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env={**base, **env})
 
 
 def test_version():

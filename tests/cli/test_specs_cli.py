@@ -4,20 +4,12 @@ checkout."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from cli_process import rt
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
-
-
-def rt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env)
 
 
 def test_specs_lists_every_shipped_spec_with_a_summary(tmp_path):

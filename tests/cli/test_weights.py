@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_process
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,10 +46,8 @@ def hf_download(cache: Path, repo: str, files: dict[str, bytes], revision: str =
 
 
 def rt(*args: str, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           "HF_HUB_CACHE": str(cache), "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env)
+    """`rewardtune ARGS` with `cache` as the hub cache."""
+    return cli_process.rt(*args, cwd=cwd, columns=250, HF_HUB_CACHE=str(cache))
 
 
 def states(p: subprocess.CompletedProcess) -> dict[str, dict]:

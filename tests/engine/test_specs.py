@@ -1,15 +1,12 @@
 """Every shipped spec validates and runs two steps with --tiny through the CLI (offline, tiny twins)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from inventory import SHIPPED_SPECS
 
 from rewardtune.registry import get_card
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from inventory import SHIPPED_SPECS  # noqa: E402
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 SPECS = [SPECS_DIR / name for name in SHIPPED_SPECS]  # the inventory (tests/test_spec.py checks it is the disk's)

@@ -4,16 +4,12 @@ and gradient exactly when the card says differentiable."""
 from __future__ import annotations
 
 import inspect
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS
 
 from rewardtune.registry import get_card, load_reward, registry, resolve_class
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS  # noqa: E402
 
 MINE = DIFFERENTIABLE_REWARDS
 SHIPPED = set(SHIPPED_REWARDS)

@@ -16,19 +16,24 @@ def explode(pixels, prompts):
     raise ValueError("the launch-explode reward failed on purpose")
 
 
-_calls = {"n": 0}
+_training_calls = {"n": 0}
 
 
-@rewardtune.register_reward("launch-hold", description="Mean pixel value; its 4th call waits for a file (tests only).")
+@rewardtune.register_reward("launch-hold", description="Mean pixel value; holds training step 3 until a file "
+                                                       "exists (tests only).")
 def hold(pixels, prompts):
-    """Holds the run (from the 4th call: the eval before training and 2 steps are done) until the file named by
-    REWARDTUNE_TEST_HOLD exists, so a test can look at the job's log while the job is surely running."""
+    """Holds the run at training step 3 (steps 1 and 2 are done and logged) until the file named by
+    REWARDTUNE_TEST_HOLD exists, so a test can look at the job's log while the job is surely running. A training
+    step is a call with gradient enabled (DRaFT-1, one micro-batch: one call per step); evals are not counted."""
     import os
     from pathlib import Path
 
-    _calls["n"] += 1
+    import torch
+
+    if torch.is_grad_enabled():
+        _training_calls["n"] += 1
     go = os.environ.get("REWARDTUNE_TEST_HOLD")
-    if go and _calls["n"] == 4:
+    if go and torch.is_grad_enabled() and _training_calls["n"] == 3:
         t = time.monotonic()
         while not Path(go).exists() and time.monotonic() - t < 300:
             time.sleep(0.1)
