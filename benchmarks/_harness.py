@@ -15,6 +15,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,20 +99,30 @@ def reset_peak_rss() -> bool:
 
 
 # --------------------------------------------------------------------------------------------- subprocesses
-def run_worker(python: str | Path, args: list[str], *, timeout: float = 900, env: dict | None = None) -> dict:
-    """Run `_step_worker.py` (or any script printing `RESULT {json}`) in a fresh process; return the dict."""
-    e = worker_env(env)
+def run_script(python: str | Path, args: list, *, env: dict, cwd: str | Path = ROOT,
+               timeout: float | None = None) -> dict:
+    """Run a script in a fresh process and return the dict its last `RESULT {json}` line carries, plus
+    `process_wall_s`. Its stderr (progress bars, warnings) goes to a file, not a pipe, so a long worker never
+    blocks on a full pipe nor dies on a closed one; a failure raises RuntimeError with the output's tail."""
     t0 = time.perf_counter()
-    p = subprocess.run([str(python), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e,
-                       cwd=str(ROOT))
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.run([str(python), *map(str, args)], stdout=subprocess.PIPE, stderr=err, text=True,
+                           timeout=timeout, env=env, cwd=str(cwd))
+        err.seek(0)
+        stderr = err.read()
     wall = time.perf_counter() - t0
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("RESULT "):
             out = json.loads(line[len("RESULT "):])
             out["process_wall_s"] = wall
             return out
-    tail = "\n".join((p.stdout + "\n" + p.stderr).strip().splitlines()[-25:])
+    tail = "\n".join((p.stdout + "\n" + stderr).strip().splitlines()[-25:])
     raise RuntimeError(f"worker failed (rc={p.returncode}): {python} {' '.join(map(str, args))}\n{tail}")
+
+
+def run_worker(python: str | Path, args: list, *, timeout: float = 900, env: dict | None = None) -> dict:
+    """Run `_step_worker.py` (or any script printing `RESULT {json}`) in a fresh process; return the dict."""
+    return run_script(python, args, env=worker_env(env), timeout=timeout)
 
 
 def worker_env(extra: dict | None = None) -> dict:

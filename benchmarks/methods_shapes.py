@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, ROOT, machine_info  # noqa: E402
+from _harness import RESULTS, ROOT, machine_info, run_script, worker_env  # noqa: E402
 
 # name -> overrides of specs/demo.yaml (a method block, and anything else the method needs)
 METHODS: dict[str, list[str]] = {
@@ -247,12 +245,7 @@ def run_jobs(chosen: dict[str, list[str]], seeds: list[int], steps: int, eval_ev
         if cached.exists():
             return name, seed, json.loads(cached.read_text())
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
-                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if p.returncode or line is None:
-            raise RuntimeError(f"{name} seed {seed} failed:\n{p.stderr[-3000:]}")
-        r = json.loads(line[7:])
+        r = run_script(sys.executable, [__file__, "--worker", json.dumps(cfg)], env=worker_env())
         print(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {seed}: both "
               f"{r['curve'][0]['both']:.3f} -> {r['curve'][-1]['both']:.3f}, reward "
               f"{r['curve'][0]['reward']:.3f} -> {r['curve'][-1]['reward']:.3f}", flush=True)
@@ -291,7 +284,8 @@ def main() -> None:
         pre = pretrain_jsonl(a.work / "pretrain")
         runs = run_jobs(chosen, a.seeds, a.steps, a.eval_every, a.work, pre, a.jobs)
         data = {"runs": runs, "steps": a.steps, "seeds": a.seeds, "eval_every": a.eval_every,
-                "machine": machine_info(), "git": _git()}
+                "machine": machine_info()}
+        data["git"] = data["machine"]["git"]
         if not a.no_gradients:
             data["gradients"] = gradient_pass(chosen, pre)
         jpath.parent.mkdir(parents=True, exist_ok=True)
@@ -315,11 +309,6 @@ def main() -> None:
     md += ["", f"Machine: {data['machine']}; git {data.get('git', '?')}.", ""]
     a.out.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))
-
-
-def _git() -> str:
-    p = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return p.stdout.strip() or "?"
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, ROOT, default_trl_venv, ensure_trl_venv, machine_info, versions_block  # noqa: E402
+from _harness import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    default_trl_venv,
+    ensure_trl_venv,
+    machine_info,
+    run_script,
+    spread,
+    versions_block,
+    worker_env,
+)
 
 MODELS = ROOT / "rewardtune" / "data" / "models"
 PIPE_DIR = MODELS / "shapes-sd1"
@@ -325,22 +334,11 @@ def _builtin(name: str):
 
 # ---------------------------------------------------------------------------------------------- subprocesses
 def _run(python: Path | str, flag: str, cfg: dict, *, trl: bool = False) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    env = worker_env({"OMP_NUM_THREADS": "1"})
     if trl:
         env.pop("PYTHONPATH", None)  # TRL's side must not see rewardtune
-    else:
-        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    # stderr (progress bars, warnings) to a file: a worker must not die on a closed pipe if this process does
-    with tempfile.TemporaryFile("w+") as err:
-        p = subprocess.run([str(python), str(Path(__file__).resolve()), flag, json.dumps(cfg)], stdout=subprocess.PIPE,
-                           stderr=err, text=True, env=env, cwd=tempfile.gettempdir() if trl else str(ROOT))
-        err.seek(0)
-        stderr = err.read()
-    line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)
-    if p.returncode or line is None:
-        raise RuntimeError(f"{flag} failed (rc={p.returncode}):\n{(p.stdout + stderr)[-4000:]}")
-    return json.loads(line[len("RESULT "):])
+    return run_script(python, [Path(__file__).resolve(), flag, json.dumps(cfg)], env=env,
+                      cwd=tempfile.gettempdir() if trl else ROOT)
 
 
 # ------------------------------------------------------------------------------------------------- reporting
@@ -358,23 +356,19 @@ def summarize(data: dict) -> dict:
         s = {"seeds": [r["seed"] for r in runs], "reached": len(reached), "n": len(runs),
              "per_seed": [None if h is None else {k: h[k] for k in ("step", "samples", "cpu_s", "wall_s")}
                           for h in hits],
-             "final_both": _spread([p["both"] for p in last]), "final_step": _spread([p["step"] for p in last]),
-             "final_cpu_s": _spread([p["cpu_s"] for p in last]),
-             "best_both": _spread([max(p["both"] for p in r["curve"]) for r in runs]),
-             "cpu_s_per_step": _spread([r["curve"][-1]["cpu_s"] / max(1, r["curve"][-1]["step"]) for r in runs]),
-             "wall_s_per_step": _spread([r["curve"][-1]["wall_s"] / max(1, r["curve"][-1]["step"]) for r in runs])}
+             "final_both": spread([p["both"] for p in last]), "final_step": spread([p["step"] for p in last]),
+             "final_cpu_s": spread([p["cpu_s"] for p in last]),
+             "best_both": spread([max(p["both"] for p in r["curve"]) for r in runs]),
+             "cpu_s_per_step": spread([r["curve"][-1]["cpu_s"] / max(1, r["curve"][-1]["step"]) for r in runs]),
+             "wall_s_per_step": spread([r["curve"][-1]["wall_s"] / max(1, r["curve"][-1]["step"]) for r in runs])}
         for k in ("step", "samples", "cpu_s", "wall_s"):
-            s[k] = _spread([h[k] for h in reached]) if len(reached) == len(runs) else None
+            s[k] = spread([h[k] for h in reached]) if len(reached) == len(runs) else None
         out[side] = s
     return out
 
 
-def _spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
-
-
 def _f(s: dict | None, digits: int = 0, pct: bool = False) -> str:
-    if not s:
+    if not s or not s.get("n"):
         return "not reached"
     k = 100 if pct else 1
     return f"{s['median'] * k:.{digits}f} ({s['min'] * k:.{digits}f}–{s['max'] * k:.{digits}f})"
@@ -441,8 +435,8 @@ def report(data: dict) -> str:
         cells = []
         for runs in data["runs"].values():
             hits = [h for h in (first_reaching(r["curve"], other) for r in runs) if h is not None]
-            cells.append(f"{len(hits)}/{len(runs)}" + (f": {_f(_spread([h['cpu_s'] for h in hits]))} CPU s, "
-                                                        f"{_f(_spread([h['samples'] for h in hits]))} samples"
+            cells.append(f"{len(hits)}/{len(runs)}" + (f": {_f(spread([h['cpu_s'] for h in hits]))} CPU s, "
+                                                        f"{_f(spread([h['samples'] for h in hits]))} samples"
                                                         if hits else ""))
         lines.append(f"| {other:.0%} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed (steps / samples / CPU s / wall s to the target):", ""]
