@@ -20,10 +20,10 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
     explicit `output_dir` go to the spec's output_dir + `-tiny` and replace the previous tiny run there.
 
     Before any model loads, in this order: the spec's preflight (prompt files, local paths, extras, device; every
-    problem at once), the output directory (a writable directory, then locked: one run at a time; OutputDirError),
-    and every checkpoint the run needs (missing hub ones are fetched unless HF_HUB_OFFLINE is set; whatever is
-    still missing raises one MissingWeightsError naming all of them and `fetch_command`, by default
-    `rewardtune weights SPEC --download`). A run stopped by a signal or `request_stop` returns a result with
+    problem at once), the output directory (a writable directory; OutputDirError), every checkpoint the run needs
+    (missing hub ones are fetched unless offline mode is on; whatever is still missing raises one
+    MissingWeightsError naming all of them and `fetch_command`, by default `rewardtune weights SPEC --download`),
+    then the output directory is opened and locked (one run at a time). A run stopped by a signal or `request_stop` returns a result with
     `stopped_early` set, after writing a checkpoint of its last finished step.
 
         result = rewardtune.run("specs/demo.yaml", ["train.steps=20"], tiny=True)
@@ -33,32 +33,26 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
 
     from rewardtune.engine.build import build_trainer
     from rewardtune.engine.distributed import dist_info
-    from rewardtune.rewards._weights import require, spec_weights
     from rewardtune.spec.load import load_spec
-    from rewardtune.spec.preflight import preflight
 
     spec = load_spec(spec_or_path, overrides=list(overrides), tiny=tiny)
-    preflight(spec)
-    threads = torch.get_num_threads()
-    if spec.model.pretrained.startswith("zoo:") and not torch.cuda.is_available():
-        torch.set_num_threads(1)  # tiny twins run ~3x faster on one thread than on two (measured, 2-core CPU)
     if tiny and output_dir is None:
         # tiny runs are throwaway smoke runs: keep them apart from real runs, and let them be re-run
         output_dir = spec.resolved_output_dir.rstrip("/") + "-tiny"
         overwrite = overwrite or not resume
     out = Path(output_dir) if output_dir is not None else Path.cwd() / spec.resolved_output_dir
     info = dist_info()
-    _check_writable(out)  # a bad directory is exit 2 before a missing checkpoint is exit 4
     if fetch_command is None:
         import shlex
 
         named = str(spec_or_path) if isinstance(spec_or_path, (str, Path)) else "SPEC"
         fetch_command = shlex.join(["rewardtune", "weights", named, *overrides, *(["--tiny"] if tiny else []),
                                     "--download"])
-    require(spec_weights(spec), fetch_command)
-    # the output directory is checked and locked before any model loads: a bad one fails in a second, not after
-    # minutes of loading
-    start = _open_run_dir(out, resume=resume, overwrite=overwrite, spec=spec, info=info)
+    # every check before any model loads: a bad spec, directory or checkpoint fails in a second, not after minutes
+    start = _prepare(out, spec=spec, info=info, resume=resume, overwrite=overwrite, fetch_command=fetch_command)
+    threads = torch.get_num_threads()  # set back in `finally`, so a failed run leaves the caller's setting
+    if spec.model.pretrained.startswith("zoo:") and not torch.cuda.is_available():
+        torch.set_num_threads(1)  # tiny twins run ~3x faster on one thread than on two (measured, 2-core CPU)
     try:
         trainer = build_trainer(spec, output_dir=out, callbacks=callbacks, progress=progress)
         result = trainer.run(resume=resume, overwrite=overwrite, start=start)
@@ -90,22 +84,38 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
 def _check_writable(out: Path) -> None:
     """OutputDirError unless `out` is (or can be made) a writable directory, leaving behind no folder it made:
     `open_run_dir` makes it for real once the checkpoints are known to be here."""
+    import contextlib
+
     from rewardtune.rundir import RunDir
 
     created = [a for a in (out, *out.parents) if not a.exists()]  # deepest first
-    RunDir(out).check_writable()
-    for a in created:
-        a.rmdir()
+    try:
+        RunDir(out).check_writable()
+    finally:
+        for a in created:
+            with contextlib.suppress(OSError):
+                a.rmdir()
 
 
-def _open_run_dir(out: Path, *, resume: bool, overwrite: bool, spec: Any, info: Any):
-    """`open_run_dir` on every rank; when it fails on any, it fails on all (so none waits for the others)."""
+def _prepare(out: Path, *, spec: Any, info: Any, resume: bool, overwrite: bool, fetch_command: str):
+    """What happens before any model loads, in this order: the spec's preflight, the output directory (rank 0),
+    every checkpoint (each rank, as each may have its own cache; missing ones are fetched, and Ctrl-C stops a
+    download at once since nothing is written yet), then the run directory opened and locked on every rank. When
+    a step fails on any rank, every rank raises, so none waits for the others at a collective."""
+    from rewardtune.engine import control
     from rewardtune.engine.outputs import open_run_dir
     from rewardtune.errors import RewardtuneError
+    from rewardtune.rewards._weights import require, spec_weights
+    from rewardtune.spec.preflight import preflight
 
     err: RewardtuneError | None = None
     start = None
     try:
+        preflight(spec)
+        if info.main:  # one rank tries the directory (ranks that made and removed it at once would race)
+            _check_writable(out)  # a bad directory is exit 2 before a missing checkpoint is exit 4
+        with control.plain_signals():
+            require(spec_weights(spec), fetch_command)
         start = open_run_dir(out, resume=resume, overwrite=overwrite, spec=spec, main=info.main)
     except RewardtuneError as e:
         err = e
@@ -122,7 +132,7 @@ def _open_run_dir(out: Path, *, resume: bool, overwrite: bool, spec: Any, info: 
     if failed:
         if start is not None:
             start.release()
-        raise err or RewardtuneError(f"rank 0 could not use the output directory {out}; see its error")
+        raise err or RewardtuneError(f"another rank could not start the run in {out}; see its error")
     assert start is not None
     return start
 

@@ -232,7 +232,8 @@ def rewards_for(target: Target, names: Sequence[str] | None, *, device: str,
 
 
 def run_objective(spec: Any, device: str):
-    """The run's objective, its terms (monitors too) built as the trainer builds them, in float32."""
+    """The run's objective, its terms (monitors too) built as the trainer builds them: in float32, except a term
+    whose spec sets its own `dtype` (as the run used it)."""
     import torch
 
     from rewardtune.engine.build import build_objective

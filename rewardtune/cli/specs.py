@@ -5,8 +5,8 @@
     rewardtune specs show demo          # print it
 
 Where a spec is named on the command line (`run`, `submit`, `validate`, `weights`, `eval`), a local file always
-wins over a shipped spec of the same spelling (`demo` -> ./demo, then ./demo.yaml, then the shipped demo), and
-the command says which one it used (`resolve_spec_arg`; the rule is `rewardtune.spec.find`'s).
+wins over a shipped spec of the same spelling (`demo` -> ./demo, ./demo.yaml, ./demo.yml, then the shipped demo),
+and the command says which one it used (`resolve_spec_arg`; the rule is `rewardtune.spec.find`'s).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def resolve_spec_arg(arg: str) -> ResolvedSpec:
     if found is not None:
         return found
     names = ", ".join(p.stem for p in shipped_specs()) or "(none)"
-    raise UsageError(f"spec '{arg}' not found: no such file here (also looked for {arg}.yaml), and rewardtune ships "
+    raise UsageError(f"spec '{arg}' not found: no such file here (also looked for {arg}.yaml and {arg}.yml), and "
+                     "rewardtune ships "
                      f"no spec of that name. Shipped specs: {names} (`rewardtune specs` lists them).")
 
 

@@ -91,7 +91,8 @@ def COMMAND(  # noqa: N802
     err = console(stderr=True)
     if download:
         if W.hub_offline():
-            raise UsageError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (on a machine with "
+            raise UsageError("offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so nothing can be "
+                             "downloaded: unset it (on a machine with "
                              "network access) and run this again.")
         failed = W.fetch_missing(statuses, err)  # pragma: no cover - needs the network
         statuses = W.check(refs)  # pragma: no cover

@@ -65,6 +65,24 @@ def _handler(sig: int, frame) -> None:
     request_stop(f"signal {signal.Signals(sig).name}")
 
 
+@contextlib.contextmanager
+def plain_signals() -> Iterator[None]:
+    """Inside this block, where nothing is written yet (the checks and downloads before a run loads its models),
+    Ctrl-C and SIGTERM stop the process at once, as they would without rewardtune: the handlers installed here only
+    set a flag, which a download never reads. SIGUSR2 (a coming preemption) keeps its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig, plain in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is _handler:
+            previous[sig] = signal.signal(sig, plain)
+    try:
+        yield
+    finally:
+        restore_signal_handlers(previous)
+
+
 def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM)) -> dict[int, object]:
     """Make these signals request a checkpoint-and-stop (a second SIGINT aborts at once); returns the previous
     handlers, to restore them. Only the main thread can install handlers."""

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ def hub_cache_dir() -> str:
 
 
 def resolve_weights(weights: str, revision: str | None = None, *, what: str = "model",
-                    allow_patterns: list[str] | None = None, setting: str = "weights") -> Path:
+                    setting: str = "weights") -> Path:
     """Return a local directory holding `weights`.
 
     `weights` is a `zoo:` reference (a trained model shipped in the package, such as `zoo:shapes-sd1`, or a seeded
@@ -72,14 +73,14 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
     if weights.startswith((".", "/", "~")) or weights.count("/") != 1:
         raise MissingWeightsError(f"{what}: local weights directory '{weights}' does not exist. Fix the path, or use "
                                   "a hub id such as 'org/name'.")
+    pipeline = setting == "model.pretrained"
     cached = cached_snapshot(weights, revision)
-    lacks = snapshot_lacks(cached, pipeline=setting == "model.pretrained") if cached is not None else []
+    lacks = snapshot_lacks(cached, pipeline=pipeline) if cached is not None else []
     if cached is not None and not lacks:  # already here (`hf download`, `rewardtune weights --download`): no network
         return cached
-    try:  # not here, or an interrupted download: huggingface_hub fetches what is missing and resumes partial files
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(weights, revision=revision, allow_patterns=allow_patterns))
+    try:  # not here, or an interrupted download: fetched (partial files resumed) as `weights --download` fetches it
+        ref = pipeline_weights(weights, revision) if pipeline else WeightRef(weights, revision, what, setting, "hub")
+        return fetch(ref, progress=sys.stderr.isatty())
     except Exception as e:  # hub errors, offline mode, no network: one clear message instead of a hub traceback
         rev = f" --revision {revision}" if revision else ""
         where = (f"in the local cache only as an incomplete copy ({cached}; it lacks {', '.join(lacks[:4])}"
@@ -110,31 +111,39 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     if repo_id.count("/") != 1:
         return None
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision or None, cache_dir=hub_cache_dir(),
+                                      local_files_only=True))
     except LocalEntryNotFoundError as e:  # IncompleteSnapshotError (huggingface_hub >= 2.4) names the folder
         snap = getattr(e, "snapshot_path", None)
         return Path(snap) if snap else None
-    except HFValidationError:
+    except (HFValidationError, OSError, ValueError):  # a malformed id or revision, an unreadable or odd ref file
         return None
 
 
 def snapshot_lacks(folder: Path, *, pipeline: bool = False) -> list[str]:
     """What a checkpoint folder lacks that its own files say it needs: the components a pipeline's model_index.json
-    names (with weights) and, in any folder, the shards a `*.index.json` maps weights to. An interrupted download
-    leaves exactly these gaps, since the cache links a file into the snapshot only once it is complete."""
+    names (with weights) and, in the folder and each subfolder, the shards a `*.index.json` maps weights to. An
+    interrupted download leaves exactly these gaps, since the cache links a file into the snapshot only once it is
+    complete. A folder with several indexes (the same weights as safetensors and as pickles, or per variant; a
+    download takes one of them) lacks nothing when one of them is complete."""
     lacks = _pipeline_lacks(folder) if pipeline else []
-    for index in sorted(folder.glob("*.index.json")) + sorted(folder.glob("*/*.index.json")):
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            lacks.append(f"a readable {index.relative_to(folder)}")
-            continue
-        lacks += [str((index.parent / s).relative_to(folder)) for s in sorted(shards)
-                  if isinstance(s, str) and not (index.parent / s).is_file()]
+    for d in [folder, *sorted(x for x in folder.iterdir() if x.is_dir())]:
+        gaps = [_index_lacks(folder, index) for index in sorted(d.glob("*.index.json"))]
+        if gaps and all(gaps):
+            lacks += min(gaps, key=len)  # the index closest to complete: what a resumed download still needs
     return lacks
+
+
+def _index_lacks(folder: Path, index: Path) -> list[str]:
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return [f"a readable {index.relative_to(folder)}"]
+    return [str((index.parent / s).relative_to(folder)) for s in sorted(shards)
+            if isinstance(s, str) and not (index.parent / s).is_file()]
 
 
 def dir_size(path: Path) -> int:
@@ -447,7 +456,8 @@ def require(refs: Iterable[WeightRef], command: str | None, *, out: Any = None) 
         if all(s.ok for s in statuses):
             return
     raise MissingWeightsError(missing_message(statuses, command)
-                              + (" (HF_HUB_OFFLINE is set: nothing is downloaded)" if hub_offline() else ""))
+                              + (" (offline mode is on, HF_HUB_OFFLINE: nothing is downloaded)" if hub_offline()
+                                 else ""))
 
 
 def fetch_missing(statuses: Iterable[WeightStatus], out: Any = None) -> list[tuple[WeightRef, str]]:
@@ -511,12 +521,16 @@ def fetch(ref: WeightRef, progress: bool = True) -> Path:  # pragma: no cover - 
     """Download one hub checkpoint into the cache (resumable: huggingface_hub keeps partial files and continues
     them). Untested here: no hub is reachable from the machines this is built on."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+    was_disabled = are_progress_bars_disabled()
     (enable_progress_bars if progress else disable_progress_bars)()
-    files = HfApi().list_repo_files(ref.ref, revision=ref.revision)
-    allow, ignore = download_patterns(ref, files)
-    return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=allow, ignore_patterns=ignore))
+    try:
+        files = HfApi().list_repo_files(ref.ref, revision=ref.revision)
+        allow, ignore = download_patterns(ref, files)
+        return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=allow, ignore_patterns=ignore))
+    finally:
+        (disable_progress_bars if was_disabled else enable_progress_bars)()
 
 
 def remote_info(ref: WeightRef) -> tuple[int | None, str]:  # pragma: no cover - needs the network

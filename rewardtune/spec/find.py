@@ -45,14 +45,15 @@ def shipped_spec(name: str | Path, *, folders: bool = False) -> Path | None:
     if p.is_absolute() or ".." in rel:
         return None
     cand = _specs_dir().joinpath(*rel)
-    if folders and (not rel or p.parts[:1] == ("specs",)) and cand.is_dir():
-        return cand
-    if not rel:
+    try:  # a name too long for the file system, or with a NUL, names no shipped spec
+        if folders and (not rel or p.parts[:1] == ("specs",)) and cand.is_dir():
+            return cand
+        if not rel:
+            return None
+        return next((c for c in (cand, *(cand.with_name(cand.name + s) for s in SUFFIXES))
+                     if c.suffix in SUFFIXES and c.is_file()), None)
+    except (OSError, ValueError):
         return None
-    for c in (cand, *(cand.with_name(cand.name + s) for s in SUFFIXES)):
-        if c.suffix in SUFFIXES and c.is_file():
-            return c
-    return None
 
 
 def find_spec(arg: str | Path) -> ResolvedSpec | None:

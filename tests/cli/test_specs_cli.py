@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from cli_process import rt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,7 @@ def test_a_local_file_wins_over_the_shipped_spec_and_the_output_says_so(tmp_path
 def test_the_library_resolves_a_spec_name_by_the_same_rule(tmp_path, monkeypatch):
     """`load_spec` (and through it `rewardtune.run` and `submit`'s copy of the spec) follows the command line's rule:
     ./NAME, then ./NAME.yaml, then the shipped spec."""
+    from rewardtune.errors import SpecError
     from rewardtune.spec.find import find_spec
     from rewardtune.spec.load import load_spec
 
@@ -70,6 +72,13 @@ def test_the_library_resolves_a_spec_name_by_the_same_rule(tmp_path, monkeypatch
     assert not found.shipped and found.shadows is not None and load_spec("demo").name == "my-demo"
     assert load_spec("specs/demo.yaml").name == "demo"  # a path into the shipped folder names the shipped one
     assert find_spec("no-such-spec") is None and find_spec("../specs/demo") is None
+    (tmp_path / "mine.yml").write_text("x")
+    (tmp_path / "mine").write_text("y")
+    assert find_spec("mine").path == Path("mine") and find_spec("mine.yml").path == Path("mine.yml")
+    (tmp_path / "mine").unlink()
+    assert find_spec("mine").path == Path("mine.yml")
+    with pytest.raises(SpecError, match="File name too long"):  # exit 2 with the reason, not a bare OSError
+        load_spec("x" * 300 + ".yaml")
 
 
 def test_validate_specs_folder_outside_a_checkout(tmp_path):

@@ -300,7 +300,7 @@ def test_resolve_weights_uses_a_cached_snapshot_without_the_network(tmp_path, mo
 def test_an_interrupted_download_is_resumed_not_loaded(tmp_path, monkeypatch):
     """The cache links a file into the snapshot only once it is complete, so an interrupted download is a snapshot
     whose own index names a shard it lacks. resolve_weights must not hand that folder to a loader: it resumes the
-    download, and offline it says what is missing and how to finish it."""
+    download (as `weights --download` fetches), and offline it says what is missing and how to finish it."""
     from huggingface_hub import constants
 
     from rewardtune.rewards import _weights as W
@@ -309,7 +309,7 @@ def test_an_interrupted_download_is_resumed_not_loaded(tmp_path, monkeypatch):
                                        "b": "model-00002-of-00002.safetensors"}}).encode()
     files = {"config.json": b"{}", "model.safetensors.index.json": index, "model-00001-of-00002.safetensors": b"1"}
     snap = hf_download(tmp_path, "org/big", files)
-    monkeypatch.setattr(W, "hub_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(W.MissingWeightsError) as e:
         W.resolve_weights("org/big")
@@ -317,8 +317,24 @@ def test_an_interrupted_download_is_resumed_not_loaded(tmp_path, monkeypatch):
     assert "incomplete copy" in msg and "model-00002-of-00002.safetensors" in msg and "resumes this one" in msg
     status = W.weight_status(W.WeightRef("org/big", None, "x weights", "weights", "hub", needs=(("config.json",),)))
     assert status.state == "missing" and status.lacks == ["model-00002-of-00002.safetensors"]
-    hf_download(tmp_path, "org/big", {**files, "model-00002-of-00002.safetensors": b"2"})  # the download finishes
-    assert W.resolve_weights("org/big") == snap
+
+    # with the hub at hand, the download is resumed (the network seam, `fetch`, finishes it here) and then used
+    resumed = []
+
+    def fetch(ref, progress=True):
+        resumed.append(ref.ref)
+        return hf_download(tmp_path, ref.ref, {**files, "model-00002-of-00002.safetensors": b"2"})
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(W, "fetch", fetch)
+    assert W.resolve_weights("org/big") == snap and resumed == ["org/big"]
+    assert W.resolve_weights("org/big") == snap and resumed == ["org/big"]  # complete now: no second fetch
+    # the same weights also as pickles, whose index a download keeps (all *.json) while it skips their shards:
+    # complete, since one index is
+    pickles = json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00002.bin",
+                                         "b": "pytorch_model-00002-of-00002.bin"}}).encode()
+    hf_download(tmp_path, "org/big", {"pytorch_model.bin.index.json": pickles})
+    assert W.resolve_weights("org/big") == snap and W.weight_status(status.ref).ok and len(resumed) == 1
 
 
 def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path, monkeypatch):
@@ -331,7 +347,7 @@ def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path
     files = {"model_index.json": index, "unet/config.json": b"{}", "vae/config.json": b"{}",
              "vae/diffusion_pytorch_model.safetensors": b"v"}
     hf_download(tmp_path, "org/pipe", files)
-    monkeypatch.setattr(W, "hub_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(W.MissingWeightsError, match=r"lacks unet/ weights"):
         W.resolve_weights("org/pipe", what="diffusion pipeline", setting="model.pretrained")
@@ -347,9 +363,12 @@ def test_model_card_front_matter_is_read_as_the_hub_reads_it(tmp_path):
     assert card_license(tmp_path) == "openrail++"
     (tmp_path / "README.md").write_text("---\nlicense: [unclosed\n---\n")
     assert read_card(tmp_path) == {} and card_license(tmp_path) == ""
+    (tmp_path / "README.md").write_text(f"---\nlicense: !!python/object/apply:os.system ['touch {tmp_path}/pwned']"
+                                        "\n---\n")
+    assert read_card(tmp_path) == {} and not (tmp_path / "pwned").exists()  # YAML tags never build objects
     assert read_card(tmp_path / "nowhere") == {} and card_license(None) == ""
 
 
 def test_download_refuses_when_the_hub_is_off(tmp_path):
     p = rt("weights", "pickscore", "--download", cache=tmp_path / "hub")
-    assert p.returncode == 2 and "HF_HUB_OFFLINE is set" in p.stderr
+    assert p.returncode == 2 and "offline mode is on (HF_HUB_OFFLINE" in p.stderr

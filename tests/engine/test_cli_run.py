@@ -206,10 +206,13 @@ def test_shipped_spec_by_name(tmp_path):
     assert yaml.safe_load((out / "spec.yaml").read_text())["name"] == "demo"
 
 
-def test_the_library_checks_spec_directory_and_weights_before_loading(tmp_path, spec_factory):
+def test_the_library_checks_spec_directory_and_weights_before_loading(tmp_path, spec_factory, monkeypatch):
     """`rewardtune.run` makes the checks `rewardtune run` makes, in its order, before any model loads: the spec's
     preflight, then the output directory, then every checkpoint (one message naming each missing one and the
     command that fetches them). A failed check leaves no directory behind."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # a missing checkpoint is reported, never fetched
     from rewardtune.errors import MissingWeightsError, OutputDirError
     from rewardtune.spec.preflight import PreflightError
 
@@ -225,4 +228,30 @@ def test_the_library_checks_spec_directory_and_weights_before_loading(tmp_path, 
         api.run(p, ["train.steps=2"], output_dir=tmp_path / "a" / "o", progress=False)
     assert "someone/absent-pipeline" in str(e.value)
     assert f"`rewardtune weights {p} train.steps=2 --download`" in str(e.value)
+    assert "offline mode is on" in str(e.value)
     assert not (tmp_path / "a").exists() and not (tmp_path / "o").exists()
+    # a tiny pipeline (run on one thread) with a reward whose weights are missing: the caller's threads are kept
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(MissingWeightsError, match="someone/absent-reward"):
+            api.run(spec_factory(objective=[{"reward": "clip", "weights": "someone/absent-reward"}]),
+                    output_dir=tmp_path / "o", progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ctrl_c_stops_the_checks_and_downloads_before_loading_at_once():
+    """`rewardtune run` installs handlers that only set a flag (a run checkpoints, then stops); before any model
+    loads nothing is written, and a download never reads the flag, so there Ctrl-C must interrupt at once."""
+    previous = control.install_signal_handlers((signal.SIGINT,))
+    try:
+        with pytest.raises(KeyboardInterrupt), control.plain_signals():
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next statement
+        assert not control.stop_requested()
+        os.kill(os.getpid(), signal.SIGINT)  # outside: the run's handler, which only asks for a stop
+        assert control.stop_requested()
+    finally:
+        control.restore_signal_handlers(previous)
+        control.clear_stop()
