@@ -103,7 +103,8 @@ def run_script(python: str | Path, args: list, *, env: dict, cwd: str | Path = R
                timeout: float | None = None) -> dict:
     """Run a script in a fresh process and return the dict its last `RESULT {json}` line carries, plus
     `process_wall_s`. Its stderr (progress bars, warnings) goes to a file, not a pipe, so a long worker never
-    blocks on a full pipe nor dies on a closed one; a failure raises RuntimeError with the output's tail."""
+    blocks on a full pipe nor dies on a closed one; a non-zero exit or no RESULT line raises RuntimeError with the
+    output's tail."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.run([str(python), *map(str, args)], stdout=subprocess.PIPE, stderr=err, text=True,
@@ -111,8 +112,8 @@ def run_script(python: str | Path, args: list, *, env: dict, cwd: str | Path = R
         err.seek(0)
         stderr = err.read()
     wall = time.perf_counter() - t0
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith("RESULT "):
+    for line in reversed(p.stdout.splitlines() if p.returncode == 0 else []):  # a worker that failed after its
+        if line.startswith("RESULT "):                                          # result counts as failed
             out = json.loads(line[len("RESULT "):])
             out["process_wall_s"] = wall
             return out

@@ -275,6 +275,7 @@ def main() -> None:
     if a.worker:
         print("RESULT " + json.dumps(worker(json.loads(a.worker))), flush=True)
         return
+    a.out, a.work = a.out.resolve(), a.work.resolve()  # the workers run from the checkout root
     jpath = a.out.with_suffix(".json")
     if a.only_plot:
         data = json.loads(jpath.read_text())
@@ -285,7 +286,7 @@ def main() -> None:
         runs = run_jobs(chosen, a.seeds, a.steps, a.eval_every, a.work, pre, a.jobs)
         data = {"runs": runs, "steps": a.steps, "seeds": a.seeds, "eval_every": a.eval_every,
                 "machine": machine_info()}
-        data["git"] = data["machine"]["git"]
+        data["git"] = data["machine"]["git"] or "?"
         if not a.no_gradients:
             data["gradients"] = gradient_pass(chosen, pre)
         jpath.parent.mkdir(parents=True, exist_ok=True)

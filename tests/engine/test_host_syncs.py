@@ -195,21 +195,25 @@ def test_channels_last_gives_the_same_step(tmp_path, spec_factory):
 
 @pytest.mark.slow  # compiling the tiny UNet takes 1-3 minutes on a CPU
 def test_compiled_prefix_gives_the_same_step(tmp_path, spec_factory):
-    """train.compile_prefix: the no-grad steps run the compiled denoiser (a hook on it counts its calls), with the
-    same loss and gradient norm up to float rounding."""
-    metrics, calls = {}, []
+    """train.compile_prefix: the no-grad steps, and only they, run the compiled denoiser (a hook on it counts its
+    calls; a hook inside it sees torch.compiler.is_compiling() while the compiler traces it), with the same loss
+    and gradient norm up to float rounding."""
+    metrics, calls, traced = {}, [], []
     for mode in ("no", "default"):
         spec = spec_factory({"name": "draft_k", "k": 1}, sampling={"steps": 3, "guidance_scale": 2.0},
                             train={"compile_prefix": mode}, logging={"eval_prompts": 1})
         tr = build_trainer(load_spec(spec), output_dir=tmp_path / mode, progress=False)
         if mode == "default":
+            assert tr.diff.prefix_denoiser is not tr.diff.denoiser
             tr.diff.prefix_denoiser.register_forward_pre_hook(lambda module, args: calls.append(1))
+            tr.diff.denoiser.register_forward_pre_hook(
+                lambda module, args: traced.append(True) if torch.compiler.is_compiling() else None)
         metrics[mode] = []
         for _ in range(2):
             metrics[mode].append(tr.train_step()[0])
             tr.step += 1
-        if mode == "default":  # 3 steps, DRaFT-1: the first two of each sample run without a graph
-            assert len(calls) >= 4, calls
+    assert len(calls) == 4  # 3 steps, DRaFT-1: the first two of each sample (guidance in one batched call)
+    assert traced  # the compiler traced the denoiser: the calls ran its graph, not the eager module
     for a, b in zip(metrics["no"], metrics["default"], strict=True):
         for k in ("loss", "grad_norm"):
             assert b[k] == pytest.approx(a[k], rel=1e-3)

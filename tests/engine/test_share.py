@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,17 +96,17 @@ def _wandb_records(path: Path) -> list:
 
 
 @pytest.mark.skipif(not WANDB, reason="wandb is an optional extra, not installed here (see docs/sharing.md)")
-def test_wandb_tracker_offline_writes_its_run_files(tmp_path, spec_factory):
+def test_wandb_tracker_offline_writes_its_run_files(tmp_path, spec_factory, monkeypatch):
     import json
 
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_SILENT"] = "true"
-    try:
-        res = api.run(spec_factory(train={"steps": 2}, logging={"trackers": ["wandb"], "wandb_project": "rt-test",
-                                                                "progress": False}),
-                      output_dir=tmp_path, progress=False)
-    finally:
-        del os.environ["WANDB_MODE"], os.environ["WANDB_SILENT"]
+    # offline, silent, no error reports sent anywhere, and wandb's own files under tmp_path instead of $HOME
+    for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false",
+                 "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+                 "WANDB_DATA_DIR": str(tmp_path / "wandb-data")}.items():
+        monkeypatch.setenv(k, v)
+    res = api.run(spec_factory(train={"steps": 2}, logging={"trackers": ["wandb"], "wandb_project": "rt-test",
+                                                            "progress": False}),
+                  output_dir=tmp_path, progress=False)
     run_id = (tmp_path / "wandb" / "run-id.txt").read_text().strip()
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
