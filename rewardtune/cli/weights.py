@@ -119,7 +119,8 @@ def COMMAND(  # noqa: N802
     missing = [s for s in statuses if not s.ok]
     if missing:
         if not as_json:
-            size = sum(s.size or 0 for s in missing if s.ref.kind == "hub")
+            # what the hub reports (online); offline, a partial copy's size is what is here, not what is left to fetch
+            size = sum(s.size or 0 for s in missing if s.ref.kind == "hub" and (s.path is None or not W.hub_offline()))
             err.print(W.missing_message(statuses, None if download else fetch_command(args, tiny))
                       + (f" ({human_size(size)} to fetch)" if size else ""), markup=False, soft_wrap=True)
         raise typer.Exit(MissingWeightsError.exit_code)

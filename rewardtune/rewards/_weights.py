@@ -462,8 +462,6 @@ def require(refs: Iterable[WeightRef], command: str | None, *, out: Any = None) 
 
 def fetch_missing(statuses: Iterable[WeightStatus], out: Any = None) -> list[tuple[WeightRef, str]]:
     """Fetch every missing hub checkpoint; return (ref, error) for those that could not be fetched."""
-    import sys
-
     failed = []
     for s in statuses:
         if s.ok or s.ref.kind != "hub":

@@ -96,6 +96,9 @@ def test_checkpoints_in_a_hub_cache_laid_out_by_hf_download_are_found(tmp_path):
     laion = w["laion/CLIP-ViT-H-14-laion2B-s32B-b79K"]
     assert laion["state"] == "missing" and "tokenizer.json" in laion["lacks"][0]
     assert laion["setting"] == "--weights pickscore.processor=DIR"
+    p = rt("weights", "pickscore", cache=cache)
+    assert p.returncode == 4 and "lacks tokenizer.json" in p.stderr
+    assert "to fetch" not in p.stderr  # offline, the partial copy's bytes are what is here, not what is left
     hf_download(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", {"tokenizer.json": b"{}"})
     p = rt("weights", "pickscore", "imagereward", cache=cache)
     assert p.returncode == 0, p.stdout + p.stderr
