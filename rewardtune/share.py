@@ -6,7 +6,8 @@ The card is what diffusers' training scripts write (`diffusers.utils.hub_utils.l
 huggingface_hub's `ModelCard` and diffusers' training template. rewardtune adds what a reader of a reward
 fine-tune wants to know, as further front-matter keys: the method, the rewards (with role and weight), the steps,
 the sampling settings and seed of the eval, and the eval metrics before and after. `rewardtune eval` reads the
-card back (`rewardtune.rewards._weights.read_card`) to evaluate a bare LoRA folder with the settings it was trained with.
+card back (`rewardtune.rewards._weights.read_card`) to evaluate a bare LoRA folder with the settings it was trained
+with.
 
 The card is built locally (never `ModelCard.load`, which would ask the hub for an existing card).
 """

@@ -1,10 +1,10 @@
 """The reward registry: cards, did-you-mean, collisions, entry points, decorator registration."""
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
+import cli_process
 import pytest
 import yaml
 from inventory import DIFFERENTIABLE_REWARDS, SHIPPED_REWARDS, reward_cards_on_disk
@@ -190,11 +190,9 @@ def test_broken_plugins_are_reported_and_skipped(tmp_path: Path):
     for value, src in _PLUGINS.values():
         if src is not None:
             (tmp_path / f"{value.partition(':')[0]}.py").write_text(src)
-    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{tmp_path}", "HF_HUB_OFFLINE": "1"}
 
-    def rt(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                              cwd=ROOT, env=env, timeout=120)
+    def rt(*args: str) -> subprocess.CompletedProcess:  # the plugins' folder on the path too
+        return cli_process.rt(*args, columns=250, timeout=120, PYTHONPATH=f"{ROOT}:{tmp_path}")
 
     expected = {"plugin-missing": "ModuleNotFoundError: No module named 'rt_no_such_module'",
                 "plugin-raises": "RuntimeError: plugin import blew up", "plugin-exits": "SystemExit: 3",

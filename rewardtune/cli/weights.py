@@ -103,7 +103,7 @@ def COMMAND(  # noqa: N802
 
         for s in statuses:
             if not s.ok and s.ref.kind == "hub":
-                s.size, lic = W.remote_info(s.ref)
+                s.fetch_size, lic = W.remote_info(s.ref)
                 if lic and not s.ref.license:
                     s.ref = replace(s.ref, license=lic)
     if as_json:
@@ -111,7 +111,8 @@ def COMMAND(  # noqa: N802
 
         rows = [{"checkpoint": s.ref.ref, "revision": s.ref.revision, "role": s.ref.role, "setting": s.ref.setting,
                  "kind": s.ref.kind, "used_by": list(s.ref.used_by), "license": s.ref.license, "state": s.state,
-                 "path": None if s.path is None else str(s.path), "size_bytes": s.size, "lacks": s.lacks,
+                 "path": None if s.path is None else str(s.path), "size_bytes": s.size,
+                 "fetch_bytes": s.fetch_size, "lacks": s.lacks,
                  "detail": s.detail} for s in statuses]
         typer.echo(json.dumps({"hub_cache": W.hub_cache_dir(), "weights": rows}, indent=2))
     else:
@@ -119,8 +120,7 @@ def COMMAND(  # noqa: N802
     missing = [s for s in statuses if not s.ok]
     if missing:
         if not as_json:
-            # what the hub reports (online); offline, a partial copy's size is what is here, not what is left to fetch
-            size = sum(s.size or 0 for s in missing if s.ref.kind == "hub" and (s.path is None or not W.hub_offline()))
+            size = sum(s.fetch_size or 0 for s in missing)
             err.print(W.missing_message(statuses, None if download else fetch_command(args, tiny))
                       + (f" ({human_size(size)} to fetch)" if size else ""), markup=False, soft_wrap=True)
         raise typer.Exit(MissingWeightsError.exit_code)
@@ -148,6 +148,7 @@ def _table(out, statuses) -> None:
         else:
             status = "[red]missing[/] " + escape(f"({s.detail}" + (f"; lacks {', '.join(s.lacks)}" if s.lacks else "")
                                                  + ")")
-        t.add_row(escape(name), escape(s.ref.role), escape(s.ref.setting), human_size(s.size),
+        t.add_row(escape(name), escape(s.ref.role), escape(s.ref.setting),
+                  human_size(s.size if s.size is not None else s.fetch_size),
                   escape(s.ref.license or "see its model card"), status)
     out.print(t)

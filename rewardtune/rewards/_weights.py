@@ -213,8 +213,8 @@ class WeightRef:
 @dataclass
 class WeightStatus:
     """Where a checkpoint stands on this machine: `state` present, missing, or extra (a Python package that carries
-    it is not installed); `path` the local copy; `size` its bytes on disk (or, for a missing hub checkpoint, what
-    the hub reports when asked); `lacks` the files a present but incomplete copy lacks."""
+    it is not installed); `path` the local copy; `size` its bytes on disk; `fetch_size` the bytes a fetch would
+    download, as the hub reports them when asked (None offline); `lacks` the files an incomplete copy lacks."""
 
     ref: WeightRef
     state: str
@@ -222,6 +222,7 @@ class WeightStatus:
     size: int | None = None
     lacks: list[str] = field(default_factory=list)
     detail: str = ""
+    fetch_size: int | None = None
 
     @property
     def ok(self) -> bool:
