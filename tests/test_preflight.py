@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_process import rt
 
 from rewardtune.errors import SpecError
 from rewardtune.spec.load import load_spec
@@ -104,9 +105,8 @@ def test_run_checks_before_building_any_model(tmp_path: Path):
     built: the tiny twins' cache stays empty (the first model loaded would fill it)."""
     (tmp_path / "empty.txt").write_text("\n")
     p = write_spec(tmp_path, prompts={"train": {"file": "empty.txt"}}, train={"steps": 1})
-    env = {**ENV, "REWARDTUNE_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "run", str(p), "--tiny", "-o",
-                           str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = rt("run", str(p), "--tiny", "-o", str(tmp_path / "out"), columns=250, timeout=300,
+              REWARDTUNE_CACHE=str(tmp_path / "cache"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "prompts file 'empty.txt' has no prompts" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*"))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_process import rt
 from inventory import SHIPPED_SPECS, specs_on_disk
 
 from rewardtune.errors import SpecError
@@ -46,9 +47,7 @@ def test_bad_corpus_is_there():
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
 def test_bad_spec_rejected_with_located_messages(path: Path):
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "validate", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-                          preexec_fn=_limit_memory, timeout=120)
+    proc = rt("validate", str(path), preexec_fn=_limit_memory, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out
@@ -59,8 +58,7 @@ def test_bad_spec_rejected_with_located_messages(path: Path):
 
 def test_debug_flag_shows_traceback():
     path = ROOT / "tests/fixtures/bad_specs/unknown_reward.yaml"
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "--debug", "validate", str(path)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = rt("--debug", "validate", str(path))
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr
 
@@ -150,8 +148,7 @@ def test_shipped_specs_validate():
     for p in specs:
         load_spec(p)
         load_spec(p, tiny=True)
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "validate", "specs"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = rt("validate", "specs")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("valid") == len(specs)
 
@@ -231,8 +228,7 @@ def test_encodings_and_binary_files(tmp_path: Path):
                                         .encode())
     assert load_spec(tmp_path / "bom.yaml").prompts.train.inline == ("café",)  # UTF-8 with a byte-order mark
     files = [str(tmp_path / n) for n in ENCODED]
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "validate", *files], capture_output=True,
-                          text=True, cwd=ROOT, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"}, timeout=120)
+    proc = rt("validate", *files, columns=300, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out and "--debug" not in out
@@ -250,8 +246,7 @@ def test_spec_path_that_is_not_a_readable_file(tmp_path: Path):
     for path, msg in cases.items():
         with pytest.raises(SpecError, match=msg):
             load_spec(path)
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "validate", str(fifo), "/dev/zero"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    proc = rt("validate", str(fifo), "/dev/zero", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("is not a regular file") == 2
 
@@ -362,9 +357,7 @@ def test_override_paths_must_exist_in_the_schema():
             load_spec(demo, overrides=[ov])
         assert msg in str(ei.value), (ov, str(ei.value))
         assert ei.value.problems[0].line == 0  # the command line
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "validate", "specs/demo.yaml",
-                           "train.steps.x=1", "objective.weight=5"], capture_output=True, text=True, cwd=ROOT,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    proc = rt("validate", "specs/demo.yaml", "train.steps.x=1", "objective.weight=5")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "2 problems" in proc.stderr and "fix: index it, e.g. objective[0].weight" in proc.stderr
     # what does exist still works, in any order: a union member named later, free-form kwargs and sbatch extras
@@ -408,8 +401,7 @@ def test_load_spec_of_a_loaded_spec_keeps_its_folder(tmp_path: Path, monkeypatch
 def test_imports_that_exit_do_not_end_validation(tmp_path: Path):
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")
     (tmp_path / "s.yaml").write_text("imports: [exits.py]\nobjective: [{reward: clip}]\ntrain: {stepz: 1}\n")
-    proc = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "validate", str(tmp_path / "s.yaml")],
-                          capture_output=True, text=True, cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    proc = rt("validate", str(tmp_path / "s.yaml"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "imports[0] (line 1): importing 'exits.py' called sys.exit(0)" in proc.stderr
     assert "unknown key 'stepz'" in proc.stderr and "Traceback" not in proc.stderr
@@ -431,24 +423,22 @@ def test_no_imports_runs_no_code_from_the_spec(tmp_path: Path):
     """A spec is code (`imports:`, and finding `pkg.mod:Class` imports `pkg`); --no-imports runs none of it and
     lists what it therefore could not check."""
     spec = _code_that_leaves_marks(tmp_path)
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{tmp_path}"}
 
-    def rt(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rewardtune.cli.main", *args], capture_output=True, text=True,
-                              cwd=ROOT, env=env, timeout=120)
+    def rt_here(*args: str) -> subprocess.CompletedProcess:  # tmp_path on the path, for markpkg
+        return rt(*args, PYTHONPATH=f"{ROOT}:{tmp_path}", timeout=120)
 
-    proc = rt("validate", "--no-imports", str(spec))
+    proc = rt_here("validate", "--no-imports", str(spec))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     flat = " ".join(proc.stdout.split())
     assert "valid" in flat and "not checked" in flat
     for name in ("imports[0]: mine.py", "objective[0].reward: markpkg.rewards:Mine",
                  "objective[1].reward: registered-by-mine (perhaps registered by `imports:`)"):
         assert name in flat, flat
-    proc = rt("submit", str(spec), "--dry-run", "--no-imports")
+    proc = rt_here("submit", str(spec), "--dry-run", "--no-imports")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "#SBATCH" in proc.stdout and "not checked (--no-imports): imports[0]: mine.py" in proc.stderr
     assert not (tmp_path / "ran-imports").exists() and not (tmp_path / "ran-package").exists()
     # without the flag the same spec runs its code (which is why the flag exists)
-    proc = rt("validate", str(spec))
+    proc = rt_here("validate", str(spec))
     assert (tmp_path / "ran-imports").exists() and (tmp_path / "ran-package").exists()
     assert proc.returncode == 2 and "Unknown reward 'registered-by-mine'" in proc.stderr  # mine.py registers none
