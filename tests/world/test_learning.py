@@ -53,7 +53,8 @@ MARGIN = {("draft_k", "lora"): 0.25, ("alignprop_k5", "lora"): 0.25, ("alignprop
 KL_COEFF = 0.01
 KL_MOVED_FRACTION = 0.6
 KL_MIN_GAIN = 0.15
-#: the default suite's fast test: DRaFT-1 LoRA for 40 steps (measured: 40.6% -> 71.9%, 64 s on one thread)
+#: the default suite's fast test: DRaFT-1 LoRA for 40 steps, judged on the 32 captions with one image each
+#: (measured: 40.6% -> 68.8%, 11 images up and 2 down; the run takes 56 s on one thread)
 FAST_MARGIN = 0.15
 
 
@@ -161,9 +162,10 @@ def test_draft_plus_kl_stays_closer_to_the_base_at_a_small_cost_in_accuracy(tmp_
     assert _gain(kl) <= _gain(plain) + 3 / 64  # the regularizer does not buy accuracy; it costs a little
 
 
-def test_draft_k_lora_learns_in_the_default_suite(tmp_path):
-    """The fast learning test: DRaFT-1 with LoRA, 40 steps, must already raise both-correct accuracy."""
-    res, _ = _run(tmp_path, METHODS["draft_k"], steps=40)
+def test_draft_k_lora_learns_in_the_default_suite(trained_demo):
+    """The fast learning test: DRaFT-1 with LoRA, 40 steps, must already raise both-correct accuracy (on the 32
+    captions, one image each: the run `rewardtune eval`'s tests share)."""
+    _, res = trained_demo
     assert _gain(res) >= FAST_MARGIN, (res.eval_before, res.eval_after)
     assert _gain(res, "clip") > 0.03
 
