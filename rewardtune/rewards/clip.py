@@ -18,7 +18,7 @@ from rewardtune.rewards._util import (
     quiet_transformers,
     token_max_length,
 )
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import MODEL_NEEDS, TOKENIZER_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess
 
@@ -44,11 +44,11 @@ class CLIPScore(Reward):
     def _load(self) -> list[torch.nn.Module]:
         from transformers import CLIPModel
 
-        d = resolve_weights(self.weights, self.revision, what=self.name)
+        d = resolve_weights(self.weights, self.revision, what=self.name, needs=MODEL_NEEDS)
         with quiet_transformers():
             self.model = CLIPModel.from_pretrained(str(d), dtype=self.dtype).to(self.device)
-        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer",
-                                  setting="kwargs.tokenizer") if self.tokenizer_ref else d
+        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer", setting="kwargs.tokenizer",
+                                  needs=TOKENIZER_NEEDS) if self.tokenizer_ref else d
         self.tokenizer = load_tokenizer(tok_dir)
         self.max_length = token_max_length(self.tokenizer, self.model.config.text_config.max_position_embeddings)
         return [self.model]

@@ -27,7 +27,7 @@ from rewardtune.rewards._util import (
     quiet_transformers,
     token_max_length,
 )
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import TOKENIZER_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess
 
@@ -146,7 +146,7 @@ class HPSv2(Reward):
         self.interpolation, self.resize_mode = interpolation, resize_mode
 
     def _load(self) -> list[torch.nn.Module]:
-        d = resolve_weights(self.weights, self.revision, what=self.name)
+        d = resolve_weights(self.weights, self.revision, what=self.name, needs=((self.filename,),))
         cfg_file = Path(d) / "open_clip_config.json"  # open_clip's hub layout; tiny twins write it too
         if cfg_file.is_file():
             oc = json.loads(cfg_file.read_text())
@@ -159,8 +159,8 @@ class HPSv2(Reward):
         sd = load_torch_checkpoint(find_file(d, self.filename, self.name))
         with quiet_transformers():
             self.model = load_open_clip_into_hf(sd, oc).to(self.device, self.dtype)
-        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer",
-                                  setting="kwargs.tokenizer") if self.tokenizer_ref else d
+        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer", setting="kwargs.tokenizer",
+                                  needs=TOKENIZER_NEEDS) if self.tokenizer_ref else d
         self.tokenizer = load_tokenizer(tok_dir)
         self.context_length = int(oc["text_cfg"].get("context_length", 77))
         return [self.model]

@@ -28,7 +28,7 @@ from rewardtune.rewards._util import (
     load_torch_checkpoint,
     quiet_transformers,
 )
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import TOKENIZER_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess
 
@@ -148,15 +148,15 @@ class ImageReward(Reward):
         self.interpolation, self.crop_rounding = interpolation, crop_rounding
 
     def _load(self) -> list[torch.nn.Module]:
-        d = resolve_weights(self.weights, self.revision, what=self.name)
+        d = resolve_weights(self.weights, self.revision, what=self.name, needs=((self.filename,), (self.med_config,)))
         sd = load_torch_checkpoint(find_file(d, self.filename, self.name))
         med = json.loads(find_file(d, self.med_config, self.name).read_text())
         model, head = load_imagereward(sd, med, self.vision_heads)
         self.vision = model.vision_model.to(self.device, self.dtype)
         self.text = model.text_encoder.to(self.device, self.dtype)
         self.head = head.to(self.device)  # the head runs in float32, as ImageReward.score does (`.float()`)
-        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer",
-                                  setting="kwargs.tokenizer") if self.tokenizer_ref else d
+        tok_dir = resolve_weights(self.tokenizer_ref, what=f"{self.name} tokenizer", setting="kwargs.tokenizer",
+                                  needs=TOKENIZER_NEEDS) if self.tokenizer_ref else d
         self.tokenizer = load_tokenizer(tok_dir)
         return [self.vision, self.text, self.head]
 

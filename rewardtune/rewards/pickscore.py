@@ -20,7 +20,7 @@ from rewardtune.rewards._util import (
     quiet_transformers,
     token_max_length,
 )
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import MODEL_NEEDS, TOKENIZER_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 from rewardtune.rewards.preprocess import preprocess
 
@@ -46,11 +46,11 @@ class PickScore(Reward):
     def _load(self) -> list[torch.nn.Module]:
         from transformers import CLIPModel
 
-        d = resolve_weights(self.weights, self.revision, what=self.name)
+        d = resolve_weights(self.weights, self.revision, what=self.name, needs=MODEL_NEEDS)
         with quiet_transformers():
             self.model = CLIPModel.from_pretrained(str(d), dtype=self.dtype).to(self.device)
-        tok_dir = (resolve_weights(self.processor, self.processor_revision, what=f"{self.name} processor", setting="kwargs.processor")
-                   if self.processor else d)
+        tok_dir = (resolve_weights(self.processor, self.processor_revision, what=f"{self.name} processor",
+                                   setting="kwargs.processor", needs=TOKENIZER_NEEDS) if self.processor else d)
         self.tokenizer = load_tokenizer(tok_dir)
         self.max_length = token_max_length(self.tokenizer, min(self.max_length_cap,
                                                                self.model.config.text_config.max_position_embeddings))

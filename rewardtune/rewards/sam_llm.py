@@ -38,7 +38,7 @@ from rewardtune.errors import MissingDependencyError, UsageError
 from rewardtune.rewards._sam_amg import SamMaskGenerator, read_sam_preprocessing
 from rewardtune.rewards._shared import clip_image_tower
 from rewardtune.rewards._util import quiet_transformers
-from rewardtune.rewards._weights import resolve_weights
+from rewardtune.rewards._weights import MODEL_NEEDS, resolve_weights
 from rewardtune.rewards.base import Reward
 
 NEUTRAL = 0.0
@@ -350,11 +350,11 @@ class SamLlmReward(Reward):
     def _load_models(self) -> list[torch.nn.Module]:
         from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, SamModel
 
-        sam_dir = resolve_weights(self.weights, self.revision, what="sam-llm segmenter (SAM)")
+        sam_dir = resolve_weights(self.weights, self.revision, what="sam-llm segmenter (SAM)", needs=MODEL_NEEDS)
         clip_dir = resolve_weights(self.clip_weights, self.clip_revision, what="sam-llm labeller (CLIP)",
-                                   setting="kwargs.clip_weights")
+                                   setting="kwargs.clip_weights", needs=MODEL_NEEDS)
         llm_dir = resolve_weights(self.llm_weights, self.llm_revision, what="sam-llm judge (LLM)",
-                                  setting="kwargs.llm_weights")
+                                  setting="kwargs.llm_weights", needs=MODEL_NEEDS)
 
         sam = SamModel.from_pretrained(sam_dir, dtype=self.dtype).to(self.device).eval()
         size, pad, mean, std = read_sam_preprocessing(sam_dir, sam)

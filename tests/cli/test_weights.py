@@ -2,8 +2,8 @@
 `hf download` writes it, or at local paths; `run` and `score` report every missing one at once; `rewards` shows
 the real status; every secondary weight has a spec key and a `score` key that validation accepts.
 
-No hub is reachable here: the fetch itself (`rewardtune.rewards._weights.fetch`) is untested; what it downloads
-(`download_patterns`) is."""
+No hub is reachable from here; the fetch itself (`rewardtune.rewards._weights.fetch`) runs against a hub on
+localhost (tests/hub_server.py): here for an interrupted download, in test_weights_download.py for the command."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +16,9 @@ from pathlib import Path
 
 import cli_process
 import pytest
+from hub_server import HubServer
+
+from rewardtune.rewards import _weights as W
 
 ROOT = Path(__file__).resolve().parents[2]
 FINEREWARDS = ["stable-diffusion-v1-5/stable-diffusion-v1-5", "yuvalkirstain/PickScore_v1",
@@ -248,6 +251,11 @@ def test_an_extra_that_carries_weights_is_reported_as_such(tmp_path, monkeypatch
     (dict(ref="openai/clip-vit-large-patch14", needs=(("config.json",),)),
      ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"], None,
      ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"], ["config.json", "model.safetensors"]),
+    # a tokenizer or processor in a model's repository (PickScore's processor, ImageReward's BERT tokenizer): its
+    # own files, never the model's weights
+    (dict(ref="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", needs=(W.TOKENIZER_FILES,)),
+     ["config.json", "preprocessor_config.json", "tokenizer.json", "merges.txt", "vocab.json", "spiece.model",
+      "open_clip_pytorch_model.bin", "model.safetensors"], list(W.TOKENIZER_PATTERNS), [], []),
     # a pipeline: the diffusers folders, not the single-file copies beside them nor other variants
     (dict(ref="stable-diffusion-v1-5/stable-diffusion-v1-5", role="diffusion pipeline",
           needs=(("model_index.json",),)),
@@ -267,6 +275,8 @@ def test_download_patterns(ref_kw, files, allow, ignored, kept):
     kw = {"revision": None, "role": "x", "setting": "s", "kind": "hub", **ref_kw}
     a, ign = download_patterns(WeightRef(**kw), files)
     assert a == allow
+    if allow is not None and W.TOKENIZER_FILES in kw["needs"]:  # what the allow patterns take: no weights
+        assert [f for f in files if any(fnmatch.fnmatch(f, p) for p in a)] == files[:6]
     for f in ignored:
         assert any(fnmatch.fnmatch(f, i) for i in ign), f
     for f in kept:
@@ -300,9 +310,9 @@ def test_resolve_weights_uses_a_cached_snapshot_without_the_network(tmp_path, mo
     assert "hf download org/other" in str(e.value) and "huggingface-cli" not in str(e.value)
 
 
-def test_an_interrupted_download_is_resumed_not_loaded(tmp_path, monkeypatch):
+def test_an_interrupted_download_is_completed_not_loaded(tmp_path, monkeypatch):
     """The cache links a file into the snapshot only once it is complete, so an interrupted download is a snapshot
-    whose own index names a shard it lacks. resolve_weights must not hand that folder to a loader: it resumes the
+    whose own index names a shard it lacks. resolve_weights must not hand that folder to a loader: it completes the
     download (as `weights --download` fetches), and offline it says what is missing and how to finish it."""
     from huggingface_hub import constants
 
@@ -317,27 +327,32 @@ def test_an_interrupted_download_is_resumed_not_loaded(tmp_path, monkeypatch):
     with pytest.raises(W.MissingWeightsError) as e:
         W.resolve_weights("org/big")
     msg = str(e.value)
-    assert "incomplete copy" in msg and "model-00002-of-00002.safetensors" in msg and "resumes this one" in msg
+    assert "incomplete copy" in msg and "model-00002-of-00002.safetensors" in msg and "completes this one" in msg
     status = W.weight_status(W.WeightRef("org/big", None, "x weights", "weights", "hub", needs=(("config.json",),)))
     assert status.state == "missing" and status.lacks == ["model-00002-of-00002.safetensors"]
 
-    # with the hub at hand, the download is resumed (the network seam, `fetch`, finishes it here) and then used
-    resumed = []
-
-    def fetch(ref, progress=True):
-        resumed.append(ref.ref)
-        return hf_download(tmp_path, ref.ref, {**files, "model-00002-of-00002.safetensors": b"2"})
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(W, "fetch", fetch)
-    assert W.resolve_weights("org/big") == snap and resumed == ["org/big"]
-    assert W.resolve_weights("org/big") == snap and resumed == ["org/big"]  # complete now: no second fetch
     # the same weights also as pickles, whose index a download keeps (all *.json) while it skips their shards:
-    # complete, since one index is
+    # complete once one index is
     pickles = json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00002.bin",
                                          "b": "pytorch_model-00002-of-00002.bin"}}).encode()
     hf_download(tmp_path, "org/big", {"pytorch_model.bin.index.json": pickles})
-    assert W.resolve_weights("org/big") == snap and W.weight_status(status.ref).ok and len(resumed) == 1
+    assert W.weight_status(status.ref).lacks == ["model-00002-of-00002.safetensors"]
+
+    # with a hub at hand (tests/hub_server.py, on localhost), resolve_weights completes the copy, fetching only
+    # what it lacks, and hands it over; asked again, it needs no network
+    files["model-00002-of-00002.safetensors"] = b"2"
+    files["pytorch_model.bin.index.json"] = pickles
+    code = ("from rewardtune.rewards._weights import resolve_weights\n"
+            "print(resolve_weights('org/big'))\nprint(resolve_weights('org/big'))\n")
+    with HubServer({"org/big": files}) as hub:
+        hub.commits["org/big"] = snap.name
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_ENDPOINT": hub.url,
+                                "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path)})
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == [str(snap), str(snap)]
+        assert hub.downloads("org/big") == ["model-00002-of-00002.safetensors"]
+    assert (snap / "model-00002-of-00002.safetensors").read_bytes() == b"2" and W.weight_status(status.ref).ok
 
 
 def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path, monkeypatch):
@@ -354,33 +369,33 @@ def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(W.MissingWeightsError, match=r"lacks unet/ weights"):
         W.resolve_weights("org/pipe", what="diffusion pipeline", setting="model.pretrained")
-    # a reward's folder is judged by a reward's files: asked for as one, the snapshot has no weights at its top
-    with pytest.raises(W.MissingWeightsError, match=r"lacks \*\.safetensors or \*\.bin"):
-        W.resolve_weights("org/pipe")
+    # a reward's folder is judged by what the caller says it needs: the vae's weights count for "a weights file"
+    assert W.resolve_weights("org/pipe", needs=W.MODEL_NEEDS).name == hashlib.sha1(b"org/pipe@main").hexdigest()
 
 
 def test_an_interrupted_single_file_download_is_not_loaded(tmp_path, monkeypatch):
     """A checkpoint in one file: an interrupted download leaves its config without the weights. Every way in sees
-    it (`resolve_weights`, which a plugin may call without `require`, and `weights`); a tokenizer's folder holds
-    no weights and is complete without them."""
+    it: `resolve_weights` asked for a model (`needs=MODEL_NEEDS`, as every shipped reward asks; `load_reward`
+    calls it without `require`) and `weights`. A tokenizer's folder holds no weights and is complete without them;
+    weights in any format count."""
     from huggingface_hub import constants
-
-    from rewardtune.rewards import _weights as W
 
     snap = hf_download(tmp_path, "org/one", {"config.json": b"{}", "tokenizer.json": b"{}"})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(W.MissingWeightsError) as e:
-        W.resolve_weights("org/one", what="clip", setting="kwargs.clip_weights")
-    assert "incomplete copy" in str(e.value) and "*.safetensors" in str(e.value)
-    assert W.resolve_weights("org/one", what="clip tokenizer", setting="kwargs.tokenizer") == snap
+        W.resolve_weights("org/one", what="clip", needs=W.MODEL_NEEDS)
+    assert "incomplete copy" in str(e.value) and "lacks a weights file" in str(e.value)
+    assert W.resolve_weights("org/one", what="clip tokenizer", needs=W.TOKENIZER_NEEDS) == snap
+    assert W.resolve_weights("org/one") == snap  # a caller that names no needs gets what the folder's own files ask
     ref = W.WeightRef("org/one", None, "clip weights", "weights", "hub", needs=W._needs("weights", {}))
     status = W.weight_status(ref)
-    assert status.state == "missing" and status.lacks == [" or ".join(W.MODEL_FILES)]
+    assert status.state == "missing" and status.lacks == ["a weights file"]
     hf_download(tmp_path, "org/one", {"model.safetensors": b"0"})
-    assert W.resolve_weights("org/one", what="clip", setting="kwargs.clip_weights") == snap
+    assert W.resolve_weights("org/one", what="clip", needs=W.MODEL_NEEDS) == snap
     assert W.weight_status(ref).ok
-
+    onnx = hf_download(tmp_path, "org/onnx", {"config.json": b"{}", "model.onnx": b"0", "README.md": b"# x"})
+    assert W.resolve_weights("org/onnx", needs=W.MODEL_NEEDS) == onnx
 
 def test_model_card_front_matter_is_read_as_the_hub_reads_it(tmp_path):
     from rewardtune.rewards._weights import card_license, read_card

@@ -1,0 +1,102 @@
+"""`rewardtune weights --download` against a model hub on localhost (tests/hub_server.py speaks the hub's HTTP API
+to huggingface_hub's own client): what is fetched and what is skipped, the sizes reported before a fetch, and a
+download interrupted by Ctrl-C that the next run resumes where it stopped."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cli_process
+from hub_server import HubServer
+
+ROOT = Path(__file__).resolve().parents[2]
+MB = 1 << 20
+BERT = "google-bert/bert-base-uncased"
+CLIP = "openai/clip-vit-large-patch14"
+
+
+def online(hub: HubServer, cache: Path) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(cache),
+            "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def blob(n: int, seed: int) -> bytes:
+    return bytes((i * 31 + seed) % 251 for i in range(n))
+
+
+def test_download_fetches_what_loaders_read_and_nothing_else(tmp_path):
+    """ImageReward: its named checkpoint from a repository that holds more, and the BERT tokenizer from a repository
+    whose weights (safetensors, a pickle, other frameworks') the tokenizer never reads."""
+    cache = tmp_path / "hub"
+    repos = {"THUDM/ImageReward": {"ImageReward.pt": blob(MB, 1), "med_config.json": b"{}",
+                                   "README.md": b"---\nlicense: apache-2.0\n---\n", "old/ImageReward-v0.pt": b"x" * 9},
+             BERT: {"config.json": b"{}", "tokenizer.json": b'{"a":1}', "tokenizer_config.json": b'{"b":2}',
+                    "vocab.txt": b"[PAD]\n", "model.safetensors": blob(2 * MB, 2),
+                    "pytorch_model.bin": blob(2 * MB, 3), "flax_model.msgpack": b"f" * 100}}
+    with HubServer(repos) as hub:
+        env = online(hub, cache)
+        # before fetching: what a fetch would take, as the hub reports it
+        p = cli_process.rt("weights", "imagereward", "--json", columns=250, **env)
+        assert p.returncode == 4, p.stdout + p.stderr
+        rows = {w["checkpoint"]: w for w in json.loads(p.stdout)["weights"]}
+        assert rows["THUDM/ImageReward"]["fetch_bytes"] == MB + 2  # ImageReward.pt and med_config.json
+        assert rows[BERT]["fetch_bytes"] == 2 + 7 + 7 + 6  # the tokenizer's files only
+        assert not any(m == "GET" and "/resolve/" in path for m, path, _ in hub.requests)  # sizes, no bytes
+
+        p = cli_process.rt("weights", "imagereward", "--download", columns=250, **env)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "all 2 checkpoints are here" in p.stderr
+        assert sorted(hub.downloads("THUDM/ImageReward")) == ["ImageReward.pt", "med_config.json"]
+        assert sorted(hub.downloads(BERT)) == ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    # offline, from the cache alone: every checkpoint is here, byte for byte
+    p = cli_process.rt("weights", "imagereward", "--json", columns=250, HF_HUB_CACHE=str(cache))
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {w["checkpoint"]: w for w in json.loads(p.stdout)["weights"]}
+    assert (Path(rows["THUDM/ImageReward"]["path"]) / "ImageReward.pt").read_bytes() == blob(MB, 1)
+
+
+def test_a_download_stopped_by_ctrl_c_keeps_its_finished_files_and_the_next_run_fetches_the_rest(tmp_path):
+    """Ctrl-C while the second shard of a sharded checkpoint is arriving: the command stops at once (exit 130, no
+    traceback). Offline, the checkpoint is not present: it lacks that shard. The next `--download` fetches only
+    that shard (huggingface_hub drops a partial file, so it starts the file again) and the copy is whole."""
+    cache = tmp_path / "hub"
+    shards = {"model-00001-of-00002.safetensors": blob(2 * MB, 4), "model-00002-of-00002.safetensors": blob(6 * MB, 5)}
+    index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                       "b": "model-00002-of-00002.safetensors"}}).encode()
+    repos = {CLIP: {"config.json": b"{}", "model.safetensors.index.json": index, **shards,
+                    "pytorch_model.bin": b"p" * 50}}
+    snap = cache / "models--openai--clip-vit-large-patch14" / "snapshots" / HubServer(repos).commits[CLIP]
+    with HubServer(repos) as hub:
+        hub.stall_after[(CLIP, "model-00002-of-00002.safetensors")] = 3 * MB
+        proc = subprocess.Popen([sys.executable, "-m", "rewardtune.cli.main", "weights", "clip", "--download"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "COLUMNS": "200",
+                                     "HOME": os.environ.get("HOME", "/tmp"), **online(hub, cache)})
+        assert hub.stalled.wait(120), "the download never reached the stall"
+        deadline = time.monotonic() + 60
+        while not (snap / "model-00001-of-00002.safetensors").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first shard, not held back, finishes
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        hub.release.set()
+        assert proc.returncode == 130, out + err
+        assert "Traceback" not in err
+
+        print(err)
+        p = cli_process.rt("weights", "clip", "--json", columns=250, HF_HUB_CACHE=str(cache))  # offline
+        assert p.returncode == 4
+        row = json.loads(p.stdout)["weights"][0]
+        assert row["state"] == "missing" and row["lacks"] == ["model-00002-of-00002.safetensors"], row
+
+        before = len(hub.downloads(CLIP))
+        p = cli_process.rt("weights", "clip", "--download", columns=250, **online(hub, cache))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert hub.downloads(CLIP)[before:] == ["model-00002-of-00002.safetensors"]
+        assert "pytorch_model.bin" not in hub.downloads(CLIP)
+    for name, data in shards.items():
+        assert (snap / name).read_bytes() == data
