@@ -239,8 +239,9 @@ def machine_info() -> dict:
     except AttributeError:
         cores = os.cpu_count()
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=str(ROOT)).stdout.strip()
+        # "-dirty" when the measured code is not the commit's (uncommitted changes to tracked files)
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, cwd=str(ROOT)).stdout.strip()
     except OSError:
         rev = ""
     return {"cpu": cpu, "cores": cores, "memory": mem, "os": platform.platform(), "git": rev,

@@ -6,7 +6,7 @@ changes.
 
     python benchmarks/methods_shapes.py                          # all methods, 3 seeds -> results/methods_shapes.*
     python benchmarks/methods_shapes.py --methods draft_k refl --seeds 0 --steps 20 --out /tmp/m   # smoke run
-    python benchmarks/methods_shapes.py --only-plot              # re-plot from results/methods_shapes.json
+    python benchmarks/methods_shapes.py --only-plot              # plot and report again from the .json
     python benchmarks/methods_shapes.py --only-gradients         # re-run only the gradient pass (5 minutes)
 
 Each run is `specs/demo.yaml` with the method swapped (every method trains the same LoRA, rank 8, on the same
@@ -105,7 +105,10 @@ def gradient_pass(chosen: dict[str, list[str]], pretrain: Path, draws: int = 16,
       the cost that the curves' time axis multiplies by the step count;
     - the variance of the gradient estimate over `draws` independent noise draws, relative to its mean:
       tr(Cov g) / ||E g||^2 (lower = less noisy), with a 95% jackknife interval over the draws, and its ratio to
-      the first configuration's (every configuration sees the same noise draws, so the ratio is paired).
+      the first configuration's. Draw d seeds the same generator for every configuration, so the ratio is paired
+      where the method's first use of it is the initial noise (the DRaFT-K variants, DRaFT-LV); AlignProp and ReFL
+      first draw their truncation or stop step from it, so theirs start from other noise (the ratio's jackknife
+      over draw pairs holds either way; pairing only narrows it).
     ranked is left out (its step trains on a round's kept images; its cost is in its runs' CPU time), and so is the
     variance of ReFL with pretraining (its steps alternate between two different losses)."""
     import torch
@@ -152,17 +155,21 @@ def relative_variance(gram, w):
     return s2 / (mean_sq - s2 / n)
 
 
-def variance_intervals(gram, base_gram) -> dict:
-    """The relative variance of one configuration's draws and its ratio to the base configuration's (paired: the
-    same noise draws), each with a 95% jackknife interval (leave one draw out; Student t with n - 1 degrees of
-    freedom, on the log scale: both are positive ratios). Simulated with known answers at 16 draws, such intervals
-    covered 93-98% (a percentile bootstrap, whose resamples repeat draws and so shrink their spread, 1-11%)."""
-    import math
+#: the 97.5% point of Student's t with n - 1 degrees of freedom, for n draws
+T975 = {8: 2.365, 12: 2.201, 16: 2.131, 24: 2.069, 32: 2.040, 64: 1.998}
 
+
+def variance_intervals(gram, base_gram) -> dict:
+    """The relative variance of one configuration's draws and its ratio to the base configuration's (draw by draw),
+    each with a 95% jackknife interval (leave one draw out; Student t with n - 1 degrees of freedom, on the log
+    scale: both are positive ratios). `benchmarks/variance_intervals_check.py` measures how often such intervals
+    cover a known answer. None where the noise is too large for ||E g||^2 to come out positive (not resolved)."""
     import torch
 
     n = len(gram)
-    t975 = {8: 2.365, 12: 2.201, 16: 2.131, 24: 2.069, 32: 2.040}.get(n, 1.96)
+    if n not in T975:
+        raise ValueError(f"{n} draws: the t quantile is tabled for {sorted(T975)} draws")
+    t975 = T975[n]
     everything, loo = torch.ones(1, n, dtype=torch.float64), 1 - torch.eye(n, dtype=torch.float64)
 
     def interval(full: float, parts) -> list[float] | None:
@@ -175,8 +182,12 @@ def variance_intervals(gram, base_gram) -> dict:
     gram, base_gram = torch.as_tensor(gram, dtype=torch.float64), torch.as_tensor(base_gram, dtype=torch.float64)
     rv, rv_loo = float(relative_variance(gram, everything)[0]), relative_variance(gram, loo)
     base, base_loo = float(relative_variance(base_gram, everything)[0]), relative_variance(base_gram, loo)
-    return {"relative_variance": rv, "relative_variance_ci95": interval(rv, rv_loo),
-            "vs_base": rv / base, "vs_base_ci95": interval(rv / base, rv_loo / base_loo)}
+    if rv <= 0:
+        return {"relative_variance": None, "vs_base": None}
+    out = {"relative_variance": rv, "relative_variance_ci95": interval(rv, rv_loo), "vs_base": None}
+    if base > 0:
+        out.update(vs_base=rv / base, vs_base_ci95=interval(rv / base, rv_loo / base_loo))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- reporting
@@ -351,13 +362,13 @@ def main() -> None:
         base = next(iter(data["gradients"]))
         stats = {k: {**v, **variance_intervals(v["gram"], data["gradients"][base]["gram"])} if "gram" in v else v
                  for k, v in data["gradients"].items()}
-        md += ["Gradient pass at the base model (one fixed batch of 8 prompts, 16 noise draws, the same draws for "
-               "every method, one thread): relative variance tr(Cov g) / ‖E g‖² (lower is less noisy; ‖ḡ‖² less "
+        md += ["Gradient pass at the base model (one fixed batch of 8 prompts, 16 noise draws whose seeds every "
+               "method shares, one thread): relative variance tr(Cov g) / ‖E g‖² (lower is less noisy; ‖ḡ‖² less "
                "its share of the noise estimates ‖E g‖²) with its 95% jackknife interval over the draws, its "
-               f"ratio to {base}'s (paired: the same draw left out of both), and CPU seconds per gradient, "
-               "median (min–max).", "",
+               f"ratio to {base}'s (the same draw left out of both; paired noise for the DRaFT variants, not for "
+               "AlignProp and ReFL, which draw their step first), and CPU seconds per gradient, median (min–max).", "",
                f"| method | relative variance | vs {base} | CPU s per gradient |", "|---|---|---|---|"]
-        md += [f"| {k} | {_interval(v, 'relative_variance')} | {'1x' if k == base else _interval(v, 'vs_base', 'x')} | "
+        md += [f"| {k} | {_interval(v, 'relative_variance')} | {_vs_base(k, base, v)} | "
                f"{v['cpu_s_per_step']:.2f} ({v['cpu_s_min']:.2f}–{v['cpu_s_max']:.2f}) |"
                for k, v in stats.items()]
     md += ["", f"Machine: {data['machine']}; git {data.get('git', '?')}."]
@@ -369,13 +380,30 @@ def main() -> None:
     print("\n".join(md))
 
 
+def _vs_base(name: str, base: str, v: dict) -> str:
+    if name == base:
+        return "1x"
+    if v.get("vs_base_ci95") == [1.0, 1.0]:
+        return "1x (the same gradients)"
+    return _interval(v, "vs_base", "x")
+
+
 def _interval(v: dict, key: str, unit: str = "") -> str:
     if v.get(key) is None:
         return "—"
     if not v.get(key + "_ci95"):  # a result from before the intervals
         return f"{v[key]:.3g}{unit}"
     lo, hi = v[key + "_ci95"]
-    return f"{v[key]:.3g}{unit} ({lo:.3g}–{hi:.3g})"
+    return f"{v[key]:.3g}{unit} ({_g(lo)}–{_g(hi)})"
+
+
+def _g(x: float) -> str:
+    """Three significant digits, more where three would round a bound onto 1 (0.9998 is not 1)."""
+    for digits in (3, 4, 5, 6):
+        out = format(x, f".{digits}g")
+        if out != "1" or x == 1:
+            return out
+    return out
 
 
 if __name__ == "__main__":
