@@ -4,16 +4,14 @@ settings its model card records; bad targets exit 2 and missing weights exit 4, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from cli_process import rt
 
-ROOT = Path(__file__).resolve().parents[2]
 #: the demo's 32 shapes-eval captions, one image each (the `trained_demo` run, conftest.py); measured: DRaFT-1 for
 #: 40 steps raised the judge's both-correct from 0.406 to 0.688 (13 images changed: 11 up, 2 down; 95% interval of
-#: the rise +0.09 to +0.47); a rise under 0.1 means broken
-MIN_RISE = 0.1
+#: the rise +0.09 to +0.47); a rise under 0.15 means broken (the fast learning test asks the same of this run)
+MIN_RISE = 0.15
 
 
 def test_eval_of_a_trained_demo_shows_the_judge_rise_and_reproduces_the_run(trained_demo, tmp_path):
