@@ -100,3 +100,29 @@ def test_a_download_stopped_by_ctrl_c_keeps_its_finished_files_and_the_next_run_
         assert "pytorch_model.bin" not in hub.downloads(CLIP)
     for name, data in shards.items():
         assert (snap / name).read_bytes() == data
+
+
+def test_score_fetches_a_missing_checkpoint_before_loading_and_scores_with_it(tmp_path):
+    """`require`, the check every command makes before loading: online, a missing hub checkpoint is fetched first,
+    then loaded. The hub serves the seeded tiny CLIP twin's real files, so the fetched copy must score exactly as
+    the same files do from a local directory."""
+    from PIL import Image
+
+    from rewardtune.rewards._weights import resolve_weights
+
+    local = resolve_weights("zoo:clip")
+    files = {p.relative_to(local).as_posix(): p.read_bytes() for p in sorted(local.rglob("*")) if p.is_file()}
+    img = tmp_path / "imgs" / "red.png"
+    img.parent.mkdir()
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(img)
+    args = ("score", "-r", "clip:tiny", "-p", "a red circle", "--json", str(img))
+    cache = tmp_path / "hub"
+    with HubServer({"org/tiny-clip": files}) as hub:
+        p = cli_process.rt(*args, "-w", "org/tiny-clip", columns=250, **online(hub, cache))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "fetching org/tiny-clip" in p.stderr
+        assert sorted(hub.downloads("org/tiny-clip")) == sorted(files)
+    fetched = json.loads(p.stdout)
+    p = cli_process.rt(*args, "-w", str(local), columns=250, HF_HUB_CACHE=str(cache))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert fetched["scored"] == 1 and fetched["results"] == json.loads(p.stdout)["results"]
