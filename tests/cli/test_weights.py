@@ -369,15 +369,16 @@ def test_a_pipeline_snapshot_without_a_components_weights_is_incomplete(tmp_path
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(W.MissingWeightsError, match=r"lacks unet/ weights"):
         W.resolve_weights("org/pipe", what="diffusion pipeline", setting="model.pretrained")
-    # a reward's folder is judged by what the caller says it needs: the vae's weights count for "a weights file"
-    assert W.resolve_weights("org/pipe", needs=W.MODEL_NEEDS).name == hashlib.sha1(b"org/pipe@main").hexdigest()
+    # a reward's folder is judged by what the caller says it needs: a component's weights in a subfolder are not a
+    # model's own
+    with pytest.raises(W.MissingWeightsError, match=r"lacks a weights file"):
+        W.resolve_weights("org/pipe", needs=W.MODEL_NEEDS)
 
 
 def test_an_interrupted_single_file_download_is_not_loaded(tmp_path, monkeypatch):
     """A checkpoint in one file: an interrupted download leaves its config without the weights. Every way in sees
     it: `resolve_weights` asked for a model (`needs=MODEL_NEEDS`, as every shipped reward asks; `load_reward`
-    calls it without `require`) and `weights`. A tokenizer's folder holds no weights and is complete without them;
-    weights in any format count."""
+    calls it without `require`) and `weights`. A tokenizer's folder holds no weights and is complete without them."""
     from huggingface_hub import constants
 
     snap = hf_download(tmp_path, "org/one", {"config.json": b"{}", "tokenizer.json": b"{}"})
@@ -390,12 +391,16 @@ def test_an_interrupted_single_file_download_is_not_loaded(tmp_path, monkeypatch
     assert W.resolve_weights("org/one") == snap  # a caller that names no needs gets what the folder's own files ask
     ref = W.WeightRef("org/one", None, "clip weights", "weights", "hub", needs=W._needs("weights", {}))
     status = W.weight_status(ref)
-    assert status.state == "missing" and status.lacks == ["a weights file"]
+    assert status.state == "missing" and status.lacks == [W.WEIGHTS_FILE]
     hf_download(tmp_path, "org/one", {"model.safetensors": b"0"})
     assert W.resolve_weights("org/one", what="clip", needs=W.MODEL_NEEDS) == snap
     assert W.weight_status(ref).ok
-    onnx = hf_download(tmp_path, "org/onnx", {"config.json": b"{}", "model.onnx": b"0", "README.md": b"# x"})
-    assert W.resolve_weights("org/onnx", needs=W.MODEL_NEEDS) == onnx
+    # a sentencepiece model, a chat template or a card is not a model's weights
+    other = hf_download(tmp_path, "org/two", {"config.json": b"{}", "spiece.model": b"s", "README.md": b"# x",
+                                              "chat_template.jinja": b"{{ x }}"})
+    with pytest.raises(W.MissingWeightsError, match=r"lacks a weights file"):
+        W.resolve_weights("org/two", needs=W.MODEL_NEEDS)
+    assert W.resolve_weights("org/two", needs=W.TOKENIZER_NEEDS) == other
 
 def test_model_card_front_matter_is_read_as_the_hub_reads_it(tmp_path):
     from rewardtune.rewards._weights import card_license, read_card

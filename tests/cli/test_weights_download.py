@@ -1,10 +1,10 @@
 """`rewardtune weights --download` against a model hub on localhost (tests/hub_server.py speaks the hub's HTTP API
-to huggingface_hub's own client): what is fetched and what is skipped, the sizes reported before a fetch, and a
-download interrupted by Ctrl-C that the next run resumes where it stopped."""
+to huggingface_hub's own client): what is fetched and what is skipped, the sizes reported before a fetch, a
+download stopped by Ctrl-C whose finished files the next run keeps, and the fetch every command makes before
+loading."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +21,11 @@ CLIP = "openai/clip-vit-large-patch14"
 
 
 def online(hub: HubServer, cache: Path) -> dict[str, str]:
+    """The environment of a command that may use `hub`: HF_HOME beside the cache, so no stored token is sent; a
+    read timeout far above the tests' pauses, so the client never retries a held download on its own."""
     return {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(cache),
-            "HF_HUB_DISABLE_TELEMETRY": "1"}
+            "HF_HOME": str(cache.parent / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "300"}
 
 
 def blob(n: int, seed: int) -> bytes:
@@ -31,13 +34,14 @@ def blob(n: int, seed: int) -> bytes:
 
 def test_download_fetches_what_loaders_read_and_nothing_else(tmp_path):
     """ImageReward: its named checkpoint from a repository that holds more, and the BERT tokenizer from a repository
-    whose weights (safetensors, a pickle, other frameworks') the tokenizer never reads."""
+    whose weights (safetensors, a pickle, other frameworks', a shard index) the tokenizer never reads."""
     cache = tmp_path / "hub"
     repos = {"THUDM/ImageReward": {"ImageReward.pt": blob(MB, 1), "med_config.json": b"{}",
                                    "README.md": b"---\nlicense: apache-2.0\n---\n", "old/ImageReward-v0.pt": b"x" * 9},
              BERT: {"config.json": b"{}", "tokenizer.json": b'{"a":1}', "tokenizer_config.json": b'{"b":2}',
                     "vocab.txt": b"[PAD]\n", "model.safetensors": blob(2 * MB, 2),
-                    "pytorch_model.bin": blob(2 * MB, 3), "flax_model.msgpack": b"f" * 100}}
+                    "pytorch_model.bin": blob(2 * MB, 3), "flax_model.msgpack": b"f" * 100,
+                    "model.safetensors.index.json": b'{"weight_map": {"a": "model-00001-of-00002.safetensors"}}'}}
     with HubServer(repos) as hub:
         env = online(hub, cache)
         # before fetching: what a fetch would take, as the hub reports it
@@ -70,24 +74,28 @@ def test_a_download_stopped_by_ctrl_c_keeps_its_finished_files_and_the_next_run_
                                        "b": "model-00002-of-00002.safetensors"}}).encode()
     repos = {CLIP: {"config.json": b"{}", "model.safetensors.index.json": index, **shards,
                     "pytorch_model.bin": b"p" * 50}}
-    snap = cache / "models--openai--clip-vit-large-patch14" / "snapshots" / HubServer(repos).commits[CLIP]
+    snap = cache / "models--openai--clip-vit-large-patch14" / "snapshots" / HubServer.commit_of(CLIP)
     with HubServer(repos) as hub:
         hub.stall_after[(CLIP, "model-00002-of-00002.safetensors")] = 3 * MB
         proc = subprocess.Popen([sys.executable, "-m", "rewardtune.cli.main", "weights", "clip", "--download"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "COLUMNS": "200",
-                                     "HOME": os.environ.get("HOME", "/tmp"), **online(hub, cache)})
-        assert hub.stalled.wait(120), "the download never reached the stall"
-        deadline = time.monotonic() + 60
-        while not (snap / "model-00001-of-00002.safetensors").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)  # the first shard, not held back, finishes
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        hub.release.set()
+                                     **online(hub, cache)})
+        try:
+            assert hub.stalled.wait(120), "the download never reached the stall"
+            deadline = time.monotonic() + 60
+            while not (snap / "model-00001-of-00002.safetensors").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)  # the first shard, not held back, finishes
+            # held, the second shard would stay unfinished for 300 s: the command must stop without it
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            hub.release.set()
+            proc.kill()
         assert proc.returncode == 130, out + err
         assert "Traceback" not in err
-
-        print(err)
+        assert "stopped: the files fetched so far stay in the hub cache; `rewardtune weights clip --download` " \
+               "fetches the rest" in " ".join(err.split()), err
         p = cli_process.rt("weights", "clip", "--json", columns=250, HF_HUB_CACHE=str(cache))  # offline
         assert p.returncode == 4
         row = json.loads(p.stdout)["weights"][0]
