@@ -99,8 +99,11 @@ class HubServer:
 
     def _file(self, h, repo: str, name: str, body: bool) -> None:
         data = self.repos[repo][name]
+        base = name.rsplit("/", 1)[-1]
         headers = {"X-Repo-Commit": self.commits[repo], "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                   "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+                   "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream",
+                   # as the hub's file storage names a download (the client's progress bar shows it)
+                   "Content-Disposition": f'inline; filename*=UTF-8\'\'{base}; filename="{base}";'}
         start = 0
         rng = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range") or "")
         if rng and body:
