@@ -20,7 +20,6 @@ from hub_server import HubServer
 
 from rewardtune.rewards import _weights as W
 
-ROOT = Path(__file__).resolve().parents[2]
 FINEREWARDS = ["stable-diffusion-v1-5/stable-diffusion-v1-5", "yuvalkirstain/PickScore_v1",
                "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "THUDM/ImageReward", "google-bert/bert-base-uncased",
                "trl-lib/ddpo-aesthetic-predictor", "openai/clip-vit-large-patch14", "Salesforce/blip2-opt-2.7b",
@@ -347,8 +346,7 @@ def test_an_interrupted_download_is_completed_not_loaded(tmp_path, monkeypatch):
     with HubServer({"org/big": files}) as hub:
         hub.commits["org/big"] = snap.name
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_ENDPOINT": hub.url,
-                                "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path)})
+                           env=cli_process.env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path)))
         assert p.returncode == 0, p.stderr
         assert p.stdout.split() == [str(snap), str(snap)]
         assert hub.downloads("org/big") == ["model-00002-of-00002.safetensors"]

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cli_process
 from hub_server import HubServer
 
-ROOT = Path(__file__).resolve().parents[2]
 MB = 1 << 20
 BERT = "google-bert/bert-base-uncased"
 CLIP = "openai/clip-vit-large-patch14"
@@ -77,10 +74,7 @@ def test_a_download_stopped_by_ctrl_c_keeps_its_finished_files_and_the_next_run_
     snap = cache / "models--openai--clip-vit-large-patch14" / "snapshots" / HubServer.commit_of(CLIP)
     with HubServer(repos) as hub:
         hub.stall_after[(CLIP, "model-00002-of-00002.safetensors")] = 3 * MB
-        proc = subprocess.Popen([sys.executable, "-m", "rewardtune.cli.main", "weights", "clip", "--download"],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "COLUMNS": "200",
-                                     **online(hub, cache)})
+        proc = cli_process.start("weights", "clip", "--download", **online(hub, cache))
         try:
             assert hub.stalled.wait(120), "the download never reached the stall"
             deadline = time.monotonic() + 60
