@@ -494,7 +494,9 @@ def ratio_lines(rt: dict, trl: dict, data: dict) -> list[str]:
             f"optimizer step is {per_step:.1f}x rewardtune's.",
             "", "Wall-clock over CPU time at the end of each run (how much else shared the machine): " + ", ".join(
                 f"{side} seed {seed} {c[-1]['wall_s'] / c[-1]['cpu_s']:.2f}" for side in ("rewardtune", "trl")
-                for seed, c in sorted(curves[side].items()) if c[-1]["cpu_s"] > 0) + "."]
+                for seed, c in sorted(curves[side].items()) if c[-1]["cpu_s"] > 0) + "."] + ([
+            "", "Lanes (side by side; each ran its runs in this order, each run's evaluation right after it): "
+            + "; ".join(", ".join(lane) for lane in data["lanes"]) + "."] if data.get("lanes") else [])
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -510,7 +512,9 @@ def main() -> None:
     ap.add_argument("--trl-cpu-budget", type=float, default=400.0, help="CPU seconds per TRL run")
     ap.add_argument("--trl-max-steps", type=int, default=50)
     ap.add_argument("--trl-every", type=int, default=5, help="TRL's save interval (its steps cost more)")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="lanes of runs at a time, one thread each; runs are interleaved by seed and dealt to lanes "
+                         "round-robin (with both sides and 2 jobs: one lane per side)")
     ap.add_argument("--trl-python", type=Path, default=None, help="python of a venv with TRL 0.23.1")
     ap.add_argument("--out", type=Path, default=RESULTS / "time_to_quality")
     ap.add_argument("--keep", type=Path, default=None, help="keep the runs' LoRAs here (default: a temp dir)")
@@ -575,7 +579,12 @@ def measure(a) -> dict:
                              {"out": str(d), "seed": seed, "cpu_budget": a.trl_cpu_budget,
                               "max_steps": a.trl_max_steps, "every": a.trl_every, "prompts": prompts,
                               "pipe_dir": str(PIPE_DIR), "clip_dir": str(CLIP_DIR), "pre": pre}))
-    jobs.sort(key=lambda j: j[0] != "trl")  # the long TRL runs first
+    # Interleaved (each seed's runs of both sides next to each other) and dealt round-robin to `--jobs` lanes that
+    # each run their jobs one after another: with both sides and 2 jobs, one lane is TRL's and one rewardtune's, so
+    # both sides run beside the other side from the start. rewardtune's lane ends first, and TRL's last runs then
+    # have the machine to themselves: what contention remains favours TRL.
+    lanes = [jobs[i::a.jobs] for i in range(a.jobs)]
+    data["lanes"] = [[f"{side} seed {seed}" for side, seed, *_ in lane] for lane in lanes if lane]
 
     def go(job):
         side, seed, py, flag, cfg = job
@@ -601,7 +610,7 @@ def measure(a) -> dict:
         return side, seed, r, curve
 
     with ThreadPoolExecutor(a.jobs) as ex:
-        results = list(ex.map(go, jobs))
+        results = [r for lane in ex.map(lambda lane: [go(job) for job in lane], lanes) for r in lane]
     for side, seed, r, curve in sorted(results, key=lambda x: (x[0], x[1])):
         data["runs"].setdefault(side, []).append({"seed": seed, "curve": curve})
         if side == "trl" and r.get("settings"):
@@ -631,8 +640,9 @@ def finished_run(out: Path, cfg: dict) -> dict | None:
 SETUP = """\
 - Same base pipeline (`rewardtune/data/models/shapes-sd1`), same reward (raw cosine of the shipped shapes CLIP,
   preset `shapes`), same training prompts (builtin `shapes`, 32 captions), 32 px, 8 samples per optimizer step,
-  one torch thread per run, two runs at a time on the 2-core machine. CPU seconds are the clock compared, since they
-  depend least on what else runs; the wall/CPU ratio of each run above shows how much else did.
+  one torch thread per run, in lanes that run side by side on the 2-core machine (listed above), each lane its runs
+  one after another. CPU seconds are the clock compared, since they depend least on what else runs; the wall/CPU
+  ratio of each run above shows how much else did.
 - rewardtune: `specs/demo.yaml` as shipped (DRaFT-1: gradient through the last of 20 DDIM steps, eta 0, CFG 3,
   LoRA r8 alpha 8 gaussian on to_q/k/v/out.0, AdamW lr 1e-3, weight decay 1e-4, clip 1), minus the `shapes-eval`
   monitor term (it only logs).
