@@ -527,6 +527,10 @@ IGNORE_ALWAYS = ("*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.tflite
                  "onnx/*", "coreml/*", "flax_model*", "tf_model*", "rust_model*", "*.gguf")
 
 
+#: the variants a diffusers folder may hold beside its plain weights (`unet/diffusion_pytorch_model.fp16.safetensors`)
+VARIANT_TAGS = ("fp16", "bf16", "non_ema", "ema")
+
+
 def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[str] | None, list[str]]:
     """(allow_patterns, ignore_patterns) for fetching `ref` from a repository holding `repo_files`: only the
     named files of a checkpoint with a `filename` (HPSv2's repository holds both versions), only the tokenizer's
@@ -555,19 +559,27 @@ def download_patterns(ref: WeightRef, repo_files: Sequence[str]) -> tuple[list[s
         tag = f".{ref.variant}." if ref.variant else None
         tagged = [f for f in weights if tag is not None and tag in f]
         # the variant asked for where the folder has it, else the plain files; other variants (fp16, non_ema) never
-        ignore += [f for f in weights if (tag is None and re.search(r"\.(fp16|bf16|non_ema|ema)\.", f))
+        ignore += [f for f in weights if (tag is None and re.search(rf"\.({'|'.join(VARIANT_TAGS)})\.", f))
                    or (tagged and f not in tagged)]
     return None, ignore
 
 
 def hf_download_command(ref: WeightRef) -> str:
-    """`hf download` of what a fetch of `ref` takes: a tokenizer's or a named checkpoint's files only, not the
-    repository (PickScore's processor shares CLIP-H's repository with 16 GB of weights in several formats)."""
+    """`hf download` of what a fetch of `ref` takes, as far as patterns can say it without the repository's file
+    list: a tokenizer's or a named checkpoint's files only, not the repository (PickScore's processor shares CLIP-H's
+    repository with 16 GB of weights in several formats); a pipeline's diffusers folders without the single-file
+    copies beside them or other variants (SD 1.5's repository also holds four single-file checkpoints and fp16 and
+    non-EMA copies of its components)."""
     import shlex
 
     allow, _ = download_patterns(ref, [])
+    exclude: list[str] = []
+    if ref.role == "diffusion pipeline":
+        allow = ["model_index.json", "README.md", "*/*"]
+        exclude = [f"*.{tag}.*" for tag in VARIANT_TAGS if tag != ref.variant]
     return shlex.join(["hf", "download", ref.ref, *(["--revision", ref.revision] if ref.revision else []),
-                       *(x for pattern in allow or [] for x in ("--include", pattern))])
+                       *(x for pattern in allow or [] for x in ("--include", pattern)),
+                       *(x for pattern in exclude for x in ("--exclude", pattern))])
 
 
 def selected_files(ref: WeightRef, repo_files: Sequence[str]) -> list[str]:

@@ -288,6 +288,33 @@ def test_download_patterns(ref_kw, files, allow, ignored, kept):
         assert not any(fnmatch.fnmatch(f, i) for i in ign), f
 
 
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_the_hf_download_hint_for_a_pipeline_takes_its_folders_not_every_copy(variant):
+    """The hint printed for a machine with network cannot see the repository's files, so it says what patterns can:
+    every file a fetch takes, and none of the single-file copies or other variants beside them."""
+    import shlex
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from rewardtune.rewards._weights import hf_download_command, pipeline_weights, selected_files
+
+    files = ["model_index.json", "README.md", "v1-5-pruned.ckpt", "v1-5-pruned-emaonly.safetensors",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
+    ref = pipeline_weights("org/pipe", variant=variant)
+    argv = shlex.split(hf_download_command(ref))
+    assert argv[:3] == ["hf", "download", "org/pipe"]
+    include = [argv[i + 1] for i, a in enumerate(argv) if a == "--include"]
+    exclude = [argv[i + 1] for i, a in enumerate(argv) if a == "--exclude"]
+    hinted = set(filter_repo_objects(files, allow_patterns=include, ignore_patterns=exclude))
+    fetched = set(selected_files(ref, files))
+    assert fetched <= hinted
+    assert not hinted & {"v1-5-pruned.ckpt", "v1-5-pruned-emaonly.safetensors",
+                         "unet/diffusion_pytorch_model.non_ema.safetensors"}
+    assert ("unet/diffusion_pytorch_model.fp16.safetensors" in hinted) == (variant == "fp16")
+
+
 def test_fp16_variant_downloads_the_variant_files():
     import fnmatch
 
