@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -171,9 +172,12 @@ def _open_checked(path: Path, max_pixels: int):
     if path.is_dir():
         raise ImageFileError("is a directory")
     try:
-        nbytes = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise ImageFileError(f"cannot read file ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):  # never opened: reading a FIFO blocks, reading /dev/zero never ends
+        raise ImageFileError("not a regular file (a FIFO, device or socket)")
+    nbytes = st.st_size
     if nbytes == 0:
         raise ImageFileError("empty file (0 bytes)")
     # The errors are raised after the except blocks, never inside them: an exception raised there keeps PIL's

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -253,6 +254,10 @@ def test_bad_files_raise_image_file_error(tmp_path):
             load_pixels(tmp_path / name)
     with pytest.raises(ImageFileError, match="directory"):
         load_pixels(tmp_path)
+    os.mkfifo(tmp_path / "fifo.png")  # never opened: reading it would block until a writer came
+    for special in (tmp_path / "fifo.png", Path("/dev/zero")):
+        with pytest.raises(ImageFileError, match="not a regular file"):
+            load_pixels(special)
     # the header check never decodes: a 10-gigapixel claim is refused instantly, and the limit is adjustable
     with pytest.raises(ImageFileError, match="too large"):
         inspect_image(tmp_path / "bomb.png")
