@@ -10,7 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import cli_process
+
 SMALL = ["sampling.steps=2", "logging.eval_prompts=2", "logging.eval_images_per_prompt=1"]
 
 CHILD = """
@@ -30,16 +31,11 @@ rewardtune.run("demo", overrides=sys.argv[3:], tiny=True, output_dir=sys.argv[1]
 """
 
 
-def _env() -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-            "HOME": os.environ.get("HOME", "/tmp")}
-
-
 def test_piped_progress_lines_arrive_while_the_run_is_running(tmp_path):
     go = tmp_path / "go"
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "out"), str(go), "train.steps=4",
                              "logging.progress_every_s=0", *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), cwd=tmp_path)
+                            text=True, env=cli_process.env(), cwd=tmp_path)
     lines: list[str] = []
     first = threading.Event()
 
@@ -67,8 +63,8 @@ def test_piped_progress_lines_arrive_while_the_run_is_running(tmp_path):
 def run_lines(tmp_path: Path, *overrides: str) -> list[str]:
     tmp_path.mkdir()
     p = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "run", "demo", "--tiny", "-o",
-                        str(tmp_path / "out"), *SMALL, *overrides], capture_output=True, text=True, env=_env(),
-                       cwd=tmp_path)
+                        str(tmp_path / "out"), *SMALL, *overrides], capture_output=True, text=True,
+                       env=cli_process.env(), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     return [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("train ")]
 
@@ -86,8 +82,8 @@ def test_lines_are_throttled_by_time_and_by_steps(tmp_path):
 
 def test_no_progress_means_no_lines(tmp_path):
     p = subprocess.run([sys.executable, "-m", "rewardtune.cli.main", "run", "demo", "--tiny", "--no-progress", "-o",
-                        str(tmp_path / "out"), "train.steps=2", *SMALL], capture_output=True, text=True, env=_env(),
-                       cwd=tmp_path)
+                        str(tmp_path / "out"), "train.steps=2", *SMALL], capture_output=True, text=True,
+                       env=cli_process.env(), cwd=tmp_path)
     assert p.returncode == 0 and not [ln for ln in p.stdout.splitlines() if ln.startswith("train ")], p.stdout
 
 
@@ -98,7 +94,7 @@ def test_a_terminal_gets_the_bar_not_lines(tmp_path):
             "'logging.eval_prompts=2', 'logging.eval_images_per_prompt=1'], tiny=True, output_dir='out')")
     main, child = os.openpty()  # the child's stdout and stderr are a terminal; this process's are untouched
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=child, stdout=child, stderr=child, cwd=tmp_path,
-                            env={**_env(), "COLUMNS": "160", "TERM": "xterm"})
+                            env=cli_process.env(columns=160, TERM="xterm"))
     os.close(child)
     out = bytearray()
     try:

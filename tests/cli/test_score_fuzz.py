@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
 import struct
 import subprocess
@@ -20,10 +19,10 @@ import sys
 import zlib
 from pathlib import Path
 
+import cli_process
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261130
 N_FILES = 3000
 TIME_LIMIT_S = 600  # generous: "does not hang" (about 60 s on an idle 2-core machine)
@@ -179,8 +178,7 @@ print(json.dumps(out))
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "COLUMNS": "250"}
+    return cli_process.env(columns=250, TRANSFORMERS_OFFLINE="1")
 
 
 def test_thousands_of_mutated_images_each_get_a_score_or_an_error_row(tmp_path):

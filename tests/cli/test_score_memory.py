@@ -5,17 +5,16 @@ process and reads that process's own peak RSS (resource.getrusage), so nothing e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
 LIMIT_MB = 2048
 
 #: runs the CLI in this process, then reports the peak RSS; `mem-test-mean` declares no input size, so images are
@@ -40,8 +39,8 @@ sys.stderr.write("\\nPEAK " + json.dumps({"exit": code, "maxrss_mb": resource.ge
 
 
 def run_score(*args: str) -> tuple[dict, dict]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-c", RUNNER, "score", "--no-progress", "--json", *args], env=env,
+    p = subprocess.run([sys.executable, "-c", RUNNER, "score", "--no-progress", "--json", *args],
+                       env=cli_process.env(TRANSFORMERS_OFFLINE="1"),
                        capture_output=True, text=True, timeout=600)
     peak = json.loads(p.stderr.rsplit("PEAK ", 1)[-1])
     assert "Traceback" not in p.stderr, p.stderr[-3000:]

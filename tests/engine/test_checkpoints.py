@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 import torch
 from run_helpers import assert_bitwise_equal, lora, stop_at
@@ -194,7 +195,7 @@ def test_kill_9_mid_run_then_resume_is_bitwise_equal(tmp_path, spec_factory):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "rewardtune.cli.main", "run", str(path), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cli_process.env(OMP_NUM_THREADS="1")
     subprocess.run(cmd + ["-o", str(tmp_path / "full")], check=True, env=env, capture_output=True)
     proc = subprocess.Popen(cmd + ["-o", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 import yaml
 from run_helpers import assert_bitwise_equal, cli, lora
@@ -37,8 +38,7 @@ def _spec_file(tmp_path: Path, spec: dict, *, for_subprocess: bool = False) -> P
     return p
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+ENV = cli_process.env(columns=400, OMP_NUM_THREADS="1")
 
 
 def _wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 180.0, what: str = "") -> None:
@@ -190,21 +190,21 @@ def test_second_run_in_a_busy_output_dir_is_refused_naming_the_holder(tmp_path, 
     spec = _spec_file(tmp_path, spec_factory(train={"steps": 100000, "checkpoint_every": 100000}),
                       for_subprocess=True)
     out = tmp_path / "out"
-    first = subprocess.Popen(CLI + ["run", str(spec), "-o", str(out), "--no-progress"], env=_env(),
+    first = subprocess.Popen(CLI + ["run", str(spec), "-o", str(out), "--no-progress"], env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = out / RunDir.LOCK
         _wait_for(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), first, what="the lock")
         # started after the first took the lock, with --overwrite even: refused, and before loading any model
         second = subprocess.run(CLI + ["run", str(spec), "-o", str(out), "--no-progress", "--overwrite"],
-                                env=_env(), capture_output=True, text=True, timeout=120)
+                                env=ENV, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
         assert f"in use by another run (pid {first.pid} on" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
         _wait_for(lambda: RunDir(out).last_logged_step() is not None, first, what="the first run to train")
         assert first.poll() is None, "the first run must go on"
         # `rewardtune cancel` stops a local run: SIGTERM to the lock's holder, which checkpoints and exits 3
-        cancel = subprocess.run(CLI + ["cancel", str(out)], env=_env(), capture_output=True, text=True, timeout=120)
+        cancel = subprocess.run(CLI + ["cancel", str(out)], env=ENV, capture_output=True, text=True, timeout=120)
         assert cancel.returncode == 0 and f"stop requested for pid {first.pid}" in cancel.stdout, cancel.stderr
         assert first.wait(timeout=120) == 3  # interrupted, resumable
         assert RunDir(out).read_result()["outcome"] == "stopped"
@@ -342,7 +342,7 @@ def test_continue_with_command_resumes_the_same_run_to_exactly_its_steps(tmp_pat
     out = tmp_path / "out dir"  # a space: the printed command must quote it
     overrides = [f"train.steps={steps}", "prompts.train=[a cat's toy, a \"red\" car & $HOME]"]
     proc = subprocess.Popen(CLI + ["run", str(spec), *overrides, "--tiny", "-o", str(out), "--no-progress"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (RunDir(out).last_logged_step() or 0) >= 2, proc, what="two training steps")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -356,7 +356,7 @@ def test_continue_with_command_resumes_the_same_run_to_exactly_its_steps(tmp_pat
     stopped_at = RunDir(out).last_logged_step()
     assert 2 <= stopped_at < steps
     shell = cmd.replace("rewardtune", " ".join(shlex.quote(a) for a in CLI), 1) + " --no-progress"
-    done = subprocess.run(shell, shell=True, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(shell, shell=True, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"done {steps} steps" in done.stdout
     logged = [r["step"] for r in RunDir(out).metrics() if "loss" in r]
@@ -373,7 +373,7 @@ def test_signal_during_a_long_eval_stops_within_a_unet_call(tmp_path, spec_facto
                                              sampling={"steps": 500}, logging={"eval_prompts": 16}),
                       for_subprocess=True)
     out = tmp_path / "out"
-    proc = subprocess.Popen(CLI + ["run", str(spec), "-o", str(out), "--no-progress"], env=_env(),
+    proc = subprocess.Popen(CLI + ["run", str(spec), "-o", str(out), "--no-progress"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (out / "spec.yaml").exists(), proc, what="the run to start its 'before' eval")
     time.sleep(1.0)  # well inside the eval

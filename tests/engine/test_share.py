@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_process
 import pytest
 import yaml
 
 import rewardtune.api as api
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _front_matter(readme: Path) -> dict:
@@ -134,7 +133,6 @@ def test_wandb_tracker_without_wandb_is_refused_before_loading(tmp_path):
     code = ("import sys\nsys.modules['wandb'] = None\nfrom rewardtune.cli.main import main\n"
             "main(['validate', sys.argv[1]])\n")
     p = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=120,
-                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-                            "COLUMNS": "250"})
+                       env=cli_process.env(columns=250))
     assert p.returncode == 4, p.stdout + p.stderr
     assert "logging.trackers[0]" in p.stderr and "pip install 'rewardtune[wandb]'" in p.stderr
