@@ -185,10 +185,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 #: from a training checkpoint holds them (an optimizer state is twice the model), and none is a model's weights
 TRAINER_STATE = re.compile(r"(^|/)(training_args\.bin|(optimizer|scheduler|scaler)\.(pt|bin)|rng_state(_\d+)?\.pth)$")
 
-
-def is_weights_file(name: str) -> bool:
-    """Whether a file name (or repository path) is model weights: a WEIGHT_SUFFIXES file, not a TRAINER_STATE one."""
-    return name.endswith(WEIGHT_SUFFIXES) and not TRAINER_STATE.search(name)
 #: what a `needs` entry may name instead of a file: a file in the folder itself (not a subfolder) in a format the
 #: loaders read (WEIGHT_SUFFIXES), or a sharded checkpoint's index (whose shards `snapshot_lacks` checks). An
 #: interrupted download of a single-file checkpoint leaves its config without one.
@@ -201,6 +197,11 @@ TOKENIZER_NEEDS: tuple[tuple[str, ...], ...] = (TOKENIZER_FILES,)
 #: CLIP-H); a model's shard index is not among them
 TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.spm")
 TOKENIZER_IGNORE = ("*.index.json", "onnx/*", "coreml/*", "*.mlpackage/*")
+
+
+def is_weights_file(name: str) -> bool:
+    """Whether a file name (or repository path) is model weights: a WEIGHT_SUFFIXES file, not a TRAINER_STATE one."""
+    return name.endswith(WEIGHT_SUFFIXES) and not TRAINER_STATE.search(name)
 
 
 def secondary_weight_keys(presets: Mapping[str, Mapping[str, Any]]) -> list[str]:
