@@ -72,7 +72,7 @@ def run(spec_or_path: Any, overrides: Sequence[str] = (), callbacks: Sequence[An
                 "steps": spec.train.steps, "stop_reason": result.stop_reason, "resumed_from": result.resumed_from,
                 "weights": None if result.weights_path is None else str(result.weights_path),
                 "skipped_steps": result.skipped_steps, "eval_before": result.eval_before,
-                "eval_after": result.eval_after})
+                "eval_after": result.eval_after, "selected_step": result.selected_step})
             if spec.logging.push_to_hub and result.weights_path is not None:  # pragma: no cover - network
                 _push(spec, result.weights_path)
         return result

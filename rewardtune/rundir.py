@@ -54,6 +54,7 @@ class RunDir:
     VERSIONS = "versions.json"
     METRICS = "metrics.jsonl"
     RESULT = "result.json"
+    BEST = "best.json"
     LOCK = "run.lock"
     CHECKPOINTS = "checkpoints"
     IMAGES = "images"
@@ -66,7 +67,7 @@ class RunDir:
     JOB = "job.json"
     EVENTS = "events.jsonl"
     # what a fresh start (overwrite) removes; the spec, versions, job records and the lock stay
-    OUTPUTS = (CHECKPOINTS, LORA, UNET, TRANSFORMER, IMAGES, TENSORBOARD, WANDB, METRICS, RESULT)
+    OUTPUTS = (CHECKPOINTS, LORA, UNET, TRANSFORMER, IMAGES, TENSORBOARD, WANDB, METRICS, RESULT, BEST)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -90,6 +91,10 @@ class RunDir:
     @property
     def result_file(self) -> Path:
         return self.path / self.RESULT
+
+    @property
+    def best_file(self) -> Path:
+        return self.path / self.BEST
 
     @property
     def lock_file(self) -> Path:
@@ -233,6 +238,19 @@ class RunDir:
     def write_result(self, result: dict[str, Any]) -> None:
         rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
         atomic_write_bytes(self.result_file, (json.dumps(rec, indent=2, default=str) + "\n").encode())
+
+    def write_best(self, best: dict[str, Any]) -> None:
+        """best.json: the eval that `logging.select_by` ranks first so far, and the step whose checkpoint holds it."""
+        atomic_write_bytes(self.best_file, (json.dumps(best, indent=2, allow_nan=False) + "\n").encode(),
+                           "the best eval's record")
+
+    def read_best(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.best_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return None
+        ok = isinstance(data, dict) and isinstance(data.get("step"), int) and isinstance(data.get("value"), int | float)
+        return data if ok and isinstance(data.get("metric"), str) else None
 
     def read_result(self) -> dict[str, Any] | None:
         try:

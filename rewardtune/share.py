@@ -21,7 +21,7 @@ CARD_IMAGE = "compare.png"  # the before/after grid, copied next to the weights 
 
 
 def card_data(spec: Any, *, steps: int, before: dict[str, float], after: dict[str, float],
-              lora: bool, image: str | None) -> dict[str, Any]:
+              lora: bool, image: str | None, selected_step: int | None = None) -> dict[str, Any]:
     """The card's front matter: hub keys first, then rewardtune's own."""
     m = spec.model
     family = m.family
@@ -45,6 +45,8 @@ def card_data(spec: Any, *, steps: int, before: dict[str, float], after: dict[st
         "method": spec.method.name,
         "rewards": rewards,
         "steps": steps,
+        "selected_step": selected_step,
+        "selected_by": spec.logging.select_by if selected_step is not None else None,
         "seed": spec.train.seed,
         "sampling": {"scheduler": "DDIM" if family in ("sd1", "sd2", "sdxl") else "flow-matching Euler",
                      "steps": spec.sampling.steps, "guidance_scale": spec.sampling.guidance_scale,
@@ -62,7 +64,11 @@ def _description(spec: Any, data: dict[str, Any], folder: Path, lora: bool) -> s
                       for r in data["rewards"])
     what = "LoRA" if lora else "full fine-tune of the denoiser"
     lines = [f"## {spec.name}: {what} of `{data['base_model']}` trained with rewardtune", "",
-             f"Method `{data['method']}` for {data['steps']} steps against {terms}.", ""]
+             f"Method `{data['method']}` for {data['steps']} steps against {terms}."
+             + (f" These are the weights of step {data['selected_step']}: of the evals every "
+                f"{spec.logging.images_every} steps and the last, its `{data['selected_by']}` was the best. It was "
+                "chosen on the eval images below, so its after numbers flatter it a little."
+                if data.get("selected_step") is not None else ""), ""]
     before, after = data["metrics"]["eval_before"], data["metrics"]["eval_after"]
     if after:
         lines += [f"Held-out eval ({data['metrics']['eval_images']} images on fixed noise, the same before and after):",
@@ -89,8 +95,10 @@ def _description(spec: Any, data: dict[str, Any], folder: Path, lora: bool) -> s
 
 
 def write_model_card(folder: str | Path, spec: Any, *, steps: int, before: dict[str, float],
-                     after: dict[str, float], images_dir: str | Path | None = None) -> Path:
-    """Write `folder/README.md` (and copy the run's before/after grid beside it). Returns the card's path."""
+                     after: dict[str, float], images_dir: str | Path | None = None,
+                     selected_step: int | None = None) -> Path:
+    """Write `folder/README.md` (and copy the run's before/after grid beside it). Returns the card's path.
+    `selected_step`: the weights are this step's, chosen by `logging.select_by` (`after` is its eval)."""
     from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_card
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -101,7 +109,8 @@ def write_model_card(folder: str | Path, spec: Any, *, steps: int, before: dict[
     if grid is not None and grid.is_file():
         shutil.copyfile(grid, folder / CARD_IMAGE)
         image = CARD_IMAGE
-    data = card_data(spec, steps=steps, before=before, after=after, lora=lora, image=image)
+    data = card_data(spec, steps=steps, before=before, after=after, lora=lora, image=image,
+                     selected_step=selected_step)
     tags = data.pop("tags")
     card = ModelCard.from_template(card_data=ModelCardData(**data), template_path=MODEL_CARD_TEMPLATE_PATH,
                                    model_description=_description(spec, {**data, "tags": tags}, folder, lora))

@@ -67,7 +67,7 @@ def COMMAND(  # noqa: N802
     if result.resumed_from is not None:
         out.print(f"resumed from step {result.resumed_from}")
     if result.eval_after:
-        out.print(eval_table(result.eval_before, result.eval_after, result.steps_done))
+        out.print(eval_table(result.eval_before, result.eval_after, result.steps_done, result.selected_step))
     out.print(f"[green]done[/] {result.steps_done} steps; outputs in {result.output_dir}")
     from rewardtune.rundir import RunDir
 
@@ -79,13 +79,14 @@ def COMMAND(  # noqa: N802
         out.print(f"weights: {result.weights_path}")
 
 
-def eval_table(before: dict[str, float], after: dict[str, float], steps: int):
+def eval_table(before: dict[str, float], after: dict[str, float], steps: int, selected: int | None = None):
     """The held-out eval before and after training: one row per term, its explained fields (the shapes judge's
     colour_ok, shape_ok) indented under it, leaving out a field that repeats its term's numbers."""
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False, show_edge=False)
-    t.add_column(f"eval (held out), {steps} steps")
+    t.add_column(f"eval (held out), {steps} steps" if selected is None
+                 else f"eval (held out), step {selected} of {steps} (select_by)")
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
     t.add_column("change", justify="right")

@@ -137,7 +137,7 @@ def train_settings(spec: Any, eval_prompts: list[str]) -> TrainSettings:
         tensorboard=lg.tensorboard or "tensorboard" in lg.trackers,
         wandb_project=lg.wandb_project if "wandb" in lg.trackers else None, progress=lg.progress, progress_every_s=lg.progress_every_s,
         progress_every_steps=lg.progress_every_steps or 0, ema_decay=ema.decay if ema else None,
-        ema_every=ema.update_every if ema else 1)
+        ema_every=ema.update_every if ema else 1, select_by=lg.select_by)
 
 
 def build_trainer(spec: Any, *, output_dir: str | Path | None = None, callbacks: Any = (),

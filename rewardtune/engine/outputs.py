@@ -166,9 +166,10 @@ def _hashable(k: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(run: RunDir, step: int, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(run: RunDir, step: int, state: dict[str, Any], keep: int, protect: int | None = None) -> Path:
     """Write checkpoints/step_XXXXXXXX/ atomically (temp directory, fsync, rename), then prune to the `keep`
-    newest. A failure leaves the previous checkpoints untouched and no temp directory."""
+    newest, and the step `protect` (the best eval's, `logging.select_by`). A failure leaves the previous
+    checkpoints untouched and no temp directory."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -215,7 +216,8 @@ def save_checkpoint(run: RunDir, step: int, state: dict[str, Any], keep: int) ->
             raise write_error(e, final, what) from None
         raise
     for old in run.checkpoints()[:-keep]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        if old.step != protect:
+            shutil.rmtree(old.path, ignore_errors=True)
     return final
 
 

@@ -83,6 +83,7 @@ class TrainSettings:
     ema_decay: float | None = None
     ema_every: int = 1
     fused_adam: bool = False
+    select_by: str | None = None  # export the eval that scores best on this term (or 'objective'), not the last
 
 
 @dataclass
@@ -112,6 +113,7 @@ class TrainResult:
     eval_after: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: int | None = None
+    selected_step: int | None = None  # logging.select_by exported this step's weights, not the last step's
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -190,6 +192,8 @@ class Trainer:
         self._eval_views: dict[str, tuple] = {}  # before/after -> what the grid showed (for compare.png)
         self._saved_step: int | None = None  # step of the newest checkpoint on disk that this run wrote or loaded
         self._before_step: dict[str, Any] | None = None  # state as the unfinished step found it (when aborted)
+        self._best: dict[str, Any] | None = None  # logging.select_by: the best eval so far (its step on every rank)
+        self._selected_step: int | None = None  # the step whose weights were exported, when not the last
 
     # ------------------------------------------------------------------------------------------------ batches
     def make_batch(self, step: int, micro: int) -> Batch:
@@ -226,19 +230,23 @@ class Trainer:
         return {**sd, "state": state}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.diff.load_trainable_state_dict({k: v.to(self.diff.device) for k, v in sd["trainable"].items()})
+        self._load_weights(sd)
         self.opt.load_state_dict(self._optimizer_state_like_params(sd["optimizer"]))
         self.scaler.load_state_dict(sd["scaler"])
         self.objective.load_state_dict(sd["objective"])
         self.method.load_state_dict(sd["method"])
         self.skipped = int(sd["skipped"])
-        if self.ema is not None and sd.get("ema"):
-            for e, v in zip(self.ema, sd["ema"], strict=True):
-                e.copy_(like(v.to(e.device), e))
         random.setstate(sd["rng"]["python"])
         np.random.set_state(sd["rng"]["numpy"])
         torch.set_rng_state(sd["rng"]["torch"])
         self.step = int(sd["step"])
+
+    def _load_weights(self, sd: dict[str, Any]) -> None:
+        """The trainable weights (and their EMA) of a checkpoint's state."""
+        self.diff.load_trainable_state_dict({k: v.to(self.diff.device) for k, v in sd["trainable"].items()})
+        if self.ema is not None and sd.get("ema"):
+            for e, v in zip(self.ema, sd["ema"], strict=True):
+                e.copy_(like(v.to(e.device), e))
 
     def step_snapshot(self) -> dict[str, Any]:
         """What a step can change before its optimizer update: the objective's running statistics, the method's
@@ -257,7 +265,8 @@ class Trainer:
             if self._before_step is not None:
                 state.update(self._before_step)
             if self.info.main:
-                path = save_checkpoint(self.run_dir, self.step, state, self.s.keep_checkpoints)
+                path = save_checkpoint(self.run_dir, self.step, state, self.s.keep_checkpoints,
+                                       protect=self._best["step"] if self._best else None)
         self._saved_step = self.step
         barrier(self.info)
         return path
@@ -273,9 +282,11 @@ class Trainer:
                 e.copy_(tmp)
 
     @torch.no_grad()
-    def evaluate(self, tag: str, writer: MetricsWriter | None) -> dict[str, float]:
+    def evaluate(self, tag: str, writer: MetricsWriter | None, step: int | None = None) -> dict[str, float]:
         """Eval prompts on fixed noise (the same every time): rewards per term, grid written by rank 0. A sharded
-        denoiser needs every rank in its calls, so then every rank samples and rank 0 scores."""
+        denoiser needs every rank in its calls, so then every rank samples and rank 0 scores. `step`: the step
+        whose weights these are (default: the current one)."""
+        step = self.step if step is None else step
         prompts = list(self.s.eval_prompts)
         if not prompts or not (self.info.main or self.diff.sharded):
             return {}
@@ -296,15 +307,15 @@ class Trainer:
         img_dir = self.run_dir.images_dir
         img_dir.mkdir(parents=True, exist_ok=True)
         path = img_dir / f"{tag}.png"
-        captioned_grid(pixels.cpu(), prompts, rewards, title=f"{tag} (step {self.step}): {eval_summary(out)}",
+        captioned_grid(pixels.cpu(), prompts, rewards, title=f"{tag} (step {step}): {eval_summary(out)}",
                        verdicts=verdicts, ok=ok).save(path)
         if writer is not None:
-            writer.add_image(f"eval/{'grid'}", path, self.step)
+            writer.add_image(f"eval/{'grid'}", path, step)
         if tag in ("before", "after"):  # only these two are kept (mid-run grids are written and dropped)
             self._eval_views[tag] = (pixels.cpu(), prompts, verdicts, ok)
         if tag == "after" and "before" in self._eval_views:
             self._write_comparison(img_dir)
-        self.callbacks.eval(EvalEvent(self.step, pixels.cpu(), prompts, rewards, str(path)))
+        self.callbacks.eval(EvalEvent(step, pixels.cpu(), prompts, rewards, str(path)))
         return out
 
     def _write_comparison(self, img_dir: Path) -> None:
@@ -316,7 +327,9 @@ class Trainer:
         for tag in ("before", "after"):
             pix, prompts, verdicts, ok = self._eval_views[tag]
             sides.append((pix, prompts, judge_labels(verdicts), ok))
-        comparison_grid(sides[0], sides[1], n=16, title=f"before -> after {self.step} steps "
+        shown = (f"step {self._selected_step} of {self.step} (best {self.s.select_by})"
+                 if self._selected_step is not None else f"{self.step} steps")
+        comparison_grid(sides[0], sides[1], n=16, title=f"before -> after {shown} "
                         "(under each image: what the judge saw; green = the prompt's colour and shape)").save(
             img_dir / "compare.png")
 
@@ -494,6 +507,7 @@ class Trainer:
         if start.resume_from is not None:
             self.load_state_dict(start.resume_from.state)
             self.resumed_from = self._saved_step = self.step
+            self._resume_best()
             if self.step > s.steps:
                 raise CheckpointError(f"{run.path} holds a checkpoint of step {self.step}, past train.steps="
                                       f"{s.steps}: it belongs to a longer run. Resume it with its own spec.")
@@ -562,6 +576,11 @@ class Trainer:
                     after = evaluated or {}
                     if after and writer is not None:
                         writer.write(self.step, after)
+                    chosen = self._export_best(after)
+                    if self._selected_step is not None and any_flag(chosen is None, info, self.diff.device):
+                        stopped, reason = True, control.stop_reason() or "stop requested"  # during its eval
+                    after = chosen or after
+                if not stopped:
                     weights = self.export()
                     if weights is not None and self.spec is not None:
                         from rewardtune.share import write_model_card
@@ -570,14 +589,15 @@ class Trainer:
                         write_model_card(weights, self.spec, steps=self.step,
                                          before={k.removeprefix("eval/"): v for k, v in before.items()},
                                          after={k.removeprefix("eval/"): v for k, v in after.items()},
-                                         images_dir=run.images_dir)
+                                         images_dir=run.images_dir, selected_step=self._selected_step)
         finally:
             control.clear_stop()  # a request that came as the last step ended must not stop the next run
             if writer is not None:
                 writer.close()
         result = TrainResult(self.out, self.step, weights, stopped, reason, self.skipped,
                              {k.removeprefix("eval/"): v for k, v in before.items()},
-                             {k.removeprefix("eval/"): v for k, v in after.items()}, last_metrics, self.resumed_from)
+                             {k.removeprefix("eval/"): v for k, v in after.items()}, last_metrics, self.resumed_from,
+                             self._selected_step if weights is not None else None)
         self.callbacks.train_end(result)
         return result
 
@@ -590,6 +610,7 @@ class Trainer:
         if not todo:
             return
         read = self.read_steps([p for _, p in todo])
+        evaluated: dict[str, float] | None = None
         for i, ((step, _), (metrics, out, bad)) in enumerate(zip(todo, read, strict=True)):
             self._last_metrics = metrics
             if bad and info.main:
@@ -606,9 +627,12 @@ class Trainer:
                     "Lower train.lr, enable train.grad_clip, or check the rewards.")
             if eval_now and i == len(todo) - 1:
                 # interrupted: this step's metrics and checkpoint are still written, then the loop stops
-                metrics.update(self._abortable_eval(f"step_{step:06d}", writer) or {})
+                evaluated = self._abortable_eval(f"step_{step:06d}", writer)
+                metrics.update(evaluated or {})
             if writer is not None and (step % s.log_every == 0 or bad or step == s.steps):
                 writer.write(step, metrics)
+            if eval_now and i == len(todo) - 1 and evaluated is not None:
+                self._keep_if_best(evaluated)  # after the step's metrics are written, as a checkpoint always is
             if info.main:
                 ev = StepEvent(step, dict(metrics))
                 if self.callbacks.callbacks and out is not None and out.pixels is not None and out.value is not None:
@@ -618,12 +642,85 @@ class Trainer:
                 self.callbacks.step(ev)
             progress.update(step, metrics, self.objective.labels)
 
-    def _abortable_eval(self, tag: str, writer: MetricsWriter | None) -> dict[str, float] | None:
+    # ---------------------------------------------------------------------------------------------- best eval
+    def _select_value(self, ev: dict[str, float]) -> float | None:
+        """An eval's `select_by` value, signed so that higher is better (None on ranks other than 0, which do not
+        score, and for a value that is not finite)."""
+        label = self.s.select_by
+        v = ev.get(f"eval/{label}")
+        if v is None or not math.isfinite(v):
+            return None
+        return v * next((t.sign for t in self.objective.terms if t.label == label), 1.0)
+
+    def _keep_if_best(self, ev: dict[str, float]) -> None:
+        """After a mid-run eval: when `select_by` ranks it above every earlier one, checkpoint this step and record
+        it in best.json (every rank takes part: the checkpoint may be gathered from shards)."""
+        if not self.s.select_by:
+            return
+        v = self._select_value(ev)
+        better = v is not None and (self._best is None or v > self._best["signed"])
+        if not any_flag(better, self.info, self.diff.device):
+            return
+        step = self.step
+        self.checkpoint()  # first: best.json never names a step that is not on disk
+        self._best = {"metric": self.s.select_by, "step": step, "value": ev.get(f"eval/{self.s.select_by}"),
+                      "signed": v, "eval": {k: x for k, x in ev.items() if math.isfinite(x)}}
+        if self.info.main:
+            self.run_dir.write_best(self._best)
+        barrier(self.info)
+
+    def _resume_best(self) -> None:
+        """The best eval of the run being resumed, when its checkpoint is still on disk."""
+        best = self.run_dir.read_best() if self.s.select_by else None
+        if best is None or best["metric"] != self.s.select_by or best["step"] > self.step:
+            return
+        best["signed"] = self._select_value({f"eval/{self.s.select_by}": best["value"]})
+        if best["signed"] is None:
+            return
+        if not self.run_dir.checkpoint_dir(best["step"]).is_dir():
+            log.warning("logging.select_by: the checkpoint of the best eval so far (step %d) is gone; the next "
+                        "evals start the choice afresh", best["step"])
+            return
+        self._best = best
+
+    def _export_best(self, after: dict[str, float]) -> dict[str, float] | None:
+        """At the end: unless the last step's eval ranks above the best so far on `select_by` (a tie keeps the
+        earlier, as between mid-run evals), load the best step's weights and evaluate them again (the grids and
+        numbers of what is exported). Returns that eval, or None to export the last step (also when the stop was
+        requested during that eval: the loaded weights are then not exported)."""
+        best = self._best
+        if not self.s.select_by or best is None or best["step"] >= self.step:
+            return None
+        v = self._select_value(after)
+        use = self.info.main and (v is None or v <= best["signed"])  # as mid-run: only a better eval replaces it
+        if not any_flag(use, self.info, self.diff.device):
+            return None
+        from rewardtune.engine.outputs import CorruptCheckpoint, load_checkpoint
+
+        err = None
+        try:
+            state = load_checkpoint(self.run_dir.checkpoint_dir(best["step"]))
+        except CorruptCheckpoint as e:
+            err = str(e)
+        if any_flag(err is not None, self.info, self.diff.device):
+            log.warning("logging.select_by: the checkpoint of the best eval (step %d) could not be read (%s); "
+                        "exporting the last step's weights", best["step"], err or "on another rank")
+            return None
+        self._load_weights(state)
+        self._selected_step = best["step"]
+        if self.info.main:
+            log.info("logging.select_by: exporting the weights of step %d, whose %s (%.4g) beats the last step's "
+                     "(%s)", best["step"], self.s.select_by, best["value"],
+                     "not finite" if v is None else f"{after[f'eval/{self.s.select_by}']:.4g}")
+        return self._abortable_eval("after", None, best["step"])
+
+    def _abortable_eval(self, tag: str, writer: MetricsWriter | None, step: int | None = None
+                        ) -> dict[str, float] | None:
         """`evaluate`, stopping within one UNet call when a stop is requested; None when it was (the stop request
         stays set, for the loop to act on)."""
         try:
             with control.abortable():
-                return self.evaluate(tag, writer)
+                return self.evaluate(tag, writer, step)
         except RunInterrupted:
             return None
 

@@ -761,6 +761,20 @@ def _semantic_problems(spec: Spec, src: SpecSource) -> list[Problem]:
         add(("sampling", "images_per_prompt"), "assemble_ranked terms under a gradient method rank the images of "
                                                "each prompt, but sampling.images_per_prompt is 1 (nothing to rank)",
             "set sampling.images_per_prompt to 2 or more")
+    # the eval metric that picks the exported weights
+    sel, lg = spec.logging.select_by, spec.logging
+    if sel is not None:
+        labels = [*spec.term_labels(), "objective"]
+        if sel not in labels:
+            guess = did_you_mean(sel, labels)
+            add(("logging", "select_by"), f"'{sel}' is not a term of the objective"
+                + (f". Did you mean '{guess}'?" if guess else ""),
+                f"use one of: {', '.join(labels)}")
+        elif not lg.images_every or lg.images_every >= spec.train.steps:
+            add(("logging", "select_by"), f"logging.select_by picks among the evals every logging.images_every "
+                                          f"steps, and with images_every={lg.images_every} and train.steps="
+                                          f"{spec.train.steps} the last step's is the only one",
+                f"set logging.images_every between 1 and {spec.train.steps - 1}, or select_by: null")
     # prompts files exist
     for which in ("train", "eval"):
         ps = getattr(spec.prompts, which)

@@ -321,6 +321,13 @@ class LoggingSpec(Strict):
                                                       "(default: the spec's name under your account).")
     hub_private: bool = Field(True, description="Create the push_to_hub repository as private.")
     eval_prompts: int = Field(4, ge=1, description="Evaluation prompts in each image grid (the first N).")
+    select_by: str | None = Field(
+        None, description="Export the weights of the eval that scores best on this term (its label, e.g. a "
+                          "`monitor` judge such as shapes-eval) or on `objective`, among the evals every "
+                          "`images_every` steps and the last step's (the first of equal ones), instead of the last "
+                          "step's: the weights from before a reward starts being hacked. Each new best is checkpointed and kept. The after "
+                          "numbers are then the chosen eval's, picked on the eval prompts, so they flatter it a "
+                          "little; null exports the last step.")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per eval prompt, each on its own fixed noise: the eval set is the prompts "
                              "repeated this many times (more images, steadier numbers).")

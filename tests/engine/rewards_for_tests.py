@@ -13,6 +13,12 @@ def brightness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return pixels.mean(dim=(1, 2, 3))
 
 
+@register_reward("test-dimness", differentiable=False)
+def dimness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """One minus the mean pixel value: falls while test-brightness is optimized (a monitor that training hurts)."""
+    return 1 - pixels.detach().mean(dim=(1, 2, 3))
+
+
 class ConvScorer(torch.nn.Module):
     """A fixed random conv net scoring pixels (seeded, so every test sees the same reward)."""
 

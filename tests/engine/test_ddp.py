@@ -81,3 +81,24 @@ def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
 
+
+
+def test_two_ranks_pick_and_export_the_same_best_eval(tmp_path, spec_factory):
+    """logging.select_by over 2 ranks: rank 0 alone scores the evals, every rank takes part in the checkpoint of a
+    new best and in loading it at the end, so the ranks must agree at each step (a disagreement deadlocks)."""
+    import json
+
+    spec = spec_factory(objective=[{"reward": "test-brightness"}, {"reward": "test-dimness", "role": "monitor"}],
+                        train={"steps": 4, "batch_size": 4, "keep_checkpoints": 1},
+                        logging={"images_every": 2, "select_by": "test-dimness", "eval_prompts": 1})
+    spec["imports"] = [str(HERE / "rewards_for_tests.py")]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    _launch(path, tmp_path / "one", 1)
+    _launch(path, tmp_path / "two", 2)
+    for out in ("one", "two"):
+        run = RunDir(tmp_path / out)
+        assert json.loads(run.result_file.read_text())["selected_step"] == 2
+        assert [c.step for c in run.checkpoints()] == [2, 4]
+    a, b = lora(tmp_path / "one"), lora(tmp_path / "two")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
