@@ -162,6 +162,29 @@ def test_draft_plus_kl_stays_closer_to_the_base_at_a_small_cost_in_accuracy(tmp_
     assert _gain(kl) <= _gain(plain) + 3 / 64  # the regularizer does not buy accuracy; it costs a little
 
 
+#: logging.select_by on a run that hacks the reward (the demo's LoRA at 5x its lr): the judge peaks early and falls
+#: back while the reward stays up (measured: 40.6% before, 59.4% at step 10, 43.8% at step 100, reward 0.89-0.92
+#: throughout). Exporting the best eval's weights must keep the peak, well above the last step's. (On fresh noise,
+#: 128 images of `rewardtune eval --seed 1000 -n 4`: the last step 53.1%, the chosen step 67.2%, the base 52.3%.)
+HACKING = ("train.lr=5e-3", "logging.images_every=10", "logging.select_by=shapes-eval")
+SELECT_OVER_LAST = 0.08
+SELECT_OVER_BASE = 0.10
+
+
+@pytest.mark.learning
+def test_select_by_exports_the_weights_from_before_the_reward_was_hacked(tmp_path):
+    from rewardtune.rundir import RunDir
+
+    res, _ = _run(tmp_path, *HACKING)
+    evals = {r["step"]: r["eval/shapes-eval"] for r in RunDir(tmp_path).metrics() if "eval/shapes-eval" in r}
+    print("LEARNED select_by: " + json.dumps({"evals": evals, "selected": res.selected_step,
+                                              "after": res.eval_after}))
+    assert res.selected_step is not None and res.selected_step < res.steps_done == 100
+    assert res.eval_after["shapes-eval"] == pytest.approx(evals[res.selected_step], abs=1 / 64)
+    assert res.eval_after["shapes-eval"] - evals[100] >= SELECT_OVER_LAST
+    assert _gain(res) >= SELECT_OVER_BASE
+
+
 def test_draft_k_lora_learns_in_the_default_suite(trained_demo):
     """The fast learning test: DRaFT-1 with LoRA, 40 steps, must already raise both-correct accuracy (on the 32
     captions, one image each: the run `rewardtune eval`'s tests share)."""
