@@ -240,7 +240,8 @@ class RunDir:
         atomic_write_bytes(self.result_file, (json.dumps(rec, indent=2, default=str) + "\n").encode())
 
     def write_best(self, best: dict[str, Any]) -> None:
-        """best.json: the eval that `logging.select_by` ranks first so far, and the step whose checkpoint holds it."""
+        """best.json: the eval that `logging.select_by` ranks first so far, and the step whose checkpoint holds it
+        (at the end: the step whose weights were exported)."""
         atomic_write_bytes(self.best_file, (json.dumps(best, indent=2, allow_nan=False) + "\n").encode(),
                            "the best eval's record")
 

@@ -581,6 +581,7 @@ class Trainer:
                         stopped, reason = True, control.stop_reason() or "stop requested"  # during its eval
                     after = chosen or after
                 if not stopped:
+                    self._record_last_as_best(after)
                     weights = self.export()
                     if weights is not None and self.spec is not None:
                         from rewardtune.share import write_model_card
@@ -631,8 +632,8 @@ class Trainer:
                 metrics.update(evaluated or {})
             if writer is not None and (step % s.log_every == 0 or bad or step == s.steps):
                 writer.write(step, metrics)
-            if eval_now and i == len(todo) - 1 and evaluated is not None:
-                self._keep_if_best(evaluated)  # after the step's metrics are written, as a checkpoint always is
+            if eval_now and i == len(todo) - 1:  # on every rank, interrupted or not: it all-reduces
+                self._keep_if_best(evaluated or {})  # after the step's metrics are written, as a checkpoint always is
             if info.main:
                 ev = StepEvent(step, dict(metrics))
                 if self.callbacks.callbacks and out is not None and out.pixels is not None and out.value is not None:
@@ -670,18 +671,31 @@ class Trainer:
         barrier(self.info)
 
     def _resume_best(self) -> None:
-        """The best eval of the run being resumed, when its checkpoint is still on disk."""
+        """The best eval of the run being resumed, when its checkpoint is still on disk; a record that does not
+        fit (another metric, a step past the checkpoint resumed from, a checkpoint gone) is removed, so it never
+        names a step of this run's future."""
         best = self.run_dir.read_best() if self.s.select_by else None
-        if best is None or best["metric"] != self.s.select_by or best["step"] > self.step:
+        if best is None:
             return
         best["signed"] = self._select_value({f"eval/{self.s.select_by}": best["value"]})
-        if best["signed"] is None:
+        gone = not self.run_dir.checkpoint_dir(best["step"]).is_dir()
+        if best["metric"] == self.s.select_by and best["step"] <= self.step and best["signed"] is not None and not gone:
+            self._best = best
             return
-        if not self.run_dir.checkpoint_dir(best["step"]).is_dir():
+        if gone and best["step"] <= self.step:
             log.warning("logging.select_by: the checkpoint of the best eval so far (step %d) is gone; the next "
                         "evals start the choice afresh", best["step"])
-            return
-        self._best = best
+        barrier(self.info)  # every rank has read it before rank 0 removes it
+        if self.info.main:
+            self.run_dir.best_file.unlink(missing_ok=True)
+
+    def _record_last_as_best(self, after: dict[str, float]) -> None:
+        """When `select_by` keeps the last step's weights, best.json says so too: it names the exported step."""
+        v = self._select_value(after) if self.s.select_by and self._selected_step is None else None
+        if v is not None and self.info.main:
+            self._best = {"metric": self.s.select_by, "step": self.step, "value": after[f"eval/{self.s.select_by}"],
+                          "signed": v, "eval": {k: x for k, x in after.items() if math.isfinite(x)}}
+            self.run_dir.write_best(self._best)
 
     def _export_best(self, after: dict[str, float]) -> dict[str, float] | None:
         """At the end: unless the last step's eval ranks above the best so far on `select_by` (a tie keeps the
@@ -697,20 +711,22 @@ class Trainer:
             return None
         from rewardtune.engine.outputs import CorruptCheckpoint, load_checkpoint
 
-        err = None
-        try:
-            state = load_checkpoint(self.run_dir.checkpoint_dir(best["step"]))
-        except CorruptCheckpoint as e:
-            err = str(e)
+        err, state = None, None
+        if self.info.main or self.diff.sharded:  # the ranks that evaluate or export
+            try:
+                state = load_checkpoint(self.run_dir.checkpoint_dir(best["step"]))
+            except CorruptCheckpoint as e:
+                err = str(e)
         if any_flag(err is not None, self.info, self.diff.device):
             log.warning("logging.select_by: the checkpoint of the best eval (step %d) could not be read (%s); "
                         "exporting the last step's weights", best["step"], err or "on another rank")
             return None
-        self._load_weights(state)
+        if state is not None:
+            self._load_weights(state)
         self._selected_step = best["step"]
         if self.info.main:
-            log.info("logging.select_by: exporting the weights of step %d, whose %s (%.4g) beats the last step's "
-                     "(%s)", best["step"], self.s.select_by, best["value"],
+            log.info("logging.select_by: exporting the weights of step %d (%s %.4g; the last step's: %s)",
+                     best["step"], self.s.select_by, best["value"],
                      "not finite" if v is None else f"{after[f'eval/{self.s.select_by}']:.4g}")
         return self._abortable_eval("after", None, best["step"])
 

@@ -770,6 +770,9 @@ def _semantic_problems(spec: Spec, src: SpecSource) -> list[Problem]:
             add(("logging", "select_by"), f"'{sel}' is not a term of the objective"
                 + (f". Did you mean '{guess}'?" if guess else ""),
                 f"use one of: {', '.join(labels)}")
+        elif spec.train.steps < 2:
+            add(("logging", "select_by"), "logging.select_by picks among mid-run evals, and a run of "
+                                          f"train.steps={spec.train.steps} has none", "set select_by: null")
         elif not lg.images_every or lg.images_every >= spec.train.steps:
             add(("logging", "select_by"), f"logging.select_by picks among the evals every logging.images_every "
                                           f"steps, and with images_every={lg.images_every} and train.steps="

@@ -9,6 +9,7 @@ import yaml
 from run_helpers import assert_bitwise_equal, cli, lora, stop_at
 
 import rewardtune.api as api
+from rewardtune.engine import control
 from rewardtune.errors import SpecError
 from rewardtune.rundir import RunDir
 from rewardtune.spec.load import load_spec
@@ -90,3 +91,50 @@ def test_select_by_names_a_term_and_needs_mid_run_evals(spec_factory, logging, n
         load_spec(spec)
     assert needle in str(e.value) and "logging.select_by" in str(e.value)
     assert load_spec({**spec, "logging": {**spec["logging"], "select_by": "objective", "images_every": 2}})
+
+
+def _register(name: str, direction: str, fn) -> None:
+    """A plugin's card (the registry forgets it after the test)."""
+    from rewardtune.registry import Card, registry
+
+    registry().register(Card(name=name, implementation=f"{__name__}:{name}", differentiable=False,
+                             inputs=("pixels", "prompt"), presets={"default": {}, "tiny": {}}, direction=direction,
+                             origin=f"test card in {__name__}", factory=fn))
+
+
+def test_a_lower_is_better_term_picks_its_lowest_eval(tmp_path, spec_factory):
+    # brightness again, under a card that says lower is better: training raises it, so its best is the first eval
+    _register("test-glare", "lower", lambda pixels, prompts: pixels.detach().mean(dim=(1, 2, 3)))
+    spec = _spec(spec_factory, select_by="test-glare")
+    spec["objective"][1] = {"reward": "test-glare", "role": "monitor"}
+    res = api.run(spec, output_dir=tmp_path, progress=False)
+    assert res.selected_step == 2 and RunDir(tmp_path).read_best()["step"] == 2
+
+
+def test_a_tie_keeps_the_earlier_eval(tmp_path, spec_factory):
+    import torch
+
+    _register("test-flat", "higher", lambda pixels, prompts: torch.full((len(prompts),), 0.5))
+    spec = _spec(spec_factory, select_by="test-flat")
+    spec["objective"][1] = {"reward": "test-flat", "role": "monitor"}
+    res = api.run(spec, output_dir=tmp_path, progress=False)
+    assert res.selected_step == 2  # every eval reads 0.5: the first one stays the best, the last one included
+
+
+def test_best_json_names_the_exported_step_and_a_stale_one_is_dropped_on_resume(tmp_path, spec_factory):
+    last = api.run(_spec(spec_factory, select_by="test-brightness"), output_dir=tmp_path / "last", progress=False)
+    assert last.selected_step is None and RunDir(tmp_path / "last").read_best()["step"] == 6  # the last step won
+    # a record from past the checkpoint a run resumes from (left by a longer attempt) is removed, not trusted
+    spec = _spec(spec_factory, checkpoint_every=100)
+    api.run(spec, output_dir=tmp_path / "part", progress=False, callbacks=[stop_at(1)])
+    run = RunDir(tmp_path / "part")
+    run.write_best({"metric": "test-dimness", "step": 4, "value": 9.0, "signed": 9.0, "eval": {}})
+
+    class StopAtOnce:  # stopped again before its first eval: nothing of this attempt replaces the record
+        def on_train_start(self, info):
+            control.request_stop("test interrupt")
+
+    again = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True, callbacks=[StopAtOnce()])
+    assert again.stopped_early and again.steps_done == 1 and run.read_best() is None
+    res = api.run(spec, output_dir=tmp_path / "part", progress=False, resume=True)
+    assert res.resumed_from == 1 and res.selected_step == 2 and run.read_best()["step"] == 2
