@@ -569,15 +569,16 @@ def hf_download_command(ref: WeightRef) -> str:
     """`hf download` of what a fetch of `ref` takes, as far as patterns can say it without the repository's file
     list: a tokenizer's or a named checkpoint's files only, not the repository (PickScore's processor shares CLIP-H's
     repository with 16 GB of weights in several formats); a pipeline's diffusers folders without the single-file
-    copies beside them or other variants (SD 1.5's repository also holds four single-file checkpoints and fp16 and
-    non-EMA copies of its components)."""
+    copies beside them, other variants or other frameworks' formats (SD 1.5's repository also holds four
+    single-file checkpoints and fp16 and non-EMA copies of its components). What patterns cannot say: a pickle
+    (`.bin`) beside the same weights as safetensors, which the fetch skips, is taken."""
     import shlex
 
     allow, _ = download_patterns(ref, [])
     exclude: list[str] = []
     if ref.role == "diffusion pipeline":
         allow = ["model_index.json", "README.md", "*/*"]
-        exclude = [f"*.{tag}.*" for tag in VARIANT_TAGS if tag != ref.variant]
+        exclude = [*(f"*.{tag}.*" for tag in VARIANT_TAGS if tag != ref.variant), *IGNORE_ALWAYS]
     return shlex.join(["hf", "download", ref.ref, *(["--revision", ref.revision] if ref.revision else []),
                        *(x for pattern in allow or [] for x in ("--include", pattern)),
                        *(x for pattern in exclude for x in ("--exclude", pattern))])

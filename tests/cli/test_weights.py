@@ -301,7 +301,8 @@ def test_the_hf_download_hint_for_a_pipeline_takes_its_folders_not_every_copy(va
     files = ["model_index.json", "README.md", "v1-5-pruned.ckpt", "v1-5-pruned-emaonly.safetensors",
              "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
              "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
-             "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+             "unet/diffusion_pytorch_model.msgpack", "onnx/unet/model.onnx", "vae/diffusion_pytorch_model.bin"]
     ref = pipeline_weights("org/pipe", variant=variant)
     argv = shlex.split(hf_download_command(ref))
     assert argv[:3] == ["hf", "download", "org/pipe"]
@@ -311,7 +312,10 @@ def test_the_hf_download_hint_for_a_pipeline_takes_its_folders_not_every_copy(va
     fetched = set(selected_files(ref, files))
     assert fetched <= hinted
     assert not hinted & {"v1-5-pruned.ckpt", "v1-5-pruned-emaonly.safetensors",
-                         "unet/diffusion_pytorch_model.non_ema.safetensors"}
+                         "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.msgpack",
+                         "onnx/unet/model.onnx"}
+    # what patterns cannot say: a pickle beside the same weights as safetensors (the fetch skips it)
+    assert "vae/diffusion_pytorch_model.bin" in hinted and "vae/diffusion_pytorch_model.bin" not in fetched
     assert ("unet/diffusion_pytorch_model.fp16.safetensors" in hinted) == (variant == "fp16")
 
 
