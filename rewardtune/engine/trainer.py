@@ -662,12 +662,8 @@ class Trainer:
         better = v is not None and (self._best is None or v > self._best["signed"])
         if not any_flag(better, self.info, self.diff.device):
             return
-        step = self.step
         self.checkpoint()  # first: best.json never names a step that is not on disk
-        self._best = {"metric": self.s.select_by, "step": step, "value": ev.get(f"eval/{self.s.select_by}"),
-                      "signed": v, "eval": {k: x for k, x in ev.items() if math.isfinite(x)}}
-        if self.info.main:
-            self.run_dir.write_best(self._best)
+        self._set_best(ev, v)
         barrier(self.info)
 
     def _resume_best(self) -> None:
@@ -693,8 +689,14 @@ class Trainer:
         """When `select_by` keeps the last step's weights, best.json says so too: it names the exported step."""
         v = self._select_value(after) if self.s.select_by and self._selected_step is None else None
         if v is not None and self.info.main:
-            self._best = {"metric": self.s.select_by, "step": self.step, "value": after[f"eval/{self.s.select_by}"],
-                          "signed": v, "eval": {k: x for k, x in after.items() if math.isfinite(x)}}
+            self._set_best(after, v)
+
+    def _set_best(self, ev: dict[str, float], signed: float | None) -> None:
+        """The current step's eval becomes the best (`signed`: its `_select_value`; None on ranks other than 0,
+        which keep only the step); rank 0 records it in best.json."""
+        self._best = {"metric": self.s.select_by, "step": self.step, "value": ev.get(f"eval/{self.s.select_by}"),
+                      "signed": signed, "eval": {k: x for k, x in ev.items() if math.isfinite(x)}}
+        if self.info.main:
             self.run_dir.write_best(self._best)
 
     def _export_best(self, after: dict[str, float]) -> dict[str, float] | None:

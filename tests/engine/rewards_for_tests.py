@@ -13,6 +13,16 @@ def brightness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return pixels.mean(dim=(1, 2, 3))
 
 
+def register_card(name: str, fn, *, direction: str = "higher", differentiable: bool = False) -> None:
+    """Register `fn` under a registry card, as a plugin's card would (it can say `direction: lower`, which
+    `register_reward` cannot); the registry forgets it after the test."""
+    from rewardtune.registry import Card, registry
+
+    registry().register(Card(name=name, implementation=f"{__name__}:{name}", differentiable=differentiable,
+                             inputs=("pixels", "prompt"), presets={"default": {}, "tiny": {}}, direction=direction,
+                             origin=f"test card in {__name__}", factory=fn))
+
+
 @register_reward("test-dimness", differentiable=False)
 def dimness(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """One minus the mean pixel value: falls while test-brightness is optimized (a monitor that training hurts)."""

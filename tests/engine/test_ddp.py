@@ -81,8 +81,6 @@ def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
 
-
-
 def test_two_ranks_pick_and_export_the_same_best_eval(tmp_path, spec_factory):
     """logging.select_by over 2 ranks: rank 0 alone scores the evals, every rank takes part in the checkpoint of a
     new best and in loading it at the end, so the ranks must agree at each step (a disagreement deadlocks)."""

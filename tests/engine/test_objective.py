@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from rewards_for_tests import register_card
 
 from rewardtune.engine.distributed import DistInfo
 from rewardtune.engine.objective import (
@@ -134,22 +135,14 @@ def test_learning_rate_schedules():
     assert lr_at(9, cos) < lr_at(8, cos) < lr_at(7, cos)
 
 
-def _register_lower_is_better(name: str) -> None:
-    """Mean pixel value under a card that says lower is better (a registry card, as a plugin would give)."""
-    from rewardtune.registry import Card, registry
-
-    registry().register(Card(name=name, implementation=f"{__name__}:brightness", differentiable=True,
-                             inputs=("pixels", "prompt"), presets={"default": {}, "tiny": {}}, direction="lower",
-                             origin=f"test card in {__name__}",
-                             factory=lambda pixels, prompts: pixels.mean(dim=(1, 2, 3))))
-
-
 def test_direction_lower_flips_the_objective_and_training_lowers_the_reward(tmp_path, spec_factory):
     """`direction: lower` on a card: the objective is minus the reward, so training lowers it (the same reward
     under `higher`, test-brightness, is raised by the same run: test_methods)."""
     import rewardtune.api as api
 
-    _register_lower_is_better("test-darkness")
+    # mean pixel value under a card that says lower is better
+    register_card("test-darkness", lambda pixels, prompts: pixels.mean(dim=(1, 2, 3)), direction="lower",
+                  differentiable=True)
     seen = []
     r = api.run(spec_factory({"name": "draft_k", "k": 1}, objective=[{"reward": "test-darkness"}]),
                 output_dir=tmp_path, progress=False, callbacks=[seen.append])

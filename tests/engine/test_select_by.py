@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from rewards_for_tests import register_card
 from run_helpers import assert_bitwise_equal, cli, lora, stop_at
 
 import rewardtune.api as api
@@ -93,18 +94,9 @@ def test_select_by_names_a_term_and_needs_mid_run_evals(spec_factory, logging, n
     assert load_spec({**spec, "logging": {**spec["logging"], "select_by": "objective", "images_every": 2}})
 
 
-def _register(name: str, direction: str, fn) -> None:
-    """A plugin's card (the registry forgets it after the test)."""
-    from rewardtune.registry import Card, registry
-
-    registry().register(Card(name=name, implementation=f"{__name__}:{name}", differentiable=False,
-                             inputs=("pixels", "prompt"), presets={"default": {}, "tiny": {}}, direction=direction,
-                             origin=f"test card in {__name__}", factory=fn))
-
-
 def test_a_lower_is_better_term_picks_its_lowest_eval(tmp_path, spec_factory):
     # brightness again, under a card that says lower is better: training raises it, so its best is the first eval
-    _register("test-glare", "lower", lambda pixels, prompts: pixels.detach().mean(dim=(1, 2, 3)))
+    register_card("test-glare", lambda pixels, prompts: pixels.detach().mean(dim=(1, 2, 3)), direction="lower")
     spec = _spec(spec_factory, select_by="test-glare")
     spec["objective"][1] = {"reward": "test-glare", "role": "monitor"}
     res = api.run(spec, output_dir=tmp_path, progress=False)
@@ -114,7 +106,7 @@ def test_a_lower_is_better_term_picks_its_lowest_eval(tmp_path, spec_factory):
 def test_a_tie_keeps_the_earlier_eval(tmp_path, spec_factory):
     import torch
 
-    _register("test-flat", "higher", lambda pixels, prompts: torch.full((len(prompts),), 0.5))
+    register_card("test-flat", lambda pixels, prompts: torch.full((len(prompts),), 0.5))
     spec = _spec(spec_factory, select_by="test-flat")
     spec["objective"][1] = {"reward": "test-flat", "role": "monitor"}
     res = api.run(spec, output_dir=tmp_path, progress=False)
