@@ -1,5 +1,5 @@
-"""FSDP2: the denoiser sharded over 2 gloo ranks on the CPU (`train.fsdp`) trains as 1 rank does, holds half the
-trainable elements per rank, resumes bitwise, and exports a whole LoRA or transformer."""
+"""FSDP2: the denoiser sharded over 2 gloo ranks on the CPU (`train.fsdp`) trains as one unsharded process does,
+holds half the trainable elements per rank, resumes bitwise, and exports a whole LoRA or transformer."""
 from __future__ import annotations
 
 import json
@@ -35,15 +35,15 @@ def _launch(spec: Path, out: Path, world: int, *extra: str) -> list[dict]:
     return [json.loads(Path(f"{out}-rank{r}.json").read_text()) for r in range(world)]
 
 
-def _spec(tmp_path: Path, spec_factory, **model) -> Path:
+def _spec(tmp_path: Path, spec_factory, fsdp: bool = True, **model) -> Path:
     spec = spec_factory({"name": "draft_k", "k": 1},
                         model={"pretrained": "zoo:flux", "family": "flux", **model},
                         objective=[{"reward": "test-convnet", "normalize": "running_zscore"}],
                         sampling={"guidance_scale": 3.5},
-                        train={"steps": 3, "batch_size": 4, "lr": 1e-2, "fsdp": True, "checkpoint_every": 1},
+                        train={"steps": 3, "batch_size": 4, "lr": 1e-2, "fsdp": fsdp, "checkpoint_every": 1},
                         logging={"eval_prompts": 1})
     spec["imports"] = [str(HERE / "rewards_for_tests.py")]
-    path = tmp_path / "spec.yaml"
+    path = tmp_path / f"spec-{'fsdp' if fsdp else 'plain'}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -57,9 +57,10 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -
 
 def test_two_sharded_ranks_match_one_rank_and_resume_bitwise(tmp_path, spec_factory):
     spec = _spec(tmp_path, spec_factory)
-    one = _launch(spec, tmp_path / "one", 1)
+    # the reference is one process without FSDP: sharding must change where the weights live, not the training
+    one = _launch(_spec(tmp_path, spec_factory, fsdp=False), tmp_path / "one", 1)
     two = _launch(spec, tmp_path / "two", 2)
-    assert all(r["dtensor"] for r in one + two)  # the trainable parameters are DTensors
+    assert not one[0]["dtensor"] and all(r["dtensor"] for r in two)  # sharded: the trainable parameters are DTensors
     assert two[0]["total"] == one[0]["total"] and two[0]["local"] + two[1]["local"] >= two[0]["total"]
     assert max(r["local"] for r in two) < 0.6 * two[0]["total"]  # each rank holds about half
     a = lora(tmp_path / "one")
@@ -83,7 +84,7 @@ def test_sharded_full_finetune_exports_the_whole_transformer(tmp_path, spec_fact
     from diffusers import FluxTransformer2DModel
 
     spec = _spec(tmp_path, spec_factory, trainable={"type": "full"})
-    _launch(spec, tmp_path / "one", 1)
+    _launch(_spec(tmp_path, spec_factory, fsdp=False, trainable={"type": "full"}), tmp_path / "one", 1)
     two = _launch(spec, tmp_path / "two", 2)
     assert max(r["local"] for r in two) < 0.6 * two[0]["total"]
     from rewardtune.zoo import materialize
