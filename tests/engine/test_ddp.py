@@ -22,12 +22,13 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _launch(spec: Path, out: Path, world: int) -> None:
+def _launch(spec: Path, out: Path, world: int, *extra: str) -> None:
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(HERE / "ddp_worker.py"), str(spec), str(out), str(r), str(world),
-                               port], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               port, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(world)]
+    # a deadlock (ranks waiting in different collectives) shows as this timeout
     logs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
@@ -81,22 +82,30 @@ def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
 
-def test_two_ranks_pick_and_export_the_same_best_eval(tmp_path, spec_factory):
-    """logging.select_by over 2 ranks: rank 0 alone scores the evals, every rank takes part in the checkpoint of a
-    new best and in loading it at the end, so the ranks must agree at each step (a disagreement deadlocks)."""
+def test_two_ranks_pick_the_best_eval_through_a_stop_during_an_eval(tmp_path, spec_factory):
+    """logging.select_by over 2 ranks. Rank 0 alone scores the evals; every rank takes part in the checkpoint of a
+    new best, in loading it at the end, and in the vote after every mid-run eval, so the ranks must agree at each
+    one (a disagreement deadlocks). The two-rank run is stopped during its step-4 eval, on rank 0 alone (as a
+    signal arriving then would): that eval is interrupted, and rank 0 must still enter the vote the other rank
+    waits in. Resumed, it remembers step 2's eval as the best, skips the interrupted one, and exports what an
+    uninterrupted one-rank run does. The monitor (dimness) falls as brightness is optimized: step 2 is the best."""
     import json
 
     spec = spec_factory(objective=[{"reward": "test-brightness"}, {"reward": "test-dimness", "role": "monitor"}],
-                        train={"steps": 4, "batch_size": 4, "keep_checkpoints": 1},
+                        train={"steps": 6, "batch_size": 4, "keep_checkpoints": 1},
                         logging={"images_every": 2, "select_by": "test-dimness", "eval_prompts": 1})
     spec["imports"] = [str(HERE / "rewards_for_tests.py")]
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     _launch(path, tmp_path / "one", 1)
-    _launch(path, tmp_path / "two", 2)
-    for out in ("one", "two"):
-        run = RunDir(tmp_path / out)
+    _launch(path, tmp_path / "two", 2, "4")  # a deadlock shows as _launch's timeout
+    two = RunDir(tmp_path / "two")
+    assert [c.step for c in two.checkpoints()] == [2, 4] and two.read_best()["step"] == 2
+    assert not two.lora_dir.exists()
+    assert "eval/test-dimness" not in next(r for r in two.metrics() if r["step"] == 4)  # interrupted
+    _launch(path, tmp_path / "two", 2, "-", "resume")
+    for run in (RunDir(tmp_path / "one"), two):
         assert json.loads(run.result_file.read_text())["selected_step"] == 2
-        assert [c.step for c in run.checkpoints()] == [2, 4]
+        assert [c.step for c in run.checkpoints()] == [2, 6]  # the best is kept past keep_checkpoints
     a, b = lora(tmp_path / "one"), lora(tmp_path / "two")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
