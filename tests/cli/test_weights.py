@@ -261,6 +261,14 @@ def test_an_extra_that_carries_weights_is_reported_as_such(tmp_path, monkeypatch
       "rng_state_3.pth", "training_args.bin", "trainer_state.json", "ckpt/optimizer.bin"], None,
      ["optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_3.pth", "training_args.bin",
       "ckpt/optimizer.bin"], ["config.json", "pytorch_model.bin"]),
+    # the same from accelerate's save_state and from DeepSpeed (whose global_stepN/ holds its own shards)
+    (dict(ref="org/accelerated", needs=(("config.json",),)),
+     ["config.json", "model.safetensors", "optimizer.bin", "optimizer_1.bin", "scheduler.bin", "sampler.bin",
+      "random_states_0.pkl", "global_step500/mp_rank_00_model_states.pt",
+      "global_step500/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "unet_ema/global_steps.txt"], None,
+     ["optimizer.bin", "optimizer_1.bin", "scheduler.bin", "sampler.bin", "random_states_0.pkl",
+      "global_step500/mp_rank_00_model_states.pt", "global_step500/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"],
+     ["config.json", "model.safetensors"]),
     # a pipeline: the diffusers folders, not the single-file copies beside them nor other variants
     (dict(ref="stable-diffusion-v1-5/stable-diffusion-v1-5", role="diffusion pipeline",
           needs=(("model_index.json",),)),
