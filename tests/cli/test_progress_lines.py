@@ -69,13 +69,29 @@ def run_lines(tmp_path: Path, *overrides: str) -> list[str]:
     return [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("train ")]
 
 
-def test_lines_are_throttled_by_time_and_by_steps(tmp_path):
-    # a long interval: the first and the last step only
-    assert run_lines(tmp_path / "a", "train.steps=5", "logging.progress_every_s=3600") == ["1/5", "5/5"]
-    # every 2 steps (and the last)
-    assert run_lines(tmp_path / "b", "train.steps=6", "logging.progress_every_s=3600",
-                     "logging.progress_every_steps=2") == ["1/6", "3/6", "5/6", "6/6"]
-    # an eval during training gets its line
+def _lines(total: int, start: int = 0, evals: tuple[int, ...] = (), **every) -> list[str]:
+    """The steps that get a line from the progress of a run of `total` steps (steps in `evals` bring an eval)."""
+    import io
+
+    from rewardtune.engine.trainer import _Progress
+
+    out = io.StringIO()  # not a terminal: plain lines
+    with _Progress(True, total, start, stream=out, **every) as progress:
+        for step in range(start + 1, total + 1):
+            m = {"objective": 0.5, "loss": -0.5, "time/step_s": 0.1, "memory/peak_mb": 10.0}
+            progress.update(step, m | ({"eval/clip": 0.7} if step in evals else {}), ["clip"])
+    return [ln.split()[1] for ln in out.getvalue().splitlines()]
+
+
+def test_lines_are_throttled_by_time_and_by_steps():
+    assert _lines(5, every_s=3600) == ["1/5", "5/5"]  # a long interval: the first and the last step only
+    assert _lines(5, every_s=0) == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert _lines(6, every_s=3600, every_steps=2) == ["1/6", "3/6", "5/6", "6/6"]  # every 2 steps, and the last
+    assert _lines(8, start=3, every_s=3600) == ["4/8", "8/8"]  # a resumed run: its first step
+    assert _lines(5, every_s=3600, evals=(3,)) == ["1/5", "3/5", "5/5"]  # a step with an eval
+
+
+def test_a_mid_run_eval_gets_its_line(tmp_path):
     assert run_lines(tmp_path / "c", "train.steps=5", "logging.progress_every_s=3600",
                      "logging.images_every=3") == ["1/5", "3/5", "5/5"]
 
