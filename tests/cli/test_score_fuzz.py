@@ -225,7 +225,7 @@ def test_broken_files_through_the_real_cli_exit_2_without_a_traceback(tmp_path):
         (tmp_path / name).write_bytes(data)
     (tmp_path / "dir.png").mkdir()  # named explicitly, a directory is a folder: searched (and empty)
     cmd = [sys.executable, "-m", "rewardtune.cli.main", "score", "--no-progress", "--tiny", "-r", "clip", "-p", "x"]
-    for name, _ in alone:  # the only file, and unusable
+    for name in ("huge.png", "empty.webp"):  # the only file, and unusable (too large to decode; empty)
         p = subprocess.run([*cmd, str(tmp_path / name)], env=_env(), capture_output=True, text=True, timeout=300)
         assert p.returncode == 2, (name, p.returncode, p.stderr[-2000:])
         assert "Traceback" not in p.stderr + p.stdout and "0 scored, 1 failed" in p.stderr, (name, p.stderr)
