@@ -209,6 +209,11 @@ class Ranked(Strict):
     top_m: int = Field(1, ge=1, description="Images kept per prompt after ranking.")
     prompts_per_round: int = Field(8, ge=1, description="Prompts sampled per round.")
     steps_per_round: int = Field(50, ge=1, description="Denoising-loss optimizer steps per round.")
+    baseline: float = Field(1.0, ge=0.0, le=1.0, description=(
+        "Share of the prompt's average denoising loss subtracted from the kept images' loss. 1: every prompt's "
+        "weights sum to zero, so only what sets the kept images apart from their siblings is learned; 0: plain "
+        "fine-tuning on the kept images (FineRewards), which also learns the model's own errors that all its "
+        "samples share and compounds them round after round."))
 
     @model_validator(mode="after")
     def _m(self) -> Ranked:

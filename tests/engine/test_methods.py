@@ -103,6 +103,30 @@ def test_ranked_moves_generation_toward_what_it_ranks_first(tmp_path, spec_facto
     assert red["test-redness"][1] > red["test-antiredness"][1] + 0.005, red
 
 
+def test_ranked_learns_only_what_sets_the_kept_images_apart(tmp_path, spec_factory):
+    """Each prompt's loss weights sum to zero (+1/m on its kept images, -1/N on every image), and a prompt's images
+    share one noise draw and timestep: when they are all alike there is nothing to learn and the step moves
+    nothing. Plain fine-tuning on the kept images (baseline 0) learns even then: it fits what all of the model's
+    own samples share, its errors, which compound round after round until the model draws noise
+    (docs/methods.md#ranked)."""
+    grads = {}
+    for baseline in (1.0, 0.0):
+        method = {**RANKED, "samples_per_prompt": 3, "baseline": baseline}
+        spec = load_spec(spec_factory(method, objective=[{"reward": "test-redness", "combine": "assemble_ranked"}]))
+        tr = build_trainer(spec, output_dir=tmp_path / str(baseline), progress=False)
+        m = tr.method
+        m.run_round(tr.ctx, 0)
+        k = 3 if baseline else 1  # baseline 0 stores the kept images only
+        assert m.kept_latents.shape[:2] == m.kept_weights.shape == (2, k) and len(m.kept_prompts) == 2
+        if baseline:
+            assert sorted(m.kept_weights[0].tolist()) == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
+            assert m.kept_weights.sum(1).abs().max() < 1e-6
+        m.kept_latents = m.kept_latents[:, :1].expand_as(m.kept_latents).clone()  # a prompt's images all alike
+        m.loss(tr.ctx, tr.make_batch(0, 0)).loss.backward()
+        grads[baseline] = torch.cat([p.grad.flatten() for p in tr.params if p.grad is not None]).norm()
+    assert grads[0.0] > 1e-4 and grads[1.0] < 1e-6 * grads[0.0], grads
+
+
 def test_kl_regularizer_is_zero_at_start_and_pulls_toward_base(tmp_path, spec_factory):
     free = api.run(spec_factory({"name": "draft_k", "k": 1}), output_dir=tmp_path / "free", progress=False)
     seen = []

@@ -210,4 +210,4 @@ def test_ranked_keeps_images_the_judge_finds_right_more_often(tmp_path):
     keep = top_m_per_group(out.value.rank_score.cpu(), groups, 1)
     ok = torch.tensor([v.both_ok for v in W.judge(out.pixels.permute(0, 2, 3, 1).cpu().numpy(), out.prompts)])
     assert ok[keep].float().mean() >= ok.float().mean() + 0.1, (ok[keep].float().mean(), ok.float().mean())
-    assert len(tr.method.kept_prompts) == 32 and tr.method.kept_latents.shape == (32, 4, 16, 16)
+    assert len(tr.method.kept_prompts) == 32 and tr.method.kept_latents.shape == (32, 4, 4, 16, 16)
