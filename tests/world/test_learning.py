@@ -43,9 +43,9 @@ TRAINABLE = {
 }
 #: least rise of both-correct accuracy (points of 64 held-out images) each run must show
 MARGIN = {("draft_k", "lora"): 0.25, ("alignprop_k5", "lora"): 0.25, ("alignprop_random", "lora"): 0.25,
-          ("draft_lv", "lora"): 0.25, ("refl", "lora"): 0.2, ("ranked", "lora"): 0.1,
+          ("draft_lv", "lora"): 0.25, ("refl", "lora"): 0.2, ("ranked", "lora"): 0.15,
           ("draft_k", "full"): 0.25, ("alignprop_k5", "full"): 0.25, ("alignprop_random", "full"): 0.25,
-          ("draft_lv", "full"): 0.25, ("refl", "full"): 0.2, ("ranked", "full"): 0.1}
+          ("draft_lv", "full"): 0.25, ("refl", "full"): 0.2, ("ranked", "full"): 0.25}
 
 
 #: DRaFT+: measured at 0.01, the eval images moved 0.048 (mean abs pixel change) against 0.125 without it, and
@@ -100,17 +100,9 @@ def _gain(res, key: str = "shapes-eval") -> float:
     return res.eval_after[key] - res.eval_before[key]
 
 
-#: ranked does not learn here yet (measured: neutral at lr 1e-4, worse above; docs/shapes-world.md). Strict: the
-#: day it passes, this marker must go.
-RANKED_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "reward-ranked self-training does not raise the judge on the shapes world within 100-160 steps: fine-tuning on "
-    "the model's own top-ranked samples reinforces their artefacts (halos, tinted backgrounds) as much as their "
-    "correct colours and shapes"))
-
-
 @pytest.mark.learning
 @pytest.mark.parametrize("trainable", sorted(TRAINABLE))
-@pytest.mark.parametrize("method", [m if m != "ranked" else pytest.param(m, marks=RANKED_XFAIL) for m in METHODS])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_method_raises_the_judges_accuracy_on_held_out_seeds(method, trainable, tmp_path):
     res, _ = _run(tmp_path, METHODS[method], *TRAINABLE[trainable])
     print(f"LEARNED {method}/{trainable}: " + json.dumps({"before": res.eval_before, "after": res.eval_after}))
