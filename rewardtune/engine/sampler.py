@@ -13,7 +13,8 @@ shapes and VAE scaling) is the family's: `diff.family` (`rewardtune.engine.famil
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,8 @@ from rewardtune.engine.types import SamplingSettings, generator
 
 __all__ = ["Conditioning", "SampleResult", "StepRecord", "add_training_noise", "autocast", "decode", "denoiser_forward",
            "encode", "encode_prompts", "initial_latents", "model_output", "module_inputs", "renoise", "sample",
-           "schedule", "step", "timesteps", "uncond_embedding", "base_output", "latent_shape"]
+           "schedule", "step", "timesteps", "uncond_embedding", "base_output", "base_denoiser_forward",
+           "latent_shape"]
 
 
 @dataclass
@@ -144,23 +146,36 @@ def model_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Conditio
     return out
 
 
+@contextmanager
+def _frozen_base(diff: Diffusion) -> Iterator[torch.nn.Module]:
+    """The frozen base model as a module: the same denoiser with adapters disabled (LoRA), or the frozen copy."""
+    if diff.lora is not None:
+        diff.denoiser.disable_adapters()
+        try:
+            yield diff.denoiser
+        finally:
+            diff.denoiser.enable_adapters()
+        return
+    if diff.base_denoiser is None:
+        raise RuntimeError("kl_coeff > 0 with full fine-tuning needs the frozen base copy (keep_base_copy)")
+    yield diff.base_denoiser
+
+
 def _base_output(diff: Diffusion, x, t, emb, guidance) -> torch.Tensor:
-    """Output of the frozen base model: the same denoiser with adapters disabled (LoRA), or the frozen copy."""
-    with torch.no_grad():
-        if diff.lora is not None:
-            diff.denoiser.disable_adapters()
-            try:
-                return model_output(diff, x, t, emb, guidance)
-            finally:
-                diff.denoiser.enable_adapters()
-        if diff.base_denoiser is None:
-            raise RuntimeError("kl_coeff > 0 with full fine-tuning needs the frozen base copy (keep_base_copy)")
-        return model_output(diff, x, t, emb, guidance, unet=diff.base_denoiser)
+    """Output of the frozen base model."""
+    with torch.no_grad(), _frozen_base(diff) as module:
+        return model_output(diff, x, t, emb, guidance, unet=module)
 
 
 def base_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Conditioning, guidance: float) -> torch.Tensor:
     """The frozen base model's guided output (no graph): the reference of the DRaFT+ KL term."""
     return _base_output(diff, x, t, emb, guidance)
+
+
+def base_denoiser_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """`denoiser_forward` of the frozen base model (no graph, no guidance) at timesteps t, one per row or one."""
+    with torch.no_grad(), _frozen_base(diff) as module:
+        return denoiser_forward(diff, x, t, cond, module=module)
 
 
 def sample(diff: Diffusion, latents: torch.Tensor, emb: Conditioning, *, steps: int, guidance: float,

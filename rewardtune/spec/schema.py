@@ -214,6 +214,9 @@ class Ranked(Strict):
         "weights sum to zero, so only what sets the kept images apart from their siblings is learned; 0: plain "
         "fine-tuning on the kept images (FineRewards), which also learns the model's own errors that all its "
         "samples share and compounds them round after round."))
+    kl_coeff: float = Field(0.0, ge=0, description=(
+        "kl_coeff * mean ||eps_theta - eps_base||^2 on each step's noisy images (0 = off): holds the model near its "
+        "base, which the zero-sum loss of baseline 1 does not do by itself over long runs."))
 
     @model_validator(mode="after")
     def _m(self) -> Ranked:

@@ -127,6 +127,18 @@ def test_ranked_learns_only_what_sets_the_kept_images_apart(tmp_path, spec_facto
     assert grads[0.0] > 1e-4 and grads[1.0] < 1e-6 * grads[0.0], grads
 
 
+@pytest.mark.parametrize("trainable", ["lora", "full"])
+def test_ranked_kl_is_zero_at_start_then_holds_the_model_to_its_base(tmp_path, spec_factory, trainable):
+    """ranked's kl_coeff compares with the frozen base on the step's own noisy images: zero while the model is its
+    base (LoRA at init; the kept copy under full fine-tuning), then positive once it has moved."""
+    seen = []
+    model = {"trainable": {"type": "full"}} if trainable == "full" else {}
+    spec = spec_factory({**RANKED, "kl_coeff": 1.0}, model=model, train={"steps": 3},
+                        objective=[{"reward": "test-redness", "combine": "assemble_ranked"}])
+    api.run(spec, output_dir=tmp_path, progress=False, callbacks=[lambda ev: seen.append(float(ev.metrics["kl"]))])
+    assert seen[0] == 0.0 and seen[-1] > 0, seen
+
+
 def test_kl_regularizer_is_zero_at_start_and_pulls_toward_base(tmp_path, spec_factory):
     free = api.run(spec_factory({"name": "draft_k", "k": 1}), output_dir=tmp_path / "free", progress=False)
     seen = []

@@ -8,7 +8,8 @@ Each round:
 5. Keep the top-m per prompt; re-encode the round's images by the VAE.
 6. Train `steps_per_round` optimizer steps with the standard denoising loss (eps or v for DDIM families, the flow
    velocity for flow matching), weighted per prompt: +1/m on each kept image, minus `baseline`/N on every image
-   of the prompt (kept ones included), all images of a prompt at one noise draw and timestep.
+   of the prompt (kept ones included), all images of a prompt at one noise draw and timestep; with `kl_coeff`,
+   plus kl_coeff * mean ||out_theta - out_base||^2 on the same inputs (DRaFT+'s regularizer).
 The kept set is part of the checkpoint, so a resumed run continues the same round.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rewardtune.engine.methods.base import register_method
 from rewardtune.engine.objective import top_m_per_group
 from rewardtune.engine.sampler import (
     add_training_noise,
+    base_denoiser_forward,
     decode,
     denoiser_forward,
     encode,
@@ -41,6 +43,7 @@ class RankedMethod:
     prompts_per_round: int = 8
     steps_per_round: int = 50
     baseline: float = 1.0
+    kl_coeff: float = 0.0
     name: str = "ranked"
     kept_latents: torch.Tensor | None = field(default=None, repr=False)  # [prompts, K, *latent]: K = N, or m
     kept_weights: torch.Tensor | None = field(default=None, repr=False)  # [prompts, K]: each image's loss weight
@@ -128,13 +131,20 @@ class RankedMethod:
         t = batch.randint_rows(diff.family.num_train_timesteps(diff))[:g].repeat_interleave(k, 0)
         emb = encode_prompts(diff, [self.kept_prompts[i] for i in pick.tolist() for _ in range(k)], 1.0)
         noisy, tt, target = add_training_noise(diff, x0, noise, t)
-        per_image = (denoiser_forward(diff, noisy, tt, emb, ctx.sampling.guidance) - target).pow(2).flatten(1).mean(1)
+        out = denoiser_forward(diff, noisy, tt, emb, ctx.sampling.guidance)
+        per_image = (out - target).pow(2).flatten(1).mean(1)
         loss = (per_image * w).sum() / g
+        metrics = {"denoise_loss": per_image.mean().detach()}
+        if self.kl_coeff > 0:
+            # the zero-sum loss has no anchor of its own; this holds the model near its base on the round's images
+            kl = (out - base_denoiser_forward(diff, noisy, tt, emb)).pow(2).mean()
+            loss = loss + self.kl_coeff * kl
+            metrics["kl"] = kl.detach()
         if round_out is not None:
             round_out.loss = loss
-            round_out.metrics["denoise_loss"] = per_image.mean().detach()
+            round_out.metrics.update(metrics)
             return round_out
-        return MethodOutput(loss, None, None, [], {"denoise_loss": per_image.mean().detach()})
+        return MethodOutput(loss, None, None, [], metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_latents": None if self.kept_latents is None else self.kept_latents.cpu(),
@@ -151,4 +161,5 @@ class RankedMethod:
 @register_method("ranked")
 def build(m: Any, base_dir: Path | None = None) -> RankedMethod:
     return RankedMethod(samples_per_prompt=m.samples_per_prompt, top_m=m.top_m,
-                        prompts_per_round=m.prompts_per_round, steps_per_round=m.steps_per_round, baseline=m.baseline)
+                        prompts_per_round=m.prompts_per_round, steps_per_round=m.steps_per_round, baseline=m.baseline,
+                        kl_coeff=m.kl_coeff)
