@@ -127,6 +127,16 @@ def test_ranked_learns_only_what_sets_the_kept_images_apart(tmp_path, spec_facto
     assert grads[0.0] > 1e-4 and grads[1.0] < 1e-6 * grads[0.0], grads
 
 
+def test_ranked_resumes_a_checkpoint_saved_before_the_loss_weights():
+    """Such a checkpoint holds the kept images alone, one per row: the round continues on them at weight 1 each, as
+    it was training."""
+    from rewardtune.engine.methods import RankedMethod
+
+    m = RankedMethod()
+    m.load_state_dict({"kept_latents": torch.zeros(3, 4, 2, 2), "kept_prompts": ["a", "b", "c"], "round_index": 2})
+    assert m.kept_latents.shape == (3, 1, 4, 2, 2) and m.kept_weights.tolist() == [[1.0]] * 3
+
+
 @pytest.mark.parametrize("trainable", ["lora", "full"])
 def test_ranked_kl_is_zero_at_start_then_holds_the_model_to_its_base(tmp_path, spec_factory, trainable):
     """ranked's kl_coeff compares with the frozen base on the step's own noisy images: zero while the model is its

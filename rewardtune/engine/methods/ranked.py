@@ -100,8 +100,8 @@ class RankedMethod:
         Weights: +1/m on each kept image, minus `baseline`/N on every image of its prompt. Plain fine-tuning on the
         kept images (baseline 0) also fits what all of this model's samples share, its own errors (on the shapes
         world: darker, textured backgrounds, halos), and the next round samples from the model that learned them: the
-        errors compound round after round until it draws noise (measured: the judge 41% -> 17% in 100 LoRA steps at
-        lr 1e-3; on ground-truth world images the same training raised it). With baseline 1 the weights of a prompt
+        errors compound round after round (measured: the judge 41% -> 17% in 100 LoRA steps at lr 1e-3; on
+        ground-truth world images the same training raised it). With baseline 1 the weights of a prompt
         sum to zero, so what every sample shares cancels and only what sets the kept images apart from their
         siblings moves the model (41% -> 66%). With baseline 0 only the kept images are stored."""
         n, m = self.samples_per_prompt, self.top_m
@@ -152,8 +152,11 @@ class RankedMethod:
                 "kept_prompts": list(self.kept_prompts), "round_index": self.round_index}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.kept_latents = sd["kept_latents"]
-        self.kept_weights = sd["kept_weights"]
+        self.kept_latents, self.kept_weights = sd["kept_latents"], sd.get("kept_weights")
+        if self.kept_latents is not None and self.kept_weights is None:
+            # a checkpoint from before the weights: its kept images, one per row, each trained at weight 1
+            self.kept_latents = self.kept_latents.unsqueeze(1)
+            self.kept_weights = torch.ones(len(self.kept_latents), 1)
         self.kept_prompts = list(sd["kept_prompts"])
         self.round_index = int(sd["round_index"])
 
