@@ -333,8 +333,8 @@ class LoggingSpec(Strict):
         None, description="Export the weights of the eval that scores best on this term (its label, e.g. a "
                           "`monitor` judge such as shapes-eval) or on `objective`, among the evals every "
                           "`images_every` steps and the last step's (the first of equal ones), instead of the last "
-                          "step's: the weights from before a reward starts being hacked. Each new best is checkpointed and kept. The after "
-                          "numbers are then the chosen eval's, picked on the eval prompts, so they flatter it a "
+                          "step's: the weights from before a reward starts being hacked. Each new best is "
+                          "checkpointed and kept. The after numbers are then the chosen eval's, picked on the eval prompts, so they flatter it a "
                           "little; null exports the last step.")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per eval prompt, each on its own fixed noise: the eval set is the prompts "

@@ -32,7 +32,7 @@ from rewardtune.engine.sampler import (
     latent_shape,
     sample,
 )
-from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator
+from rewardtune.engine.types import Batch, MethodOutput, RunContext, generator, kl_penalty
 from rewardtune.errors import UsageError
 
 
@@ -137,9 +137,9 @@ class RankedMethod:
         metrics = {"denoise_loss": per_image.mean().detach()}
         if self.kl_coeff > 0:
             # the zero-sum loss has no anchor of its own; this holds the model near its base on the round's images
-            kl = (out - base_denoiser_forward(diff, noisy, tt, emb)).pow(2).mean()
-            loss = loss + self.kl_coeff * kl
-            metrics["kl"] = kl.detach()
+            kl, m = kl_penalty(self.kl_coeff, (out - base_denoiser_forward(diff, noisy, tt, emb)).pow(2).mean(), 1)
+            loss = loss + kl
+            metrics.update(m)
         if round_out is not None:
             round_out.loss = loss
             round_out.metrics.update(metrics)
