@@ -172,10 +172,12 @@ def base_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Condition
     return _base_output(diff, x, t, emb, guidance)
 
 
-def base_denoiser_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-    """`denoiser_forward` of the frozen base model (no graph, no guidance) at timesteps t, one per row or one."""
+def base_denoiser_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                          guidance: float = 1.0) -> torch.Tensor:
+    """`denoiser_forward` of the frozen base model (no graph) at timesteps t, one per row or one; `guidance` as
+    `denoiser_forward` takes it (a distilled-guidance family's input, not classifier-free guidance)."""
     with torch.no_grad(), _frozen_base(diff) as module:
-        return denoiser_forward(diff, x, t, cond, module=module)
+        return denoiser_forward(diff, x, t, cond, guidance, module=module)
 
 
 def sample(diff: Diffusion, latents: torch.Tensor, emb: Conditioning, *, steps: int, guidance: float,

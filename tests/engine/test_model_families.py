@@ -162,16 +162,23 @@ def test_gradient_methods_raise_the_reward_on_every_family(tmp_path, spec_factor
         assert seen[0].metrics["kl"] == 0.0 and seen[-1].metrics["kl"] > 0
 
 
+RANKED_VARIANTS = {"weighted": RANKED, "weighted+kl": {**RANKED, "kl_coeff": 1e-3}}
+
+
+@pytest.mark.parametrize("variant", list(RANKED_VARIANTS))
 @pytest.mark.parametrize("which", ["sdxl", "sd3", "flux"])
-def test_ranked_trains_with_the_family_denoising_loss(tmp_path, spec_factory, which):
+def test_ranked_trains_with_the_family_denoising_loss(tmp_path, spec_factory, which, variant):
     seen = []
-    spec = _family_spec(spec_factory, which, RANKED, objective=[{"reward": "test-redness",
-                                                                 "combine": "assemble_ranked"}])
+    spec = _family_spec(spec_factory, which, RANKED_VARIANTS[variant],
+                        objective=[{"reward": "test-redness", "combine": "assemble_ranked"}])
     r = api.run(spec, output_dir=tmp_path, progress=False, callbacks=[seen.append])
     assert r.steps_done == 4 and r.skipped_steps == 0
     losses = [ev.metrics["denoise_loss"] for ev in seen]
     assert all(0 < v < 100 for v in losses), losses
     assert _trained(lora(tmp_path))
+    # the base's output on the same inputs, FLUX's guidance input included: the model is its base at the start
+    if "kl" in variant:
+        assert seen[0].metrics["kl"] == 0.0 and seen[-1].metrics["kl"] > 0, [ev.metrics["kl"] for ev in seen]
 
 
 def _trained(weights: dict[str, torch.Tensor]) -> bool:

@@ -137,7 +137,8 @@ class RankedMethod:
         metrics = {"denoise_loss": per_image.mean().detach()}
         if self.kl_coeff > 0:
             # the zero-sum loss has no anchor of its own; this holds the model near its base on the round's images
-            kl, m = kl_penalty(self.kl_coeff, (out - base_denoiser_forward(diff, noisy, tt, emb)).pow(2).mean(), 1)
+            base = base_denoiser_forward(diff, noisy, tt, emb, ctx.sampling.guidance)
+            kl, m = kl_penalty(self.kl_coeff, (out - base).pow(2).mean(), 1)
             loss = loss + kl
             metrics.update(m)
         if round_out is not None:
