@@ -8,6 +8,10 @@ changes.
     python benchmarks/methods_shapes.py --methods draft_k refl --seeds 0 --steps 20 --out /tmp/m   # smoke run
     python benchmarks/methods_shapes.py --only-plot              # plot and report again from the .json
     python benchmarks/methods_shapes.py --only-gradients         # re-run only the gradient pass (5 minutes)
+    python benchmarks/methods_shapes.py --methods ranked --merge  # re-run some methods; the other rows are kept
+
+The report's hand-written "## What is seen" section, where the results' .md has one, is kept when it is written
+again: update it by hand when the numbers it discusses change.
 
 Each run is `specs/demo.yaml` with the method swapped (every method trains the same LoRA, rank 8, on the same
 prompts, reward, sampling settings and eval seeds; the eval is the 64-image held-out set). Runs are separate
@@ -322,6 +326,8 @@ def main() -> None:
     ap.add_argument("--only-gradients", action="store_true",
                     help="re-run only the gradient pass, into the runs already in --out's .json")
     ap.add_argument("--only-plot", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --methods: replace only their runs (and gradient rows) in --out's .json, keep the rest")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -342,11 +348,22 @@ def main() -> None:
                   if a.methods is None or k in a.methods or SHORT[k] in a.methods}
         pre = pretrain_jsonl(a.work / "pretrain")
         runs = run_jobs(chosen, a.seeds, a.steps, a.eval_every, a.work, pre, a.jobs)
-        data = {"runs": runs, "steps": a.steps, "seeds": a.seeds, "eval_every": a.eval_every,
-                "machine": machine_info()}
-        data["git"] = data["machine"]["git"] or "?"
-        if not a.no_gradients:
-            data["gradients"] = gradient_pass(chosen, pre)
+        if a.merge:
+            data = json.loads(jpath.read_text())
+            if (data["steps"], data["seeds"], data["eval_every"]) != (a.steps, a.seeds, a.eval_every):
+                sys.exit(f"--merge: {jpath} holds {data['steps']} steps, seeds {data['seeds']}, eval every "
+                         f"{data['eval_every']}; run with those (or without --merge)")
+            data["runs"].update(runs)
+            for name in runs:  # which rows were measured at another commit than the table's
+                data.setdefault("reruns", {})[name] = machine_info()
+            if not a.no_gradients:
+                data.setdefault("gradients", {}).update(gradient_pass(chosen, pre))
+        else:
+            data = {"runs": runs, "steps": a.steps, "seeds": a.seeds, "eval_every": a.eval_every,
+                    "machine": machine_info()}
+            data["git"] = data["machine"]["git"] or "?"
+            if not a.no_gradients:
+                data["gradients"] = gradient_pass(chosen, pre)
         jpath.parent.mkdir(parents=True, exist_ok=True)
         jpath.write_text(json.dumps(data, indent=1))
     agg = aggregate(data)
@@ -375,8 +392,14 @@ def main() -> None:
     if "gradients_machine" in data:
         md += [f"Gradient pass re-run alone at git {data['gradients_machine']['git']}, "
                f"{data['gradients_machine']['date']}."]
+    for name, m in data.get("reruns", {}).items():
+        md += [f"{name}: its runs re-run at git {m['git']}, {m['date']}."]
     md += [""]
-    a.out.with_suffix(".md").write_text("\n".join(md))
+    mpath = a.out.with_suffix(".md")
+    seen = mpath.read_text().partition("\n## What is seen")[2] if mpath.exists() else ""
+    if seen:  # hand-written discussion of the results: kept
+        md += ["## What is seen" + seen.rstrip("\n"), ""]
+    mpath.write_text("\n".join(md))
     print("\n".join(md))
 
 
