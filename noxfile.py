@@ -61,7 +61,7 @@ def learning(session: nox.Session) -> None:
     on 2 cores; the halves are split to take about as long); .ci/run runs them after the default suite."""
     py = _ensure_env(session)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    first = "lora or draft_plus_kl or select_by"
+    first = "lora or draft_plus_kl or select_by or ranked_dpo"
     halves = [first, f"not ({first})"]
     procs = [subprocess.Popen([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "learning", "-k", k,
                                "--durations=0", "tests/world/test_learning.py", *session.posargs], env=env)

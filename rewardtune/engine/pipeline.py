@@ -41,7 +41,7 @@ class Diffusion:
     components: dict[str, Any] = field(default_factory=dict)  # text encoders and tokenizers by pipeline name
     family: Any = field(default_factory=_sd_family)  # a rewardtune.engine.families.ModelFamily
     lora: LoraSettings | None = None
-    base_denoiser: Any = None  # frozen copy, only for full fine-tuning with a KL regularizer
+    base_denoiser: Any = None  # frozen copy, only for full fine-tuning with a KL term or ranked's DPO
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype of the denoiser and VAE calls (None = off)
     #: the empty prompt's conditioning (CFG's unconditional branch); the text encoders are frozen, so once

@@ -157,7 +157,8 @@ def _frozen_base(diff: Diffusion) -> Iterator[torch.nn.Module]:
             diff.denoiser.enable_adapters()
         return
     if diff.base_denoiser is None:
-        raise RuntimeError("kl_coeff > 0 with full fine-tuning needs the frozen base copy (keep_base_copy)")
+        raise RuntimeError("the base model's output under full fine-tuning (kl_coeff > 0, ranked's loss: dpo) needs "
+                           "the frozen base copy (keep_base_copy)")
     yield diff.base_denoiser
 
 

@@ -217,11 +217,29 @@ class Ranked(Strict):
     kl_coeff: float = Field(0.0, ge=0, description=(
         "kl_coeff * mean ||eps_theta - eps_base||^2 on each step's noisy images (0 = off): holds the model near its "
         "base, which the zero-sum loss of baseline 1 does not do by itself over long runs."))
+    loss: Literal["weighted", "dpo"] = Field("weighted", description=(
+        "`weighted`: the denoising loss weighted per image (see baseline). `dpo`: Diffusion-DPO (arXiv 2311.12908) "
+        "on every (kept, not kept) pair of a prompt, softplus(beta/2 * (d_kept - d_other)) with d an image's "
+        "denoising loss less the frozen base's on the same input: bounded, and anchored to the base."))
+    beta: float = Field(5000.0, gt=0, description=(
+        "Diffusion-DPO's beta for loss: dpo (its SD 1.5 setting; the denoising loss is a mean over latent "
+        "elements). Larger: the pairs' margin saturates sooner, so the model stays nearer its base."))
 
     @model_validator(mode="after")
     def _m(self) -> Ranked:
+        problems = []
         if self.top_m > self.samples_per_prompt:
-            raise ValueError(f"top_m ({self.top_m}) cannot exceed samples_per_prompt ({self.samples_per_prompt})")
+            problems.append(f"top_m ({self.top_m}) cannot exceed samples_per_prompt ({self.samples_per_prompt})")
+        elif self.loss == "dpo" and self.top_m == self.samples_per_prompt:
+            problems.append(f"loss: dpo compares kept with not-kept images, and top_m ({self.top_m}) keeps all "
+                            f"{self.samples_per_prompt}: use top_m < samples_per_prompt")
+        if self.loss == "dpo" and "baseline" in self.model_fields_set:
+            problems.append("baseline weights loss: weighted; loss: dpo compares each kept image with each not-kept "
+                            "one of its prompt and takes no baseline: remove it")
+        if self.loss == "weighted" and "beta" in self.model_fields_set:
+            problems.append("beta is Diffusion-DPO's and applies only with loss: dpo: set loss: dpo or remove beta")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

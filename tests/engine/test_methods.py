@@ -1,8 +1,11 @@
 """Each method raises its reward on fixed noise; only the trainable parameters change; where gradient flows."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import rewardtune.api as api
 from rewardtune.engine.build import build_trainer
@@ -149,6 +152,45 @@ def test_ranked_kl_is_zero_at_start_then_holds_the_model_to_its_base(tmp_path, s
     assert seen[0] == 0.0 and seen[-1] > 0, seen
 
 
+def test_ranked_dpo_is_diffusion_dpo_over_every_kept_other_pair():
+    """loss dpo: Diffusion-DPO's -logsigmoid(-beta/2 * ((L_w - L_ref_w) - (L_l - L_ref_l))), written here as the
+    paper writes it, averaged over each prompt's (kept, not kept) pairs; it saturates once the kept images are
+    preferred by a wide margin, where the weighted loss keeps pushing."""
+    from rewardtune.engine.methods import RankedMethod
+
+    m = RankedMethod(samples_per_prompt=3, top_m=1, loss_kind="dpo", beta=10.0)
+    model = torch.tensor([0.5, 0.2, 0.4, 0.3, 0.9, 0.1], requires_grad=True)  # 2 prompts x 3 images
+    ref = torch.tensor([0.4, 0.4, 0.4, 0.3, 0.3, 0.3])
+    w = torch.tensor([-0.5, 1.0, -0.5, 1.0, -0.5, -0.5])  # kept: image 1 of prompt 0, image 0 of prompt 1
+    loss, metrics = m._dpo_loss(model - ref, w, 3)
+    d = (model - ref).detach()
+    want = [-F.logsigmoid(torch.tensor(-0.5 * 10.0 * ((model[i] - ref[i]) - (model[j] - ref[j])).item()))
+            for i, j in ((1, 0), (1, 2), (3, 4), (3, 5))]
+    assert loss.item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-6)
+    margins = [d[1] - d[0], d[1] - d[2], d[3] - d[4], d[3] - d[5]]
+    assert metrics["dpo_margin"].item() == pytest.approx(torch.stack(margins).mean().item(), rel=1e-6)
+    assert metrics["dpo_accuracy"].item() == pytest.approx(sum(float(x < 0) for x in margins) / 4)
+    loss.backward()
+    assert model.grad[0] < 0 < model.grad[1]  # a descent step lowers the kept image's loss, raises the other's
+
+    far = torch.tensor([3.0, -3.0, 3.0], requires_grad=True)  # the kept image already far ahead
+    m._dpo_loss(far, torch.tensor([-0.5, 1.0, -0.5]), 3)[0].backward()
+    assert far.grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("trainable", ["lora", "full"])
+def test_ranked_dpo_starts_at_log_2_on_its_base(tmp_path, spec_factory, trainable):
+    """At the start the model is its base (LoRA at init; the kept copy under full fine-tuning): every pair's margin
+    is 0 and the loss log 2; then the model moves away from its base on the round's pairs."""
+    seen = []
+    model = {"trainable": {"type": "full"}} if trainable == "full" else {}
+    spec = spec_factory({**RANKED, "samples_per_prompt": 3, "loss": "dpo"}, model=model, train={"steps": 3},
+                        objective=[{"reward": "test-redness", "combine": "assemble_ranked"}])
+    api.run(spec, output_dir=tmp_path, progress=False,
+            callbacks=[lambda ev: seen.append((float(ev.metrics["loss"]), float(ev.metrics["dpo_margin"])))])
+    assert seen[0] == (pytest.approx(math.log(2)), 0.0) and seen[-1][1] != 0, seen
+
+
 def test_kl_regularizer_is_zero_at_start_and_pulls_toward_base(tmp_path, spec_factory):
     free = api.run(spec_factory({"name": "draft_k", "k": 1}), output_dir=tmp_path / "free", progress=False)
     seen = []
@@ -167,10 +209,10 @@ def _snapshot(module):
 RANKED = {"name": "ranked", "samples_per_prompt": 2, "top_m": 1, "prompts_per_round": 2, "steps_per_round": 2}
 
 
-@pytest.mark.parametrize("which", ["draft_k+kl", "refl", "draft_lv", "alignprop-random-step", "ranked"])
+@pytest.mark.parametrize("which", ["draft_k+kl", "refl", "draft_lv", "alignprop-random-step", "ranked", "ranked-dpo"])
 def test_only_trainable_parameters_change(tmp_path, spec_factory, which):
-    method = RANKED if which == "ranked" else METHODS[which]
-    terms = [{"reward": "test-convnet", "combine": "assemble_ranked" if which == "ranked" else "weighted_sum"}]
+    method = {"ranked": RANKED, "ranked-dpo": {**RANKED, "loss": "dpo"}}.get(which) or METHODS[which]
+    terms = [{"reward": "test-convnet", "combine": "assemble_ranked" if which.startswith("ranked") else "weighted_sum"}]
     spec = load_spec(spec_factory(method, objective=terms, train={"steps": 2}))
     tr = build_trainer(spec, output_dir=tmp_path, progress=False)
     d = tr.diff

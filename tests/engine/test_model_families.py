@@ -162,7 +162,8 @@ def test_gradient_methods_raise_the_reward_on_every_family(tmp_path, spec_factor
         assert seen[0].metrics["kl"] == 0.0 and seen[-1].metrics["kl"] > 0
 
 
-RANKED_VARIANTS = {"weighted": RANKED, "weighted+kl": {**RANKED, "kl_coeff": 1e-3}}
+RANKED_VARIANTS = {"weighted": RANKED, "weighted+kl": {**RANKED, "kl_coeff": 1e-3},
+                   "dpo": {**RANKED, "loss": "dpo"}}
 
 
 @pytest.mark.parametrize("variant", list(RANKED_VARIANTS))
@@ -179,6 +180,8 @@ def test_ranked_trains_with_the_family_denoising_loss(tmp_path, spec_factory, wh
     # the base's output on the same inputs, FLUX's guidance input included: the model is its base at the start
     if "kl" in variant:
         assert seen[0].metrics["kl"] == 0.0 and seen[-1].metrics["kl"] > 0, [ev.metrics["kl"] for ev in seen]
+    if variant == "dpo":
+        assert seen[0].metrics["dpo_margin"] == 0.0 and seen[-1].metrics["dpo_margin"] != 0, seen[-1].metrics
 
 
 def _trained(weights: dict[str, torch.Tensor]) -> bool:

@@ -10,6 +10,8 @@ Each round:
    velocity for flow matching), weighted per prompt: +1/m on each kept image, minus `baseline`/N on every image
    of the prompt (kept ones included), all images of a prompt at one noise draw and timestep; with `kl_coeff`,
    plus kl_coeff * mean ||out_theta - out_base||^2 on the same inputs (DRaFT+'s regularizer).
+   With `loss: dpo`, instead Diffusion-DPO (arXiv 2311.12908) on every (kept, not kept) pair of a prompt:
+   softplus(beta/2 * (d_kept - d_other)), d = an image's denoising loss less the frozen base's on the same input.
 The kept set is part of the checkpoint, so a resumed run continues the same round.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from rewardtune.engine.methods.base import register_method
 from rewardtune.engine.objective import top_m_per_group
@@ -44,6 +47,8 @@ class RankedMethod:
     steps_per_round: int = 50
     baseline: float = 1.0
     kl_coeff: float = 0.0
+    loss_kind: str = "weighted"  # or "dpo"
+    beta: float = 5000.0
     name: str = "ranked"
     kept_latents: torch.Tensor | None = field(default=None, repr=False)  # [prompts, K, *latent]: K = N, or m
     kept_weights: torch.Tensor | None = field(default=None, repr=False)  # [prompts, K]: each image's loss weight
@@ -103,14 +108,21 @@ class RankedMethod:
         errors compound round after round (measured: the judge 41% -> 17% in 100 LoRA steps at lr 1e-3; on
         ground-truth world images the same training raised it). With baseline 1 the weights of a prompt
         sum to zero, so what every sample shares cancels and only what sets the kept images apart from their
-        siblings moves the model (41% -> 66%). With baseline 0 only the kept images are stored."""
+        siblings moves the model (41% -> 66%). With baseline 0 only the kept images are stored.
+
+        With loss dpo every image is stored, weighted +1/m if kept and -1/(N - m) if not: the sign says which side
+        of the prompt's pairs an image is on."""
         n, m = self.samples_per_prompt, self.top_m
         w = torch.zeros(len(px))
         w[keep] = 1.0 / m
-        w -= self.baseline / n
-        rows = torch.arange(len(px)) if self.baseline else keep
+        if self.loss_kind == "dpo":
+            w[w == 0] = -1.0 / (n - m)
+        else:
+            w -= self.baseline / n
+        every = self.loss_kind == "dpo" or self.baseline > 0
+        rows = torch.arange(len(px)) if every else keep
         latents = torch.cat([encode(diff, px[rows[i:i + chunk].to(px.device)]) for i in range(0, len(rows), chunk)])
-        k = n if self.baseline else m
+        k = n if every else m
         return latents.reshape(-1, k, *latents.shape[1:]), w[rows].reshape(-1, k)
 
     def loss(self, ctx: RunContext, batch: Batch) -> MethodOutput:
@@ -131,13 +143,22 @@ class RankedMethod:
         t = batch.randint_rows(diff.family.num_train_timesteps(diff))[:g].repeat_interleave(k, 0)
         emb = encode_prompts(diff, [self.kept_prompts[i] for i in pick.tolist() for _ in range(k)], 1.0)
         noisy, tt, target = add_training_noise(diff, x0, noise, t)
-        out = denoiser_forward(diff, noisy, tt, emb, ctx.sampling.guidance)
+        guidance = ctx.sampling.guidance
+        out = denoiser_forward(diff, noisy, tt, emb, guidance)
         per_image = (out - target).pow(2).flatten(1).mean(1)
-        loss = (per_image * w).sum() / g
         metrics = {"denoise_loss": per_image.mean().detach()}
+        base = None
+        if self.kl_coeff > 0 or self.loss_kind == "dpo":
+            base = base_denoiser_forward(diff, noisy, tt, emb, guidance)
+        if self.loss_kind == "dpo":
+            assert base is not None
+            loss, dpo_metrics = self._dpo_loss(per_image - (base - target).pow(2).flatten(1).mean(1), w, k)
+            metrics.update(dpo_metrics)
+        else:
+            loss = (per_image * w).sum() / g
         if self.kl_coeff > 0:
             # the zero-sum loss has no anchor of its own; this holds the model near its base on the round's images
-            base = base_denoiser_forward(diff, noisy, tt, emb, ctx.sampling.guidance)
+            assert base is not None
             kl, m = kl_penalty(self.kl_coeff, (out - base).pow(2).mean(), 1)
             loss = loss + kl
             metrics.update(m)
@@ -146,6 +167,19 @@ class RankedMethod:
             round_out.metrics.update(metrics)
             return round_out
         return MethodOutput(loss, None, None, [], metrics)
+
+    def _dpo_loss(self, d: torch.Tensor, w: torch.Tensor, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Diffusion-DPO over every (kept, not kept) pair of each prompt, averaged over the pairs. `d` [g * k]: each
+        image's denoising loss less the base's on the same input (lower: the model likes it more than the base
+        does); `w`'s sign marks the kept images. The loss saturates once a pair's margin is a few times 2/beta,
+        and its optimum is the base reweighted by the preference, so the model stays anchored to its base."""
+        d, kept = d.view(-1, k), (w > 0).view(-1, k)
+        margin = d[:, :, None] - d[:, None, :]  # [prompt, i, j]: d_i - d_j
+        pairs = (kept[:, :, None] & ~kept[:, None, :]).to(d.dtype)  # i kept, j not
+        n_pairs = pairs.sum()
+        loss = (F.softplus(self.beta / 2 * margin) * pairs).sum() / n_pairs
+        return loss, {"dpo_margin": ((margin * pairs).sum() / n_pairs).detach(),
+                      "dpo_accuracy": (((margin < 0).to(d.dtype) * pairs).sum() / n_pairs).detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_latents": None if self.kept_latents is None else self.kept_latents.cpu(),
@@ -166,4 +200,4 @@ class RankedMethod:
 def build(m: Any, base_dir: Path | None = None) -> RankedMethod:
     return RankedMethod(samples_per_prompt=m.samples_per_prompt, top_m=m.top_m,
                         prompts_per_round=m.prompts_per_round, steps_per_round=m.steps_per_round, baseline=m.baseline,
-                        kl_coeff=m.kl_coeff)
+                        kl_coeff=m.kl_coeff, loss_kind=m.loss, beta=m.beta)
