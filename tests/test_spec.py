@@ -14,6 +14,7 @@ import pytest
 from cli_process import rt
 from inventory import SHIPPED_SPECS, specs_on_disk
 
+from rewardtune.engine.outputs import spec_data
 from rewardtune.errors import SpecError
 from rewardtune.spec.load import load_spec, parse_override_path, to_tiny
 
@@ -146,8 +147,14 @@ def test_shipped_specs_validate():
     assert specs_on_disk() == SHIPPED_SPECS and len(SHIPPED_SPECS) == 10
     specs = [ROOT / "specs" / name for name in SHIPPED_SPECS]
     for p in specs:
-        load_spec(p)
+        spec = load_spec(p)
         load_spec(p, tiny=True)
+        # a validated spec's dump (spec.yaml, `validate --print`, load_spec(Spec)) holds every field: it validates
+        # again, to the same spec (what `rewardtune eval RUN_DIR` and api.run(Spec) rely on)
+        assert spec_data(load_spec(load_spec(spec_data(spec)))) == spec_data(spec), p
+    for method in ({"name": "ranked", "loss": "dpo", "beta": 500}, {"name": "ranked", "baseline": 0.5}):
+        spec = load_spec({"objective": [{"reward": "clip", "combine": "assemble_ranked"}], "method": method})
+        assert spec_data(load_spec(spec_data(spec))) == spec_data(spec), method
     proc = rt("validate", "specs")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("valid") == len(specs)

@@ -52,7 +52,7 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
         lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout,
                             target_modules=tuple(t.target_modules) if t.target_modules else None, init=t.init)
     # the frozen base's output: DRaFT+'s KL term, and ranked's Diffusion-DPO reference
-    needs_base = getattr(spec.method, "kl_coeff", 0.0) > 0 or getattr(spec.method, "loss", None) == "dpo"
+    needs_base = getattr(spec.method, "kl_coeff", 0.0) > 0 or (spec.method.name == "ranked" and spec.method.loss == "dpo")
     cache_path, cached = None, {}
     if m.cache_prompts and prompts is not None:
         from rewardtune.engine import prompt_cache

@@ -174,7 +174,7 @@ def base_output(diff: Diffusion, x: torch.Tensor, t: int | float, emb: Condition
 
 
 def base_denoiser_forward(diff: Diffusion, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                          guidance: float = 1.0) -> torch.Tensor:
+                          guidance: float) -> torch.Tensor:
     """`denoiser_forward` of the frozen base model (no graph) at timesteps t, one per row or one; `guidance` as
     `denoiser_forward` takes it (a distilled-guidance family's input, not classifier-free guidance)."""
     with torch.no_grad(), _frozen_base(diff) as module:

@@ -213,10 +213,10 @@ class Ranked(Strict):
         "Share of the prompt's average denoising loss subtracted from the kept images' loss. 1: every prompt's "
         "weights sum to zero, so only what sets the kept images apart from their siblings is learned; 0: plain "
         "fine-tuning on the kept images (FineRewards), which also learns the model's own errors that all its "
-        "samples share and compounds them round after round."))
+        "samples share and compounds them round after round. For loss: weighted only."))
     kl_coeff: float = Field(0.0, ge=0, description=(
-        "kl_coeff * mean ||eps_theta - eps_base||^2 on each step's noisy images (0 = off): holds the model near its "
-        "base, which the zero-sum loss of baseline 1 does not do by itself over long runs."))
+        "kl_coeff * mean ||eps_theta - eps_base||^2 on each step's noisy images (0 = off), added to either loss: "
+        "holds the model near its base, which the zero-sum loss of baseline 1 does not do by itself over long runs."))
     loss: Literal["weighted", "dpo"] = Field("weighted", description=(
         "`weighted`: the denoising loss weighted per image (see baseline). `dpo`: Diffusion-DPO (arXiv 2311.12908) "
         "on every (kept, not kept) pair of a prompt, softplus(beta/2 * (d_kept - d_other)) with d an image's "
@@ -233,11 +233,15 @@ class Ranked(Strict):
         elif self.loss == "dpo" and self.top_m == self.samples_per_prompt:
             problems.append(f"loss: dpo compares kept with not-kept images, and top_m ({self.top_m}) keeps all "
                             f"{self.samples_per_prompt}: use top_m < samples_per_prompt")
-        if self.loss == "dpo" and "baseline" in self.model_fields_set:
-            problems.append("baseline weights loss: weighted; loss: dpo compares each kept image with each not-kept "
-                            "one of its prompt and takes no baseline: remove it")
-        if self.loss == "weighted" and "beta" in self.model_fields_set:
-            problems.append("beta is Diffusion-DPO's and applies only with loss: dpo: set loss: dpo or remove beta")
+        # a value other than the default where it does nothing (not "was it set": a validated spec's dump, as
+        # spec.yaml and `validate --print` write it, holds every field and must validate again)
+        defaults = type(self).model_fields
+        if self.loss == "dpo" and self.baseline != defaults["baseline"].default:
+            problems.append(f"baseline ({self.baseline}) applies only to loss: weighted (loss: dpo compares each kept "
+                            "image with each not-kept one of its prompt): remove it")
+        if self.loss == "weighted" and self.beta != defaults["beta"].default:
+            problems.append(f"beta ({self.beta}) is Diffusion-DPO's and applies only with loss: dpo: set loss: dpo "
+                            "or remove beta")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -177,6 +177,21 @@ def test_ranked_dpo_is_diffusion_dpo_over_every_kept_other_pair():
     m._dpo_loss(far, torch.tensor([-0.5, 1.0, -0.5]), 3)[0].backward()
     assert far.grad.abs().max() < 1e-6
 
+    # 2 kept of 4: the 4 (kept, other) pairs, not the kept images with each other; a tie counts half
+    two = RankedMethod(samples_per_prompt=4, top_m=2, loss_kind="dpo", beta=10.0)
+    d = torch.tensor([0.1, 0.0, 0.3, 0.0])
+    loss, metrics = two._dpo_loss(d, torch.tensor([0.5, 0.5, -0.5, -0.5]), 4)
+    pairs = [d[i] - d[j] for i in (0, 1) for j in (2, 3)]
+    assert loss.item() == pytest.approx(torch.stack([F.softplus(5.0 * x) for x in pairs]).mean().item(), rel=1e-6)
+    assert metrics["dpo_accuracy"].item() == pytest.approx((1 + 0 + 1 + 0.5) / 4)  # pairs 0-2, 0-3, 1-2, 1-3
+
+
+def test_ranked_dpo_settings_reach_the_method(tmp_path, spec_factory):
+    spec = load_spec(spec_factory({**RANKED, "samples_per_prompt": 3, "loss": "dpo", "beta": 123.0},
+                                  objective=[{"reward": "test-redness", "combine": "assemble_ranked"}]))
+    m = build_trainer(spec, output_dir=tmp_path, progress=False).method
+    assert (m.loss_kind, m.beta, m.samples_per_prompt) == ("dpo", 123.0, 3)
+
 
 @pytest.mark.parametrize("trainable", ["lora", "full"])
 def test_ranked_dpo_starts_at_log_2_on_its_base(tmp_path, spec_factory, trainable):

@@ -184,7 +184,7 @@ def test_select_by_exports_the_weights_from_before_the_reward_was_hacked(tmp_pat
 RANKED_DPO = ("method={name: ranked, samples_per_prompt: 4, top_m: 1, prompts_per_round: 8, steps_per_round: 5, "
               "loss: dpo, beta: 500}")
 RANKED_DPO_STEPS = 160
-RANKED_DPO_MIN_GAIN = 0.10
+RANKED_DPO_MIN_GAIN = 0.08  # the weighted loss at 160 steps: -35 points
 
 
 @pytest.mark.learning

@@ -55,6 +55,12 @@ class RankedMethod:
     kept_prompts: list[str] = field(default_factory=list, repr=False)  # one per prompt
     round_index: int = -1
 
+    def __post_init__(self) -> None:
+        if self.loss_kind not in ("weighted", "dpo"):
+            raise ValueError(f"loss_kind must be 'weighted' or 'dpo', not {self.loss_kind!r}")
+        if self.loss_kind == "dpo" and self.top_m >= self.samples_per_prompt:
+            raise ValueError("loss_kind 'dpo' needs an image left out of the kept ones: top_m < samples_per_prompt")
+
     @torch.no_grad()
     def run_round(self, ctx: RunContext, round_index: int) -> MethodOutput:
         s, diff, info = ctx.sampling, ctx.diff, ctx.info
@@ -178,8 +184,11 @@ class RankedMethod:
         pairs = (kept[:, :, None] & ~kept[:, None, :]).to(d.dtype)  # i kept, j not
         n_pairs = pairs.sum()
         loss = (F.softplus(self.beta / 2 * margin) * pairs).sum() / n_pairs
+        # accuracy as Diffusion-DPO's reference code counts it: a pair the model prefers the kept image of (more
+        # than the base does) counts 1, a tie (every pair at the start) 1/2
+        right = (margin < 0).to(d.dtype) + 0.5 * (margin == 0).to(d.dtype)
         return loss, {"dpo_margin": ((margin * pairs).sum() / n_pairs).detach(),
-                      "dpo_accuracy": (((margin < 0).to(d.dtype) * pairs).sum() / n_pairs).detach()}
+                      "dpo_accuracy": ((right * pairs).sum() / n_pairs).detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_latents": None if self.kept_latents is None else self.kept_latents.cpu(),
