@@ -45,12 +45,15 @@ METHODS: dict[str, list[str]] = {
                         "pretrain: {data: PRETRAIN, batch_size: 8}}"],
     "ranked (4 -> 1)": ["method={name: ranked, samples_per_prompt: 4, top_m: 1, prompts_per_round: 8, "
                         "steps_per_round: 5}"],
+    "ranked dpo (beta 500)": ["method={name: ranked, samples_per_prompt: 4, top_m: 1, prompts_per_round: 8, "
+                              "steps_per_round: 5, loss: dpo, beta: 500}"],
 }
 SHORT = {k: k.split(" ")[0] for k in METHODS}
 #: a file-name-safe id per configuration: its run folders are `<slug>-s<seed>` in the work folder
 SLUG = {"draft_k (K=1)": "draft_k", "draft_k (K=1) + KL 0.01": "draft_k-kl", "draft_k (K=1), lr x5": "draft_k-lr5",
         "alignprop (K~U[1,10])": "alignprop-rand", "draft_lv (n=2)": "draft_lv", "refl": "refl",
-        "refl + pretrain": "refl-pretrain", "ranked (4 -> 1)": "ranked"}
+        "refl + pretrain": "refl-pretrain", "ranked (4 -> 1)": "ranked",
+        "ranked dpo (beta 500)": "ranked-dpo"}
 
 
 def pretrain_jsonl(folder: Path, n: int = 256, seed: int = 4242) -> Path:
@@ -393,7 +396,7 @@ def main() -> None:
         md += [f"Gradient pass re-run alone at git {data['gradients_machine']['git']}, "
                f"{data['gradients_machine']['date']}."]
     for name, m in data.get("reruns", {}).items():
-        md += [f"{name}: its runs re-run at git {m['git']}, {m['date']}."]
+        md += [f"{name}: its runs measured apart from the table's, at git {m['git']}, {m['date']}."]
     md += [""]
     mpath = a.out.with_suffix(".md")
     seen = mpath.read_text().partition("\n## What is seen")[2] if mpath.exists() else ""
