@@ -340,6 +340,36 @@ class RunStart:
 
 ALLOWED_SPEC_CHANGES = ("launcher", "logging.progress", "output_dir")
 
+#: What a spec saved before a field existed meant, where that is not the field's default: (method name or "*",
+#: section.key) -> the value a run had then. A field whose default keeps the old behaviour needs no entry; one
+#: whose default changes what a run does must have one, or resuming an older run would silently change it.
+LEGACY_VALUES: dict[tuple[str, str], Any] = {
+    ("ranked", "method.baseline"): 0.0,  # before `baseline`, ranked fine-tuned on the kept images alone
+}
+
+
+def saved_spec_as_now(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved spec as this version reads it: keys it lacks (fields added since the run started) take their
+    LEGACY_VALUES entry, else the field's default, so that upgrading rewardtune does not by itself block resuming
+    a run. A saved spec this version's schema refuses (a field since removed) is returned as it is."""
+    import copy
+
+    from pydantic import ValidationError
+
+    from rewardtune.spec.schema import Spec
+
+    data = copy.deepcopy(saved)
+    method = data.get("method") if isinstance(data.get("method"), dict) else {}
+    for (name, path), value in LEGACY_VALUES.items():
+        section, key = path.split(".")
+        block = data.get(section)
+        if isinstance(block, dict) and key not in block and name in ("*", method.get("name")):
+            block[key] = value
+    try:
+        return spec_data(Spec.model_validate(data))
+    except ValidationError:
+        return saved
+
 
 def spec_differences(saved: Any, given: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted path, saved, given) for each leaf where two spec dumps differ, except ALLOWED_SPEC_CHANGES."""
@@ -364,6 +394,7 @@ def check_resume_spec(run: RunDir, spec: Any) -> None:
     saved = run.read_spec()
     if saved is None or spec is None:
         return
+    saved = saved_spec_as_now(saved)
     diffs = spec_differences(saved, spec_data(spec))
     if not diffs:
         return

@@ -334,6 +334,37 @@ def test_resume_with_another_spec_is_refused_and_the_saved_spec_kept(tmp_path, s
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_run_started_by_an_older_version_resumes_where_its_new_fields_keep_what_it_did(tmp_path, spec_factory,
+                                                                                       capsys):
+    """spec.yaml of a run started before some fields existed lacks them: a resume reads them as their defaults
+    (what the run did then), except where a new default changes behaviour, which must then be given explicitly."""
+    p = _spec_file(tmp_path, spec_factory(train={"steps": 4, "checkpoint_every": 100}))
+    out = tmp_path / "out"
+    api.run(str(p), output_dir=out, progress=False, callbacks=[lambda ev: ev.step == 2 and
+                                                               control.request_stop("test")])
+    old = yaml.safe_load((out / "spec.yaml").read_text())
+    del old["logging"]["select_by"], old["train"]["compile_prefix"]  # fields this version added since
+    (out / "spec.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert cli(["run", str(p), "-o", str(out), "--no-progress", "--resume"]) == 0
+    assert [r["step"] for r in RunDir(out).metrics() if "loss" in r] == [1, 2, 3, 4]
+
+    from rewardtune.engine.outputs import check_resume_spec, spec_data
+    from rewardtune.errors import ResumeSpecError
+    from rewardtune.spec.load import load_spec
+
+    ranked = load_spec(spec_factory({"name": "ranked", "samples_per_prompt": 2, "top_m": 1},
+                                    objective=[{"reward": "test-redness", "combine": "assemble_ranked"}]))
+    old = spec_data(ranked)
+    for key in ("baseline", "kl_coeff", "loss", "beta"):  # ranked before them: plain fine-tuning on the kept images
+        del old["method"][key]
+    run = RunDir(tmp_path / "ranked")
+    run.path.mkdir()
+    run.spec_file.write_text(yaml.safe_dump(old, sort_keys=False))
+    with pytest.raises(ResumeSpecError, match="method.baseline: 0.0 in the run, 1.0 now"):
+        check_resume_spec(run, ranked)
+    check_resume_spec(run, load_spec(spec_data(ranked) | {"method": {**old["method"], "baseline": 0.0}}))
+
+
 # --------------------------------------------------------------------------------------- interrupt + resume
 def test_continue_with_command_resumes_the_same_run_to_exactly_its_steps(tmp_path, spec_factory):
     """Ctrl-C, then paste the printed command into a shell: same spec, overrides, --tiny and output dir."""
