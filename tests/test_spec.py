@@ -160,6 +160,47 @@ def test_shipped_specs_validate():
     assert proc.stdout.count("valid") == len(specs)
 
 
+def _spec_fields(model=None, prefix: str = "") -> list[str]:
+    """Every leaf field of the schema as a dotted path; a union of models is tagged by each one's name or type
+    default (`method[ranked].baseline`, `launcher[slurm].partition`)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from rewardtune.spec.schema import Spec
+
+    def models_in(ann) -> list[type[BaseModel]]:
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return [ann]
+        return [m for a in typing.get_args(ann) for m in models_in(a)]
+
+    out = []
+    for name, f in (model or Spec).model_fields.items():
+        subs = models_in(f.annotation)
+        if not subs:
+            out.append(prefix + name)
+        for m in subs:
+            tag = m.model_fields.get("name") or m.model_fields.get("type")
+            out += _spec_fields(m, f"{prefix}{name}[{tag.default}]." if len(subs) > 1 else f"{prefix}{name}.")
+    return out
+
+
+def test_a_new_spec_field_says_what_older_runs_did_without_it():
+    """The spec.yaml of every run started before a field existed lacks it, and a resume reads it as its default
+    (`saved_spec_as_now`). Where that default changes what such a run did, `LEGACY_VALUES` must give the value it
+    had, or resuming it would silently change the run. This list makes a new field ask that question: add the
+    field to tests/fixtures/spec_fields.txt once LEGACY_VALUES in rewardtune/engine/outputs.py is right for it."""
+    from rewardtune.engine.outputs import LEGACY_VALUES
+
+    known = (ROOT / "tests/fixtures/spec_fields.txt").read_text().split()
+    now = _spec_fields()
+    assert sorted(set(now) - set(known)) == [], "new spec fields: see this test's docstring"
+    assert sorted(set(known) - set(now)) == [], "spec fields removed: a run that set them can no longer resume"
+    for method, path in LEGACY_VALUES:
+        section, key = path.split(".")
+        assert f"{section}[{method}].{key}" in now or f"{section}.{key}" in now, (method, path)
+
+
 # ------------------------------------------------------------------------------------------- hostile input
 _MEASURE = """
 import json, resource, sys, time
