@@ -51,8 +51,6 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
         t = m.trainable
         lora = LoraSettings(rank=t.rank, alpha=t.alpha, dropout=t.dropout,
                             target_modules=tuple(t.target_modules) if t.target_modules else None, init=t.init)
-    # the frozen base's output: DRaFT+'s KL term, and ranked's Diffusion-DPO reference
-    needs_base = getattr(spec.method, "kl_coeff", 0.0) > 0 or (spec.method.name == "ranked" and spec.method.loss == "dpo")
     cache_path, cached = None, {}
     if m.cache_prompts and prompts is not None:
         from rewardtune.engine import prompt_cache
@@ -62,7 +60,7 @@ def build_diffusion(spec: Any, device: torch.device, prompts: list[str] | None =
         cache_path = prompt_cache.cache_file(local, resolve_family(local, m.family, m.pretrained), m.dtype)
         cached = prompt_cache.read(cache_path)
     diff = load_diffusion(m.pretrained, family=m.family, revision=m.revision, variant=m.variant, dtype=m.dtype,
-                          device=device, lora=lora, keep_base_copy=needs_base and lora is None,
+                          device=device, lora=lora, keep_base_copy=spec.method.needs_base_output and lora is None,
                           text_encoders=cache_path is None or any(p not in cached for p in prompts or ()),
                           vae_slicing=m.vae_slicing, vae_tiling=m.vae_tiling)
     if spec.train.channels_last:  # before sharding: the memory format of whole tensors

@@ -139,6 +139,11 @@ class _GradMethod(Strict):
     kl_coeff: float = Field(0.0, ge=0, description="DRaFT+ regularizer: kl_coeff * mean ||eps_theta - eps_base||^2 "
                                                    "over the differentiable steps (0 = off).")
 
+    @property
+    def needs_base_output(self) -> bool:
+        """Whether training calls the frozen base model (under full fine-tuning a copy of it is kept in memory)."""
+        return self.kl_coeff > 0
+
 
 class AlignProp(_GradMethod):
     """Backprop through the last K DDIM steps (K fixed, all, or drawn at random)."""
@@ -224,6 +229,11 @@ class Ranked(Strict):
     beta: float = Field(5000.0, gt=0, description=(
         "Diffusion-DPO's beta for loss: dpo (its SD 1.5 setting; the denoising loss is a mean over latent "
         "elements). Larger: the pairs' margin saturates sooner, so the model stays nearer its base."))
+
+    @property
+    def needs_base_output(self) -> bool:
+        """Whether training calls the frozen base model: the KL term, and DPO's reference."""
+        return self.kl_coeff > 0 or self.loss == "dpo"
 
     @model_validator(mode="after")
     def _m(self) -> Ranked:

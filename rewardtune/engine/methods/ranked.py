@@ -151,14 +151,18 @@ class RankedMethod:
         noisy, tt, target = add_training_noise(diff, x0, noise, t)
         guidance = ctx.sampling.guidance
         out = denoiser_forward(diff, noisy, tt, emb, guidance)
-        per_image = (out - target).pow(2).flatten(1).mean(1)
+
+        def per_image_loss(output: torch.Tensor) -> torch.Tensor:
+            return (output - target).pow(2).flatten(1).mean(1)
+
+        per_image = per_image_loss(out)
         metrics = {"denoise_loss": per_image.mean().detach()}
         base = None
         if self.kl_coeff > 0 or self.loss_kind == "dpo":
             base = base_denoiser_forward(diff, noisy, tt, emb, guidance)
         if self.loss_kind == "dpo":
             assert base is not None
-            loss, dpo_metrics = self._dpo_loss(per_image - (base - target).pow(2).flatten(1).mean(1), w, k)
+            loss, dpo_metrics = self._dpo_loss(per_image - per_image_loss(base), w, k)
             metrics.update(dpo_metrics)
         else:
             loss = (per_image * w).sum() / g
