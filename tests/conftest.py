@@ -39,12 +39,31 @@ def clean_registries():
 @pytest.fixture(scope="session")
 def trained_demo(tmp_path_factory):
     """The demo spec as shipped (DRaFT-1, LoRA, the shapes world) trained 40 steps on this machine, its eval the 32
-    shapes-eval captions with one image each: (run directory, RunResult). One run (56 s) serves the default suite's
-    fast learning test and `rewardtune eval`'s tests, which trained their own (62 s and 35 s)."""
-    import rewardtune
+    shapes-eval captions with one image each: (run directory, TrainResult). One run (56 s) serves the default
+    suite's fast learning test and `rewardtune eval`'s tests, which trained their own (62 s and 35 s). Under
+    pytest-xdist (`nox -s tests`) the workers share it: the first to need it trains under a file lock, and the
+    others read its result (JSON beside the run) instead of training again."""
+    import dataclasses
+    import json
 
-    out = tmp_path_factory.mktemp("trained-demo") / "run"
-    res = rewardtune.run(Path(__file__).resolve().parents[1] / "specs" / "demo.yaml",
-                         overrides=["method={name: draft_k, k: 1}", "train.steps=40",
-                                    "logging.eval_images_per_prompt=1"], output_dir=out, progress=False)
+    from filelock import FileLock
+
+    import rewardtune
+    from rewardtune.engine.trainer import TrainResult
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's temp folder, above each worker's own
+    out, saved = root / "trained-demo" / "run", root / "trained-demo" / "result.json"
+    saved.parent.mkdir(exist_ok=True)
+    with FileLock(str(root / "trained-demo.lock")):
+        if saved.exists():
+            d = json.loads(saved.read_text())
+            return out, TrainResult(**{**d, "output_dir": Path(d["output_dir"]),
+                                       "weights_path": d["weights_path"] and Path(d["weights_path"])})
+        res = rewardtune.run(Path(__file__).resolve().parents[1] / "specs" / "demo.yaml",
+                             overrides=["method={name: draft_k, k: 1}", "train.steps=40",
+                                        "logging.eval_images_per_prompt=1"], output_dir=out, progress=False,
+                             overwrite=True)  # over what a worker that failed left
+        saved.write_text(json.dumps(dataclasses.asdict(res), default=str))
     return out, res
