@@ -60,18 +60,11 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def learning(session: nox.Session) -> None:
     """The shapes-world learning tests: every method, LoRA and full UNet, must raise the rule-based judge's
-    accuracy on held-out seeds, and the flow sibling's. Two pytest processes of one thread each (about 25 minutes
-    on 2 cores; the halves are split to take about as long); .ci/run runs them after the default suite."""
-    py = _ensure_env(session)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    first = "lora or draft_plus_kl or select_by or ranked_dpo"
-    halves = [first, f"not ({first})"]
-    procs = [subprocess.Popen([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "learning", "-k", k,
-                               "--durations=0", "tests/world/test_learning.py", *session.posargs], env=env)
-             for k in halves]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        session.error(f"learning tests failed (exit codes {codes} for the halves {halves})")
+    accuracy on held-out seeds, and the flow sibling's. On pytest-xdist workers of one thread each (one per core, at
+    most 4), a free worker taking the next test from a busy one (about 29 minutes on 2 cores); .ci/run runs them
+    after the default suite."""
+    _pytest(session, "-q", "-p", "no:cacheprovider", "-m", "learning", "--durations=0", "-n", "auto",
+            "--maxprocesses", "4", "--dist", "worksteal", "tests/world/test_learning.py", OMP_NUM_THREADS="1")
 
 
 @nox.session
