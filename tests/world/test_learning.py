@@ -13,7 +13,7 @@ the whole sampling chain, and ReFL stopping in the early steps where the shapes 
 too, and the methods whose gradient sees only the last steps must be caught raising the reward without the judge
 following.
 
-Budget: `nox -s learning` (also run by .ci/run) takes about 25 minutes on 2 cores, the flow runs included; one
+Budget: `nox -s learning` (also run by .ci/run) takes about 30 minutes on 2 cores, the flow runs included; one
 fast test runs in the default suite.
 """
 from __future__ import annotations
