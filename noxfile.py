@@ -50,9 +50,9 @@ def _pytest(session: nox.Session, *args: str, **extra_env: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The default suite (CPU, tiny seeded models, parity fixtures; no slow/gpu/slurm tests), on one pytest-xdist
-    worker of one thread per core, at most 4, a whole test file to a worker (module fixtures are built once): about
-    8 minutes on 2 cores, where one process took 13."""
+    """The default suite (CPU, tiny seeded models, parity fixtures; no slow/gpu/slurm tests) on pytest-xdist
+    workers, one per core (at most 4) with one thread each, a whole test file to a worker so that module fixtures
+    are built once: about 8 minutes on 2 cores, where one process took 13."""
     _pytest(session, "-q", "-p", "no:cacheprovider", "--durations=15", "-n", "auto", "--maxprocesses", "4",
             "--dist", "loadfile", OMP_NUM_THREADS="1")
 
