@@ -1,5 +1,6 @@
 """Train the shapes world's models from a seed: a VAE, an SD-1.x-architecture pipeline (UNet + CLIP text encoder,
-DDIM), its flow-matching SD3-architecture sibling (transformer + two CLIPs + a small T5, flow-match Euler) and a
+DDIM), its flow-matching SD3-architecture sibling (transformer + two CLIPs + a small T5, flow-match Euler), its
+FLUX.1-architecture sibling (transformer on packed latents + a CLIP + the small T5, no guidance input) and a
 CLIP-architecture reward. The results are `save_pretrained` directories that load through the same
 `from_pretrained` paths as hub checkpoints.
 
@@ -461,6 +462,99 @@ def train_sd3(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch:
             "time_s": round(time.perf_counter() - t0, 1), "history": hist}
 
 
+#: the FLUX sibling's CLIP width (its pooled projection) and T5 width (the transformer's joint attention width)
+FLUX_CLIP_HIDDEN = 32
+FLUX_T5_DIM = 2 * SD3_TEXT_HIDDEN
+
+
+def make_flux_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    # no guidance input, as FLUX.1-schnell: there is no guidance-distilled teacher to learn one from
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * 4, num_layers=2, num_single_layers=4, attention_head_dim=16,
+        num_attention_heads=4, joint_attention_dim=FLUX_T5_DIM, pooled_projection_dim=FLUX_CLIP_HIDDEN,
+        guidance_embeds=False, axes_dims_rope=(4, 6, 6))
+
+
+def make_flux_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # FLUX's dynamic shifting, with mu = 0 at every image size: no shift, as the SD3 sibling (shift 1)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True,
+                                           base_shift=0.0, max_shift=0.0, base_image_seq_len=64,
+                                           max_image_seq_len=4096)
+
+
+def train_flux(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch: int = 32, lr: float = 1e-3,
+               snapshot_every: int = 0) -> dict[str, Any]:
+    """The FLUX.1-architecture sibling of shapes-sd1: a FluxTransformer2DModel (double- and single-stream blocks,
+    RoPE, no guidance input) on shapes-sd1's VAE latents packed in 2x2 patches, conditioned as FluxPipeline
+    conditions it (a CLIP text encoder's pooled output and the character-level T5's sequence), trained by
+    rectified flow like shapes-sd3: x_t = (1 - s) x0 + s eps, s uniform in [0, 1], regressing v = eps - x0,
+    together with both text encoders. FLUX.1 samples without classifier-free guidance, so there is no caption
+    dropout."""
+    from diffusers import AutoencoderKL, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from rewardtune.engine.families.flux import image_ids, pack
+
+    torch.manual_seed(seed)
+    tok = make_tokenizer()
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    shift, scale = latent_stats(vae)
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    model = make_flux_transformer()
+    clip = CLIPTextModel(CLIPTextConfig(**dict(_text_config(tok), hidden_size=FLUX_CLIP_HIDDEN,
+                                                intermediate_size=2 * FLUX_CLIP_HIDDEN)))
+    tok5, t5 = _sd3_t5()
+    sched = make_flux_scheduler()
+    params = [*model.parameters(), *clip.parameters(), *t5.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    h = w = W.RES // 2  # the VAE's latent size
+    img_ids = image_ids(h, w, torch.device("cpu"), torch.float32)
+
+    def pipeline():
+        return FluxPipeline(transformer=model, scheduler=sched, vae=vae, text_encoder=clip, tokenizer=tok,
+                            text_encoder_2=t5, tokenizer_2=tok5)
+
+    t0 = time.perf_counter()
+
+    def step(i: int) -> dict[str, float]:
+        for grp in opt.param_groups:
+            grp["lr"] = lr * min(1.0, (i + 1) / 100)
+        x, caps = world_batch(batch, seed * 1_000_003 + 950_000 + i)
+        with torch.no_grad():
+            z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - shift) * scale
+        noise = torch.randn(z.shape, generator=g)
+        s = torch.rand(batch, generator=g).view(-1, 1, 1, 1)
+        zt = (1 - s) * z + s * noise
+        pooled = clip(_ids(tok, caps)).pooler_output
+        ids5 = tok5(caps, padding="max_length", max_length=SD3_T5_LEN, truncation=True, return_tensors="pt").input_ids
+        emb = t5(ids5)[0]
+        v = model(hidden_states=pack(zt), timestep=s.view(-1), guidance=None, pooled_projections=pooled,
+                  encoder_hidden_states=emb, txt_ids=torch.zeros(emb.shape[1], 3), img_ids=img_ids).sample
+        loss = F.mse_loss(v, pack(noise - z))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if snapshot_every and (i + 1) % snapshot_every == 0 and i + 1 < steps:
+            pipeline().save_pretrained(out.parent / f".{out.name}-step{i + 1}")  # to stop early and keep a model
+        return {"loss": float(loss.detach())}
+
+    for m in (model, clip, t5):
+        m.train()
+    hist = _loop(steps, step, 50, "flux")
+    for m in (model, clip, t5):
+        m.eval()
+    pipeline().save_pretrained(out)
+    return {"params_transformer": n_params(model), "params_text_encoders": n_params(clip) + n_params(t5),
+            "params_vae": n_params(vae), "vae_shift_factor": shift, "vae_scaling_factor": scale, "steps": steps,
+            "batch": batch, "lr": lr, "seed": seed, "time_s": round(time.perf_counter() - t0, 1), "history": hist}
+
+
 # ------------------------------------------------------------------------------------------------- measurement
 #: the shipped sampling settings: what specs on the world use and what the model cards report
 SAMPLING = {"steps": 20, "guidance": 3.0}
@@ -500,16 +594,17 @@ def write_card(out: Path, title: str, command: str, info: dict[str, Any], body: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rewardtune.world.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("vae", "clip", "sd", "sd3", "all"))
+    ap.add_argument("part", choices=("vae", "clip", "sd", "sd3", "flux", "all"))
     ap.add_argument("--out", type=Path, default=Path("rewardtune/data/models"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=800)
     ap.add_argument("--clip-steps", type=int, default=1200)
     ap.add_argument("--sd-steps", type=int, default=3000)
     ap.add_argument("--sd3-steps", type=int, default=2000)
+    ap.add_argument("--flux-steps", type=int, default=2000)
     ap.add_argument("--measure-every", type=int, default=0, help="measure prompt-following every N UNet steps")
     ap.add_argument("--keep-snapshots", action="store_true", help="keep the measured snapshots (.shapes-sd1-stepN)")
-    ap.add_argument("--snapshot-every", type=int, default=0, help="save the SD3 sibling every N steps (.shapes-sd3-stepN)")
+    ap.add_argument("--snapshot-every", type=int, default=0, help="save the SD3 or FLUX sibling every N steps (.shapes-sd3-stepN, .shapes-flux-stepN)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -545,6 +640,15 @@ def main(argv: list[str] | None = None) -> None:
         write_card(out, "shapes-sd3", f"python -m rewardtune.world.train sd3 --seed {a.seed} --sd3-steps "
                    f"{a.sd3_steps}", info, SD3_CARD)
         print("[sd3] done", {k: v for k, v in info.items() if k != "history"}, flush=True)
+    if a.part in ("flux", "all"):
+        out = a.out / "shapes-flux"
+        info = train_flux(out, a.out / "shapes-sd1" / "vae", a.seed, a.flux_steps, snapshot_every=a.snapshot_every)
+        info["prompt_following"] = measure_pipeline(out)
+        info["sampling"] = dict(steps=SAMPLING["steps"], guidance=None, scheduler="flow-match euler",
+                                eval_images=2 * len(W.prompts()), eval_seed=12345)
+        write_card(out, "shapes-flux", f"python -m rewardtune.world.train flux --seed {a.seed} --flux-steps "
+                   f"{a.flux_steps}", info, FLUX_CARD)
+        print("[flux] done", {k: v for k, v in info.items() if k != "history"}, flush=True)
 
 
 SD_CARD = """
@@ -573,6 +677,20 @@ does). Load it as `zoo:shapes-sd3` or with `StableDiffusion3Pipeline.from_pretra
 `prompt_following` is the judge's colour / shape / both accuracy on 64 images (two per caption) on fixed noise,
 Euler 20 steps, CFG 3, sampled by rewardtune's own engine. It exists so that every method can prove on a
 flow-matching transformer, not only on a UNet, that it raises what the judge reads.
+"""
+
+FLUX_CARD = """
+# shapes-flux: the shapes world's FLUX.1-architecture pipeline
+
+The FLUX.1-architecture sibling of `shapes-sd1`: a `FluxPipeline` (FluxTransformer2DModel with double- and
+single-stream blocks and RoPE, a CLIP text encoder whose pooled output conditions it, the character-level T5 of
+shapes-sd3 for its text sequence, FlowMatchEulerDiscreteScheduler with FLUX's dynamic shifting set to no shift)
+trained from scratch by rectified flow on the latents of shapes-sd1's VAE, packed in 2x2 patches. Like
+FLUX.1-schnell it has no guidance input: nothing here could distill one, and FLUX.1 samples without
+classifier-free guidance. Load it as `zoo:shapes-flux` or with `FluxPipeline.from_pretrained(<this folder>)`.
+
+`prompt_following` is the judge's colour / shape / both accuracy on 64 images (two per caption) on fixed noise,
+Euler 20 steps, no guidance, sampled by rewardtune's own engine.
 """
 
 CLIP_CARD = """
