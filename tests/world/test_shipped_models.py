@@ -20,7 +20,7 @@ def card(name: str) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3", "shapes-clip"])
+@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3", "shapes-flux", "shapes-clip"])
 def test_shipped_models_resolve_by_name_and_are_small(name):
     d = resolve_weights(f"zoo:{name}")
     assert d == shipped_model(f"zoo:{name}") and d.is_dir()
@@ -31,7 +31,7 @@ def test_shipped_models_resolve_by_name_and_are_small(name):
         assert key in meta, f"the model card of {name} lacks {key}"
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3"])
+@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3", "shapes-flux"])
 def test_pipeline_prompt_following_matches_its_card_and_is_partial(name):
     from rewardtune.world.train import measure_pipeline
 
@@ -109,7 +109,31 @@ def test_flow_sibling_samples_as_the_diffusers_pipeline_does():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+def test_flux_sibling_samples_as_the_diffusers_pipeline_does():
+    """zoo:shapes-flux is a real FluxPipeline folder (no guidance input, as FLUX.1-schnell), and rewardtune's sampler
+    (packed latents, FLUX's shifted flow-matching schedule) reproduces the pipeline's own output on it, from the
+    same noise."""
+    from diffusers import FluxPipeline
+
+    from rewardtune.engine.families.flux import pack
+    from rewardtune.engine.pipeline import load_diffusion
+    from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
+    from rewardtune.world.train import SD3_T5_LEN
+
+    path = resolve_weights("zoo:shapes-flux")
+    pipe = FluxPipeline.from_pretrained(path)
+    diff = load_diffusion(str(path))
+    assert diff.family.name == "flux" and not diff.denoiser.config.guidance_embeds
+    prompts = ["a red circle", "an orange triangle"]
+    x = initial_latents(diff, 2, W.RES, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = decode(diff, sample(diff, x, encode_prompts(diff, prompts, 1.0), steps=8, guidance=1.0).latents)
+        theirs = pipe(prompts, latents=pack(x.clone()), num_inference_steps=8, height=W.RES, width=W.RES,
+                      max_sequence_length=SD3_T5_LEN, output_type="pt").images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
 def test_training_log_is_json():
-    for name in ("shapes-sd1", "shapes-sd3", "shapes-clip"):
+    for name in ("shapes-sd1", "shapes-sd3", "shapes-flux", "shapes-clip"):
         hist = json.loads((shipped_model(f"zoo:{name}") / "training_log.json").read_text())
         assert hist and np.isfinite([h.get("loss", h.get("rec", 0.0)) for h in hist]).all()
