@@ -390,19 +390,46 @@ def latent_stats(vae, n: int = 512, seed: int = 777) -> tuple[float, float]:
     return float(z.mean()), float(1.0 / z.std())
 
 
+def _flow_vae(vae_dir: Path):
+    """shapes-sd1's frozen VAE, its config given the world latents' measured shift and scale (as SD3's and FLUX's
+    VAEs carry them): (vae, shift, scale)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    shift, scale = latent_stats(vae)
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    return vae, shift, scale
+
+
+def _flow_pair(vae, shift: float, scale: float, x: torch.Tensor, g: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rectified flow's training pair for images x: (x_t, s, v) with x_t = (1 - s) x0 + s eps, s uniform in [0, 1]
+    per image, and the velocity v = eps - x0 the model regresses (x0: the normalized VAE latents)."""
+    with torch.no_grad():
+        z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - shift) * scale
+    noise = torch.randn(z.shape, generator=g)
+    s = torch.rand(z.shape[0], generator=g).view(-1, 1, 1, 1)
+    return (1 - s) * z + s * noise, s, noise - z
+
+
+def _flow_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def train_sd3(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch: int = 32, lr: float = 1e-3,
               caption_dropout: float = 0.1, snapshot_every: int = 0) -> dict[str, Any]:
     """The flow-matching sibling of shapes-sd1: an SD3-architecture pipeline (SD3Transformer2DModel, two CLIP text
     encoders with projections and a small character-level T5, FlowMatchEulerDiscreteScheduler) trained by rectified flow on the same VAE's
     latents: x_t = (1 - s) x0 + s eps with s uniform in [0, 1], the transformer regressing v = eps - x0 at timestep
     1000 s, together with both text encoders, with caption dropout so classifier-free guidance works."""
-    from diffusers import AutoencoderKL, StableDiffusion3Pipeline
+    from diffusers import StableDiffusion3Pipeline
 
     torch.manual_seed(seed)
     tok = make_tokenizer()
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
-    shift, scale = latent_stats(vae)
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    vae, shift, scale = _flow_vae(vae_dir)
     model = make_transformer()
     te1, te2 = _sd3_text(tok), _sd3_text(tok)
     tok5, t5 = _sd3_t5()
@@ -433,19 +460,12 @@ def train_sd3(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch:
         x, caps = world_batch(batch, seed * 1_000_003 + 900_000 + i)
         drop = torch.rand(batch, generator=g) < caption_dropout
         caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
-        with torch.no_grad():
-            z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - shift) * scale
-        noise = torch.randn(z.shape, generator=g)
-        s = torch.rand(batch, generator=g).view(-1, 1, 1, 1)
-        zt = (1 - s) * z + s * noise
+        zt, s, target = _flow_pair(vae, shift, scale, x, g)
         emb, pooled = encode(caps)
         v = model(hidden_states=zt, timestep=s.view(-1) * 1000, encoder_hidden_states=emb,
                   pooled_projections=pooled).sample
-        loss = F.mse_loss(v, noise - z)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = F.mse_loss(v, target)
+        _flow_step(opt, params, loss)
         if snapshot_every and (i + 1) % snapshot_every == 0 and i + 1 < steps:
             pipeline().save_pretrained(out.parent / f".{out.name}-step{i + 1}")  # to stop early and keep a model
         return {"loss": float(loss.detach())}
@@ -494,16 +514,14 @@ def train_flux(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch
     rectified flow like shapes-sd3: x_t = (1 - s) x0 + s eps, s uniform in [0, 1], regressing v = eps - x0,
     together with both text encoders. FLUX.1 samples without classifier-free guidance, so there is no caption
     dropout."""
-    from diffusers import AutoencoderKL, FluxPipeline
+    from diffusers import FluxPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from rewardtune.engine.families.flux import image_ids, pack
 
     torch.manual_seed(seed)
     tok = make_tokenizer()
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
-    shift, scale = latent_stats(vae)
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    vae, shift, scale = _flow_vae(vae_dir)
     model = make_flux_transformer()
     clip = CLIPTextModel(CLIPTextConfig(**dict(_text_config(tok), hidden_size=FLUX_CLIP_HIDDEN,
                                                 intermediate_size=2 * FLUX_CLIP_HIDDEN)))
@@ -525,21 +543,14 @@ def train_flux(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch
         for grp in opt.param_groups:
             grp["lr"] = lr * min(1.0, (i + 1) / 100)
         x, caps = world_batch(batch, seed * 1_000_003 + 950_000 + i)
-        with torch.no_grad():
-            z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - shift) * scale
-        noise = torch.randn(z.shape, generator=g)
-        s = torch.rand(batch, generator=g).view(-1, 1, 1, 1)
-        zt = (1 - s) * z + s * noise
+        zt, s, target = _flow_pair(vae, shift, scale, x, g)
         pooled = clip(_ids(tok, caps)).pooler_output
         ids5 = tok5(caps, padding="max_length", max_length=SD3_T5_LEN, truncation=True, return_tensors="pt").input_ids
         emb = t5(ids5)[0]
         v = model(hidden_states=pack(zt), timestep=s.view(-1), guidance=None, pooled_projections=pooled,
                   encoder_hidden_states=emb, txt_ids=torch.zeros(emb.shape[1], 3), img_ids=img_ids).sample
-        loss = F.mse_loss(v, pack(noise - z))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = F.mse_loss(v, pack(target))
+        _flow_step(opt, params, loss)
         if snapshot_every and (i + 1) % snapshot_every == 0 and i + 1 < steps:
             pipeline().save_pretrained(out.parent / f".{out.name}-step{i + 1}")  # to stop early and keep a model
         return {"loss": float(loss.detach())}
