@@ -91,7 +91,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(name="shapes-world")
 def shapes_world(session: nox.Session) -> None:
-    """Retrain the shapes world's shipped models from seed 0 into rewardtune/data/models (about 100 minutes on 2 cores)."""
+    """Retrain the shapes world's shipped models from seed 0 into rewardtune/data/models (about two hours on 2 cores)."""
     py = _ensure_env(session)
     session.run(py, "-m", "rewardtune.world.train", "all", "--out", "rewardtune/data/models", *session.posargs,
                 external=True)

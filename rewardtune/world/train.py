@@ -1,5 +1,6 @@
 """Train the shapes world's models from a seed: a VAE, an SD-1.x-architecture pipeline (UNet + CLIP text encoder,
-DDIM), its flow-matching SD3-architecture sibling (transformer + two CLIPs + a small T5, flow-match Euler), its
+DDIM), its SDXL-architecture sibling (the UNet with added conditioning + two CLIP text encoders, DDIM), its
+flow-matching SD3-architecture sibling (transformer + two CLIPs + a small T5, flow-match Euler), its
 FLUX.1-architecture sibling (transformer on packed latents + a CLIP + the small T5, no guidance input) and a
 CLIP-architecture reward. The results are `save_pretrained` directories that load through the same
 `from_pretrained` paths as hub checkpoints.
@@ -96,14 +97,24 @@ def make_vae():
                          latent_channels=4, norm_num_groups=8, sample_size=W.RES)
 
 
-def make_unet():
+#: the SDXL sibling's two text encoders' width (side by side they are the UNet's cross-attention width, as in SDXL)
+#: and its micro-conditioning's embedding width per number (SDXL's `addition_time_embed_dim`)
+SDXL_TEXT_HIDDEN = TEXT_HIDDEN // 2
+SDXL_TIME_EMBED = 8
+
+
+def make_unet(xl: bool = False):
+    """shapes-sd1's UNet; with `xl`, SDXL's added conditioning as well: the second text encoder's pooled projection
+    and the six micro-conditioning numbers enter through the time embedding (`addition_embed_type="text_time"`)."""
     from diffusers import UNet2DConditionModel
 
+    extra = dict(addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_EMBED, use_linear_projection=True,
+                 projection_class_embeddings_input_dim=SDXL_TEXT_HIDDEN + 6 * SDXL_TIME_EMBED) if xl else {}
     return UNet2DConditionModel(
         sample_size=W.RES // 2, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=8, norm_num_groups=8, only_cross_attention=True)
+        attention_head_dim=8, norm_num_groups=8, only_cross_attention=True, **extra)
 
 
 def make_scheduler():
@@ -269,29 +280,64 @@ def save_clip(clip, tok, out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------------- UNet
 def train_sd(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: int = 32, lr: float = 1e-3,
-             caption_dropout: float = 0.1, measure_every: int = 0, keep_snapshots: bool = False) -> dict[str, Any]:
+             caption_dropout: float = 0.1, measure_every: int = 0, keep_snapshots: bool = False,
+             xl: bool = False) -> dict[str, Any]:
     """Denoising (epsilon) training of the UNet and the text encoder together, on latents of the trained VAE,
-    with caption dropout so classifier-free guidance works; then the whole pipeline is saved."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    with caption dropout so classifier-free guidance works; then the whole pipeline is saved.
+
+    With `xl`, the SDXL-architecture sibling: two text encoders (a CLIPTextModel and a CLIPTextModelWithProjection
+    sharing the world's tokenizer) whose penultimate states, side by side, are the UNet's cross-attention input, the
+    second's pooled projection and the micro-conditioning (32, 32, 0, 0, 32, 32) its added conditioning, as
+    StableDiffusionXLPipeline feeds them. A dropped caption is all zeros (embeddings and pooled), which is what
+    SDXL's pipeline samples the unconditional branch with (`force_zeros_for_empty_prompt`)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     tok = make_tokenizer()
     vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
-    unet = make_unet()
-    text = CLIPTextModel(CLIPTextConfig(**_text_config(tok)))
+    unet = make_unet(xl)
+    if xl:
+        texts = [CLIPTextModel(CLIPTextConfig(**dict(_text_config(tok), hidden_size=SDXL_TEXT_HIDDEN,
+                                                     intermediate_size=2 * SDXL_TEXT_HIDDEN))),
+                 _sd3_text(tok, SDXL_TEXT_HIDDEN)]
+        time_ids = torch.tensor([[W.RES, W.RES, 0, 0, W.RES, W.RES]], dtype=torch.float32).repeat(batch, 1)
+    else:
+        texts = [CLIPTextModel(CLIPTextConfig(**_text_config(tok)))]
     sched = make_scheduler()
-    params = list(unet.parameters()) + list(text.parameters())
+    params = [*unet.parameters(), *(p for t in texts for p in t.parameters())]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     ac = sched.alphas_cumprod
     sf = vae.config.scaling_factor
     measures: list[dict[str, Any]] = []
+    name = "sdxl" if xl else "sd"
 
     def pipeline():
-        return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+        if xl:
+            return StableDiffusionXLPipeline(vae=vae, text_encoder=texts[0], text_encoder_2=texts[1], tokenizer=tok,
+                                             tokenizer_2=tok, unet=unet, scheduler=sched, image_encoder=None,
+                                             feature_extractor=None, force_zeros_for_empty_prompt=True,
+                                             add_watermarker=False)
+        return StableDiffusionPipeline(vae=vae, text_encoder=texts[0], tokenizer=tok, unet=unet, scheduler=sched,
                                        safety_checker=None, feature_extractor=None, image_encoder=None,
                                        requires_safety_checker=False)
+
+    def denoise(zt: torch.Tensor, t: torch.Tensor, caps: list[str], drop: torch.Tensor) -> torch.Tensor:
+        if not xl:
+            caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
+            return unet(zt, t, encoder_hidden_states=texts[0](_ids(tok, caps))[0]).sample
+        ids = _ids(tok, caps)
+        o1, o2 = texts[0](ids, output_hidden_states=True), texts[1](ids, output_hidden_states=True)
+        keep = (~drop).float()
+        emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1) * keep.view(-1, 1, 1)
+        pooled = o2.text_embeds * keep.view(-1, 1)
+        return unet(zt, t, encoder_hidden_states=emb,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+
+    def train_mode(on: bool) -> None:
+        for m in (unet, *texts):
+            m.train(on)
 
     t0 = time.perf_counter()
 
@@ -300,43 +346,39 @@ def train_sd(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: 
             grp["lr"] = lr * min(1.0, (i + 1) / 100)
         x, caps = world_batch(batch, seed * 1_000_003 + 900_000 + i)
         drop = torch.rand(batch, generator=g) < caption_dropout
-        caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
         with torch.no_grad():
             z = vae.encode(x * 2 - 1).latent_dist.sample(generator=g) * sf
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         a = ac[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z + (1 - a).sqrt() * noise
-        emb = text(_ids(tok, caps))[0]
-        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=emb).sample, noise)
+        loss = F.mse_loss(denoise(zt, t, caps, drop), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if measure_every and (i + 1) % measure_every == 0 and i + 1 < steps:
-            unet.eval()
-            text.eval()
+            train_mode(False)
             snap = out.parent / f".{out.name}-step{i + 1}"
             pipeline().save_pretrained(snap)
             m = measure_pipeline(snap)
             if not keep_snapshots:
                 shutil.rmtree(snap, ignore_errors=True)
             measures.append({"step": i + 1, "time_s": round(time.perf_counter() - t0, 1), **m})
-            print(f"[sd] measured at step {i + 1}: {m}", flush=True)
-            unet.train()
-            text.train()
+            print(f"[{name}] measured at step {i + 1}: {m}", flush=True)
+            train_mode(True)
         return {"loss": float(loss.detach())}
 
-    unet.train()
-    text.train()
-    hist = _loop(steps, step, 50, "sd")
-    unet.eval()
-    text.eval()
+    train_mode(True)
+    hist = _loop(steps, step, 50, name)
+    train_mode(False)
     pipeline().save_pretrained(out)
     elapsed = time.perf_counter() - t0
-    return {"params_unet": n_params(unet), "params_text_encoder": n_params(text), "params_vae": n_params(vae),
-            "steps": steps, "batch": batch, "lr": lr, "seed": seed, "caption_dropout": caption_dropout,
-            "time_s": round(elapsed, 1), "measured_during_training": measures, "history": hist}
+    return {"params_unet": n_params(unet), **({"params_text_encoders": sum(n_params(t) for t in texts)} if xl else
+                                              {"params_text_encoder": n_params(texts[0])}),
+            "params_vae": n_params(vae), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+            "caption_dropout": caption_dropout, "time_s": round(elapsed, 1), "measured_during_training": measures,
+            "history": hist}
 
 
 def make_transformer():
@@ -373,11 +415,10 @@ def _sd3_t5():
     return tok5, t5
 
 
-def _sd3_text(tok):
+def _sd3_text(tok, hidden: int = SD3_TEXT_HIDDEN):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    cfg = dict(_text_config(tok), hidden_size=SD3_TEXT_HIDDEN, intermediate_size=2 * SD3_TEXT_HIDDEN,
-               projection_dim=SD3_TEXT_HIDDEN)
+    cfg = dict(_text_config(tok), hidden_size=hidden, intermediate_size=2 * hidden, projection_dim=hidden)
     return CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
 
 
@@ -605,16 +646,17 @@ def write_card(out: Path, title: str, command: str, info: dict[str, Any], body: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rewardtune.world.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("vae", "clip", "sd", "sd3", "flux", "all"))
+    ap.add_argument("part", choices=("vae", "clip", "sd", "sdxl", "sd3", "flux", "all"))
     ap.add_argument("--out", type=Path, default=Path("rewardtune/data/models"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=800)
     ap.add_argument("--clip-steps", type=int, default=1200)
     ap.add_argument("--sd-steps", type=int, default=3000)
+    ap.add_argument("--sdxl-steps", type=int, default=3000)
     ap.add_argument("--sd3-steps", type=int, default=2000)
     ap.add_argument("--flux-steps", type=int, default=2000)
-    ap.add_argument("--measure-every", type=int, default=0, help="measure prompt-following every N UNet steps")
-    ap.add_argument("--keep-snapshots", action="store_true", help="keep the measured snapshots (.shapes-sd1-stepN)")
+    ap.add_argument("--measure-every", type=int, default=0, help="measure prompt-following every N UNet steps (sd, sdxl)")
+    ap.add_argument("--keep-snapshots", action="store_true", help="keep the measured snapshots (.shapes-sd1-stepN, .shapes-sdxl-stepN)")
     ap.add_argument("--snapshot-every", type=int, default=0, help="save the SD3 or FLUX sibling every N steps (.shapes-sd3-stepN, .shapes-flux-stepN)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
@@ -641,8 +683,17 @@ def main(argv: list[str] | None = None) -> None:
         write_card(out, "shapes-sd1", f"python -m rewardtune.world.train all --seed {a.seed} --vae-steps "
                    f"{a.vae_steps} --sd-steps {a.sd_steps}", info, SD_CARD)
         print("[sd] done", {k: v for k, v in info.items() if k != "history"}, flush=True)
+    if a.part in ("sdxl", "all"):
+        # the siblings reuse shapes-sd1's VAE (its own run's when `all` trained one), so all of them decode alike
+        out = a.out / "shapes-sdxl"
+        info = train_sd(out, a.out / "shapes-sd1" / "vae", a.seed, a.sdxl_steps, measure_every=a.measure_every,
+                        keep_snapshots=a.keep_snapshots, xl=True)
+        info["prompt_following"] = measure_pipeline(out)
+        info["sampling"] = dict(SAMPLING, scheduler="ddim", eval_images=2 * len(W.prompts()), eval_seed=12345)
+        write_card(out, "shapes-sdxl", f"python -m rewardtune.world.train sdxl --seed {a.seed} --sdxl-steps "
+                   f"{a.sdxl_steps}", info, SDXL_CARD)
+        print("[sdxl] done", {k: v for k, v in info.items() if k != "history"}, flush=True)
     if a.part in ("sd3", "all"):
-        # the sibling reuses shapes-sd1's VAE (its own run's when `all` trained one), so both decode alike
         out = a.out / "shapes-sd3"
         info = train_sd3(out, a.out / "shapes-sd1" / "vae", a.seed, a.sd3_steps, snapshot_every=a.snapshot_every)
         info["prompt_following"] = measure_pipeline(out)
@@ -674,6 +725,22 @@ Its prompt-following is deliberately partial (numbers above: `prompt_following`,
 both accuracy on 64 images, two per caption, on fixed noise, DDIM 20 steps, CFG 3), so reward fine-tuning has
 room to show what it does. The judge (`rewardtune.world.shapes.judge`) reads colour and shape from pixels by
 fixed rules; no reward model is involved in these numbers.
+"""
+
+SDXL_CARD = """
+# shapes-sdxl: the shapes world's SDXL-architecture pipeline
+
+The SDXL-architecture sibling of `shapes-sd1`: a `StableDiffusionXLPipeline` (UNet2DConditionModel with SDXL's
+added conditioning, `addition_embed_type="text_time"`; a CLIPTextModel and a CLIPTextModelWithProjection sharing
+the world's tokenizer, whose penultimate states side by side are the cross-attention input and whose second pooled
+projection, with the micro-conditioning (original size, crop, target size), enters the time embedding; DDIM)
+trained from scratch on the latents of shapes-sd1's VAE, with caption dropout to all-zero conditioning, which is
+what the pipeline's unconditional branch is (`force_zeros_for_empty_prompt`). The UNet's blocks are shapes-sd1's
+(cross-attention at both levels), so the two differ where SDXL differs from SD 1.x in how text reaches the
+model. Load it as `zoo:shapes-sdxl` or with `StableDiffusionXLPipeline.from_pretrained(<this folder>)`.
+
+`prompt_following` is the judge's colour / shape / both accuracy on 64 images (two per caption) on fixed noise,
+DDIM 20 steps, CFG 3, sampled by rewardtune's own engine.
 """
 
 SD3_CARD = """

@@ -20,7 +20,7 @@ def card(name: str) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3", "shapes-flux", "shapes-clip"])
+@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux", "shapes-clip"])
 def test_shipped_models_resolve_by_name_and_are_small(name):
     d = resolve_weights(f"zoo:{name}")
     assert d == shipped_model(f"zoo:{name}") and d.is_dir()
@@ -31,7 +31,7 @@ def test_shipped_models_resolve_by_name_and_are_small(name):
         assert key in meta, f"the model card of {name} lacks {key}"
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sd3", "shapes-flux"])
+@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux"])
 def test_pipeline_prompt_following_matches_its_card_and_is_partial(name):
     from rewardtune.world.train import measure_pipeline
 
@@ -41,9 +41,9 @@ def test_pipeline_prompt_following_matches_its_card_and_is_partial(name):
     for k in ("colour", "shape", "both"):
         assert abs(got[k] - want[k]) <= 1 / 64 + 1e-9, (k, got, want)
     # partial on purpose: fine-tuning needs headroom (and a model that draws nothing would not be "partial"); the
-    # flow sibling gets colours right almost always, so its headroom is in the shapes
-    assert 0.30 <= got["both"] <= 0.75 and 0.30 <= got["shape"] <= 0.75, got
-    assert got["colour"] <= (0.75 if name == "shapes-sd1" else 0.97), got
+    # flow siblings get colours right almost always, so their headroom is in the shapes
+    assert 0.25 <= got["both"] <= 0.75 and 0.30 <= got["shape"] <= 0.75, got
+    assert got["colour"] <= (0.75 if name in ("shapes-sd1", "shapes-sdxl") else 0.97), got
 
 
 def test_pipeline_loads_with_diffusers_and_its_vae_reconstructs_the_world():
@@ -85,6 +85,29 @@ def test_clip_reward_preset_reads_the_world_as_its_card_says():
     acc = float((scores.argmax(1) == target).float().mean())
     assert abs(acc - meta["heldout_retrieval"]) <= 0.01, (acc, meta["heldout_retrieval"])
     assert acc >= 0.95
+
+
+def test_sdxl_sibling_samples_as_the_diffusers_pipeline_does():
+    """zoo:shapes-sdxl is a real StableDiffusionXLPipeline folder (two text encoders, pooled projection and
+    micro-conditioning into the time embedding, all-zero unconditional branch), and rewardtune's sampler (DDIM, CFG)
+    reproduces the pipeline's own output on it, from the same noise."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from rewardtune.engine.pipeline import load_diffusion
+    from rewardtune.engine.sampler import decode, encode_prompts, initial_latents, sample
+
+    path = resolve_weights("zoo:shapes-sdxl")
+    pipe = StableDiffusionXLPipeline.from_pretrained(path, add_watermarker=False)
+    diff = load_diffusion(str(path))
+    assert diff.family.name == "sdxl" and pipe.config.force_zeros_for_empty_prompt
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    prompts = ["a red circle", "an orange triangle"]
+    x = initial_latents(diff, 2, W.RES, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = decode(diff, sample(diff, x, encode_prompts(diff, prompts, 3.0), steps=8, guidance=3.0).latents)
+        theirs = pipe(prompts, latents=x.clone(), num_inference_steps=8, guidance_scale=3.0, height=W.RES,
+                      width=W.RES, output_type="pt").images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
 def test_flow_sibling_samples_as_the_diffusers_pipeline_does():
@@ -134,6 +157,6 @@ def test_flux_sibling_samples_as_the_diffusers_pipeline_does():
 
 
 def test_training_log_is_json():
-    for name in ("shapes-sd1", "shapes-sd3", "shapes-flux", "shapes-clip"):
+    for name in ("shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux", "shapes-clip"):
         hist = json.loads((shipped_model(f"zoo:{name}") / "training_log.json").read_text())
         assert hist and np.isfinite([h.get("loss", h.get("rec", 0.0)) for h in hist]).all()

@@ -1,6 +1,6 @@
 """`python -m rewardtune.world.train all`, the script that made the shipped shapes-world models, runs end to end:
-two steps of each part (VAE, CLIP, shapes-sd1, and the SD3 and FLUX siblings on the new VAE), each folder loads
-the way the shipped ones do, and each card records how it was made. Nothing else runs the script; without this, a
+two steps of each part (VAE, CLIP, shapes-sd1, and the SDXL, SD3 and FLUX siblings on the new VAE), each folder
+loads the way the shipped ones do, and each card records how it was made. Nothing else runs the script; without this, a
 library upgrade that broke it would show only when someone retrains the world."""
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from rewardtune.world.train import SAMPLING
 def test_the_training_script_runs_every_part_and_writes_loadable_models_with_cards(tmp_path):
     from rewardtune.engine.pipeline import load_diffusion
 
-    steps = ["--vae-steps", "2", "--clip-steps", "2", "--sd-steps", "2", "--sd3-steps", "2", "--flux-steps", "2"]
+    steps = [arg for part in ("vae", "clip", "sd", "sdxl", "sd3", "flux") for arg in (f"--{part}-steps", "2")]
     p = subprocess.run([sys.executable, "-m", "rewardtune.world.train", "all", "--out", str(tmp_path), *steps],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    for name, family in (("shapes-sd1", "sd"), ("shapes-sd3", "sd3"), ("shapes-flux", "flux")):
+    for name, family in (("shapes-sd1", "sd"), ("shapes-sdxl", "sdxl"), ("shapes-sd3", "sd3"),
+                         ("shapes-flux", "flux")):
         diff = load_diffusion(str(tmp_path / name))
         assert diff.family.name == family, (name, diff.family.name)
         meta = yaml.safe_load((tmp_path / name / "README.md").read_text().split("---\n")[1])
