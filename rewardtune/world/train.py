@@ -176,6 +176,13 @@ def _cosine_lr(opt: torch.optim.Optimizer, lr: float, i: int, steps: int, warmup
         grp["lr"] = lr * max(f, 0.05)
 
 
+def _warmup_lr(opt: torch.optim.Optimizer, lr: float, i: int, warmup: int = 100) -> None:
+    """Linear warmup, then constant: a run of N steps is the first N steps of a longer one (`--sd-steps N`
+    reproduces a snapshot of a longer run)."""
+    for grp in opt.param_groups:
+        grp["lr"] = lr * min(1.0, (i + 1) / warmup)
+
+
 # --------------------------------------------------------------------------------------------------------- VAE
 def train_vae(out: Path, seed: int = 0, steps: int = 800, batch: int = 32, lr: float = 2e-3) -> dict[str, Any]:
     torch.manual_seed(seed)
@@ -342,8 +349,7 @@ def train_sd(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: 
     t0 = time.perf_counter()
 
     def step(i: int) -> dict[str, float]:
-        for grp in opt.param_groups:  # warmup, then constant: a run of N steps is the first N steps of a longer one
-            grp["lr"] = lr * min(1.0, (i + 1) / 100)
+        _warmup_lr(opt, lr, i)
         x, caps = world_batch(batch, seed * 1_000_003 + 900_000 + i)
         drop = torch.rand(batch, generator=g) < caption_dropout
         with torch.no_grad():
@@ -496,8 +502,7 @@ def train_sd3(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch:
     t0 = time.perf_counter()
 
     def step(i: int) -> dict[str, float]:
-        for grp in opt.param_groups:
-            grp["lr"] = lr * min(1.0, (i + 1) / 100)
+        _warmup_lr(opt, lr, i)
         x, caps = world_batch(batch, seed * 1_000_003 + 900_000 + i)
         drop = torch.rand(batch, generator=g) < caption_dropout
         caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
@@ -581,8 +586,7 @@ def train_flux(out: Path, vae_dir: Path, seed: int = 0, steps: int = 2000, batch
     t0 = time.perf_counter()
 
     def step(i: int) -> dict[str, float]:
-        for grp in opt.param_groups:
-            grp["lr"] = lr * min(1.0, (i + 1) / 100)
+        _warmup_lr(opt, lr, i)
         x, caps = world_batch(batch, seed * 1_000_003 + 950_000 + i)
         zt, s, target = _flow_pair(vae, shift, scale, x, g)
         pooled = clip(_ids(tok, caps)).pooler_output
