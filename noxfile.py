@@ -60,9 +60,9 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def learning(session: nox.Session) -> None:
     """The shapes-world learning tests: every method, LoRA and full UNet, must raise the rule-based judge's
-    accuracy on held-out seeds, and so must the SDXL, SD3 and FLUX siblings'. On pytest-xdist workers of one thread each (one per core, at
-    most 4), a free worker taking the next test from a busy one (about 30 minutes on 2 cores); .ci/run runs them
-    after the default suite."""
+    accuracy on held-out seeds, and so must the SDXL, SD3 and FLUX siblings. On pytest-xdist workers of one thread
+    each (one per core, at most 4), a free worker taking the next test from a busy one (about 30 minutes on 2
+    cores); .ci/run runs them after the default suite."""
     _pytest(session, "-q", "-p", "no:cacheprovider", "-m", "learning", "--durations=0", "-n", "auto",
             "--maxprocesses", "4", "--dist", "worksteal", "tests/world/test_learning.py", OMP_NUM_THREADS="1")
 
