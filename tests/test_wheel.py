@@ -51,11 +51,14 @@ def test_wheel_ships_cards_and_specs(installed: Path):
 
 
 def test_wheel_ships_the_shapes_world_and_runs_the_demo(installed: Path):
-    """The trained shapes-world models are package data: an installed wheel resolves `zoo:shapes-sd1` inside itself
-    and runs the shipped demo spec from any folder, with no repository and no download."""
+    """The trained shapes-world models are package data: an installed wheel resolves `zoo:shapes-sd1`, its siblings
+    and the reward inside itself, and runs the shipped demo spec from any folder, with no repository and no
+    download."""
+    names = ("shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux", "shapes-clip")
     p = _run(installed, "python", "-c", "from rewardtune.rewards._weights import resolve_weights as r; "
-                                        "print(r('zoo:shapes-sd1')); print(r('zoo:shapes-clip'))")
+                                        f"[print(r('zoo:' + n)) for n in {names!r}]")
     assert p.returncode == 0, p.stderr
+    assert len(p.stdout.split()) == len(names), p.stdout
     for line in p.stdout.split():
         assert line.startswith(str(installed / "venv")), p.stdout
     p = _run(installed, "rewardtune", "run", "demo", "-o", "demo-out", "--no-progress", "train.steps=1",
