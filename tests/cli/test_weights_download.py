@@ -5,7 +5,6 @@ loading."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -85,14 +84,20 @@ def test_a_download_stopped_by_ctrl_c_keeps_its_finished_files_and_the_next_run_
             while not (snap / "model-00001-of-00002.safetensors").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)  # the first shard, not held back, finishes
             # held, the second shard would stay unfinished for 300 s: the command must stop without it
+            sent = len(hub.requests)
             proc.send_signal(signal.SIGINT)
             try:
                 out, err = proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:  # seen once, on a loaded machine, not reproduced: keep the evidence
-                threads = sorted(os.listdir(f"/proc/{proc.pid}/task"))
+                # which thread holds the signal (a native thread, e.g. OpenBLAS's, may take it while the main one
+                # sits in a read), and whether the client asked for anything after it (an interrupt swallowed)
+                task = Path(f"/proc/{proc.pid}/task")
+                threads = {t.name: [ln.strip() for ln in (t / "status").read_text().splitlines()
+                                    if ln.startswith(("SigPnd", "SigBlk", "State"))] for t in sorted(task.iterdir())}
                 proc.send_signal(signal.SIGABRT)
                 out, err = proc.communicate(timeout=30)
-                pytest.fail(f"no exit 60 s after SIGINT ({len(threads)} threads); its stacks on SIGABRT:\n{err}")
+                pytest.fail(f"no exit 60 s after SIGINT; threads: {threads}; requests since the stall: "
+                            f"{hub.requests[sent:]}; its stacks on SIGABRT:\n{err}")
         finally:
             hub.release.set()
             proc.kill()
