@@ -1,6 +1,7 @@
 """A wheel built and installed in a fresh venv lists rewards and validates the shipped specs outside the repo."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from inventory import SHIPPED_REWARDS, SHIPPED_SPECS
+from inventory import SHIPPED_MODELS, SHIPPED_REWARDS, SHIPPED_SPECS, shipped_model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,16 +52,16 @@ def test_wheel_ships_cards_and_specs(installed: Path):
 
 
 def test_wheel_ships_the_shapes_world_and_runs_the_demo(installed: Path):
-    """The trained shapes-world models are package data: an installed wheel resolves `zoo:shapes-sd1`, its siblings
-    and the reward inside itself, and runs the shipped demo spec from any folder, with no repository and no
-    download."""
-    names = ("shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux", "shapes-clip")
-    p = _run(installed, "python", "-c", "from rewardtune.rewards._weights import resolve_weights as r; "
-                                        f"[print(r('zoo:' + n)) for n in {names!r}]")
+    """The trained shapes-world models are package data: an installed wheel holds every file of them, resolves
+    `zoo:shapes-sd1`, its siblings and the reward inside itself, and runs the shipped demo spec from any folder,
+    with no repository and no download."""
+    p = _run(installed, "python", "-c", "import json; from rewardtune.rewards._weights import resolve_weights as r; "
+                                        f"print(json.dumps([str(r('zoo:' + n)) for n in {SHIPPED_MODELS!r}]))")
     assert p.returncode == 0, p.stderr
-    assert len(p.stdout.split()) == len(names), p.stdout
-    for line in p.stdout.split():
-        assert line.startswith(str(installed / "venv")), p.stdout
+    dirs = [Path(d) for d in json.loads(p.stdout)]
+    assert all(d.is_relative_to(installed / "venv") for d in dirs), dirs
+    files = sorted(f.relative_to(dirs[0].parent).as_posix() for d in dirs for f in d.rglob("*") if f.is_file())
+    assert files == shipped_model_files()
     p = _run(installed, "rewardtune", "run", "demo", "-o", "demo-out", "--no-progress", "train.steps=1",
              "sampling.steps=2", "logging.eval_prompts=4", "logging.eval_images_per_prompt=1")
     assert p.returncode == 0, p.stdout + p.stderr

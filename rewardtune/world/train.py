@@ -105,7 +105,8 @@ SDXL_TIME_EMBED = 8
 
 def make_unet(xl: bool = False):
     """shapes-sd1's UNet; with `xl`, SDXL's added conditioning as well: the second text encoder's pooled projection
-    and the six micro-conditioning numbers enter through the time embedding (`addition_embed_type="text_time"`)."""
+    and the six micro-conditioning numbers enter through the time embedding (`addition_embed_type="text_time"`), and
+    the attention blocks project in and out with Linear layers, as SDXL's (`use_linear_projection`)."""
     from diffusers import UNet2DConditionModel
 
     extra = dict(addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_EMBED, use_linear_projection=True,
@@ -177,8 +178,8 @@ def _cosine_lr(opt: torch.optim.Optimizer, lr: float, i: int, steps: int, warmup
 
 
 def _warmup_lr(opt: torch.optim.Optimizer, lr: float, i: int, warmup: int = 100) -> None:
-    """Linear warmup, then constant: a run of N steps is the first N steps of a longer one (`--sd-steps N`
-    reproduces a snapshot of a longer run)."""
+    """Linear warmup, then constant: a run of N steps is the first N steps of a longer one (`--sd-steps N`, and
+    the siblings' `--*-steps N`, reproduce a snapshot of a longer run)."""
     for grp in opt.param_groups:
         grp["lr"] = lr * min(1.0, (i + 1) / warmup)
 
@@ -308,7 +309,6 @@ def train_sd(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: 
         texts = [CLIPTextModel(CLIPTextConfig(**dict(_text_config(tok), hidden_size=SDXL_TEXT_HIDDEN,
                                                      intermediate_size=2 * SDXL_TEXT_HIDDEN))),
                  _sd3_text(tok, SDXL_TEXT_HIDDEN)]
-        time_ids = torch.tensor([[W.RES, W.RES, 0, 0, W.RES, W.RES]], dtype=torch.float32).repeat(batch, 1)
     else:
         texts = [CLIPTextModel(CLIPTextConfig(**_text_config(tok)))]
     sched = make_scheduler()
@@ -334,11 +334,7 @@ def train_sd(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: 
         if not xl:
             caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
             return unet(zt, t, encoder_hidden_states=texts[0](_ids(tok, caps))[0]).sample
-        ids = _ids(tok, caps)
-        o1, o2 = texts[0](ids, output_hidden_states=True), texts[1](ids, output_hidden_states=True)
-        keep = (~drop).float()
-        emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1) * keep.view(-1, 1, 1)
-        pooled = o2.text_embeds * keep.view(-1, 1)
+        emb, pooled, time_ids = sdxl_conditioning(texts[0], texts[1], tok, caps, drop)
         return unet(zt, t, encoder_hidden_states=emb,
                     added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
 
@@ -380,11 +376,29 @@ def train_sd(out: Path, vae_dir: Path, seed: int = 0, steps: int = 3000, batch: 
     train_mode(False)
     pipeline().save_pretrained(out)
     elapsed = time.perf_counter() - t0
-    return {"params_unet": n_params(unet), **({"params_text_encoders": sum(n_params(t) for t in texts)} if xl else
-                                              {"params_text_encoder": n_params(texts[0])}),
-            "params_vae": n_params(vae), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-            "caption_dropout": caption_dropout, "time_s": round(elapsed, 1), "measured_during_training": measures,
-            "history": hist}
+    text_params = ("params_text_encoders", sum(n_params(t) for t in texts)) if xl else \
+        ("params_text_encoder", n_params(texts[0]))
+    return {"params_unet": n_params(unet), text_params[0]: text_params[1], "params_vae": n_params(vae),
+            "steps": steps, "batch": batch, "lr": lr, "seed": seed, "caption_dropout": caption_dropout,
+            "time_s": round(elapsed, 1), "measured_during_training": measures, "history": hist}
+
+
+def sdxl_conditioning(te1, te2, tok, caps: list[str], drop: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the SDXL sibling's UNet is trained on, as StableDiffusionXLPipeline encodes a prompt: (both encoders'
+    penultimate states side by side, the second's pooled projection, the micro-conditioning (original size, crop
+    top-left, target size) = (32, 32, 0, 0, 32, 32)); the captions where `drop` is set are all zeros, the
+    pipeline's unconditional branch (`force_zeros_for_empty_prompt`). With two layers per encoder, the penultimate
+    state is the first layer's output: the first encoder's last layer is never used, as CLIP-L's is not in SDXL."""
+    ids = _ids(tok, caps)
+    o1, o2 = te1(ids, output_hidden_states=True), te2(ids, output_hidden_states=True)
+    emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1)
+    pooled = o2.text_embeds
+    if drop is not None:
+        keep = (~drop).to(emb.dtype)
+        emb, pooled = emb * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
+    time_ids = torch.tensor([[W.RES, W.RES, 0, 0, W.RES, W.RES]], dtype=emb.dtype).repeat(len(caps), 1)
+    return emb, pooled, time_ids
 
 
 def make_transformer():
@@ -659,9 +673,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sdxl-steps", type=int, default=3000)
     ap.add_argument("--sd3-steps", type=int, default=2000)
     ap.add_argument("--flux-steps", type=int, default=2000)
-    ap.add_argument("--measure-every", type=int, default=0, help="measure prompt-following every N UNet steps (sd, sdxl)")
-    ap.add_argument("--keep-snapshots", action="store_true", help="keep the measured snapshots (.shapes-sd1-stepN, .shapes-sdxl-stepN)")
-    ap.add_argument("--snapshot-every", type=int, default=0, help="save the SD3 or FLUX sibling every N steps (.shapes-sd3-stepN, .shapes-flux-stepN)")
+    ap.add_argument("--measure-every", type=int, default=0,
+                    help="measure prompt-following every N UNet steps (sd, sdxl)")
+    ap.add_argument("--keep-snapshots", action="store_true",
+                    help="keep the measured snapshots (.shapes-sd1-stepN, .shapes-sdxl-stepN)")
+    ap.add_argument("--snapshot-every", type=int, default=0,
+                    help="save the SD3 or FLUX sibling every N steps (.shapes-sd3-stepN, .shapes-flux-stepN)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from inventory import SHIPPED_MODELS, SHIPPED_PIPELINES, shipped_models_on_disk
 
 from rewardtune.rewards._weights import resolve_weights, shipped_model
 from rewardtune.world import shapes as W
@@ -20,7 +21,11 @@ def card(name: str) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux", "shapes-clip"])
+def test_the_inventory_lists_every_shipped_model():
+    assert sorted(SHIPPED_MODELS) == shipped_models_on_disk()
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_shipped_models_resolve_by_name_and_are_small(name):
     d = resolve_weights(f"zoo:{name}")
     assert d == shipped_model(f"zoo:{name}") and d.is_dir()
@@ -31,7 +36,7 @@ def test_shipped_models_resolve_by_name_and_are_small(name):
         assert key in meta, f"the model card of {name} lacks {key}"
 
 
-@pytest.mark.parametrize("name", ["shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux"])
+@pytest.mark.parametrize("name", SHIPPED_PIPELINES)
 def test_pipeline_prompt_following_matches_its_card_and_is_partial(name):
     from rewardtune.world.train import measure_pipeline
 
@@ -41,8 +46,11 @@ def test_pipeline_prompt_following_matches_its_card_and_is_partial(name):
     for k in ("colour", "shape", "both"):
         assert abs(got[k] - want[k]) <= 1 / 64 + 1e-9, (k, got, want)
     # partial on purpose: fine-tuning needs headroom (and a model that draws nothing would not be "partial"); the
-    # flow siblings get colours right almost always, so their headroom is in the shapes
-    assert 0.25 <= got["both"] <= 0.75 and 0.30 <= got["shape"] <= 0.75, got
+    # flow siblings get colours right almost always, so their headroom is in the shapes. shapes-sdxl is shipped
+    # where its constant-lr training swung low (both-correct 45% / 27% / 42% / 30% at 2,250 / 2,500 / 2,750 /
+    # 3,000 steps): 19/64, one image under the others' floor
+    floor = 0.25 if name == "shapes-sdxl" else 0.30
+    assert floor <= got["both"] <= 0.75 and 0.30 <= got["shape"] <= 0.75, got
     assert got["colour"] <= (0.75 if name in ("shapes-sd1", "shapes-sdxl") else 0.97), got
 
 
@@ -110,6 +118,30 @@ def test_sdxl_sibling_samples_as_the_diffusers_pipeline_does():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+def test_sdxl_sibling_was_trained_on_the_conditioning_its_pipeline_samples_with():
+    """The conditioning shapes-sdxl's training feeds its UNet (`sdxl_conditioning`) is what StableDiffusionXLPipeline
+    encodes for the same captions: penultimate states, pooled projection, micro-conditioning, and all zeros for a
+    dropped caption, the pipeline's unconditional branch. A training/sampling mismatch would otherwise show only as
+    a lower card number."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from rewardtune.world.train import sdxl_conditioning
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(resolve_weights("zoo:shapes-sdxl"), add_watermarker=False)
+    caps = ["a red circle", "an orange triangle"]
+    with torch.no_grad():
+        emb, pooled, time_ids = sdxl_conditioning(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, caps,
+                                                  drop=torch.tensor([False, True]))
+        pe, ne, pp, npool = pipe.encode_prompt(caps, device=torch.device("cpu"), num_images_per_prompt=1,
+                                               do_classifier_free_guidance=True)
+    torch.testing.assert_close(emb[0], pe[0], atol=0, rtol=0)
+    torch.testing.assert_close(pooled[0], pp[0], atol=0, rtol=0)
+    assert not emb[1].any() and not pooled[1].any() and not ne.any() and not npool.any()
+    want = pipe._get_add_time_ids((W.RES, W.RES), (0, 0), (W.RES, W.RES), dtype=emb.dtype,
+                                  text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    torch.testing.assert_close(time_ids, want.repeat(2, 1), atol=0, rtol=0)
+
+
 def test_flow_sibling_samples_as_the_diffusers_pipeline_does():
     """zoo:shapes-sd3 is a real StableDiffusion3Pipeline folder, and rewardtune's sampler (flow-matching Euler, CFG)
     reproduces the pipeline's own output on it, from the same noise."""
@@ -157,6 +189,6 @@ def test_flux_sibling_samples_as_the_diffusers_pipeline_does():
 
 
 def test_training_log_is_json():
-    for name in ("shapes-sd1", "shapes-sdxl", "shapes-sd3", "shapes-flux", "shapes-clip"):
+    for name in SHIPPED_MODELS:
         hist = json.loads((shipped_model(f"zoo:{name}") / "training_log.json").read_text())
         assert hist and np.isfinite([h.get("loss", h.get("rec", 0.0)) for h in hist]).all()
