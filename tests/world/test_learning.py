@@ -14,7 +14,7 @@ too, and the methods whose gradient sees only the last steps must be caught rais
 following. The FLUX.1-architecture sibling (zoo:shapes-flux) must learn there as well, by ReFL stopping in the first
 steps, and the SDXL-architecture sibling (zoo:shapes-sdxl) by the demo itself.
 
-Budget: `nox -s learning` (also run by .ci/run) takes about 30 minutes on 2 cores, the flow runs included; one
+Budget: `nox -s learning` (also run by .ci/run) takes about 30 minutes on 2 cores, the siblings' runs included; one
 fast test runs in the default suite.
 """
 from __future__ import annotations
@@ -167,7 +167,8 @@ def test_the_demo_raises_the_judges_accuracy_on_an_sdxl_unet(tmp_path):
     assert res.steps_done == 100 and res.skipped_steps == 0
     assert res.eval_before["shapes-eval"] == pytest.approx(SDXL_BASE)
     assert _gain(res) >= SDXL_MARGIN, (res.eval_before, res.eval_after)
-    assert _gain(res, "shapes-eval/colour_ok") > 0 and _gain(res, "clip") > 0.05
+    assert _gain(res, "shapes-eval/colour_ok") > 0 and _gain(res, "shapes-eval/shape_ok") >= 0
+    assert _gain(res, "clip") > 0.05
 
 
 @pytest.mark.learning

@@ -27,7 +27,11 @@ def test_the_training_script_runs_every_part_and_writes_loadable_models_with_car
         assert meta["model"] == name and meta["steps"] == 2 and meta["seed"] == 0, meta
         assert set(meta["prompt_following"]) == {"colour", "shape", "both"}
         assert meta["sampling"]["steps"] == SAMPLING["steps"]
-    # the siblings decode through shapes-sd1's VAE, with the latents' measured shift and scale in its config
+    # every sibling decodes through shapes-sd1's VAE; the flow siblings' config adds the latents' measured shift
+    # and scale
+    vae = (tmp_path / "shapes-sd1" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    for name in ("shapes-sdxl", "shapes-sd3", "shapes-flux"):
+        assert (tmp_path / name / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == vae, name
     for name in ("shapes-sd3", "shapes-flux"):
         cfg = load_diffusion(str(tmp_path / name)).vae.config
         assert cfg.shift_factor is not None and cfg.scaling_factor > 0
