@@ -758,7 +758,10 @@ projection, with the micro-conditioning (original size, crop, target size), ente
 trained from scratch on the latents of shapes-sd1's VAE, with caption dropout to all-zero conditioning, which is
 what the pipeline's unconditional branch is (`force_zeros_for_empty_prompt`). The UNet's blocks are shapes-sd1's
 (cross-attention at both levels), so the two differ where SDXL differs from SD 1.x in how text reaches the
-model. Load it as `zoo:shapes-sdxl` or with `StableDiffusionXLPipeline.from_pretrained(<this folder>)`.
+model (and in SDXL's Linear projections into and out of attention, `use_linear_projection`). With two layers per
+encoder, the penultimate state is the first layer's output: the first encoder's last layer is never used, as
+CLIP-L's is not in SDXL. Load it as `zoo:shapes-sdxl` or with `StableDiffusionXLPipeline.from_pretrained(<this
+folder>)`.
 
 `prompt_following` is the judge's colour / shape / both accuracy on 64 images (two per caption) on fixed noise,
 DDIM 20 steps, CFG 3, sampled by rewardtune's own engine.
