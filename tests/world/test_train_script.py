@@ -1,7 +1,7 @@
 """`python -m rewardtune.world.train all`, the script that made the shipped shapes-world models, runs end to end:
 two steps of each part (VAE, CLIP, shapes-sd1, and the SDXL, SD3 and FLUX siblings on the new VAE), each folder
-loads the way the shipped ones do, and each card records how it was made. Nothing else runs the script; without this, a
-library upgrade that broke it would show only when someone retrains the world."""
+loads the way the shipped ones do, and each card records how it was made. Nothing else runs the script; without
+this, a library upgrade that broke it would show only when someone retrains the world."""
 from __future__ import annotations
 
 import subprocess
