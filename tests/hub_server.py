@@ -8,9 +8,9 @@ each repository's commit (`HubServer.commit_of`), not tags, LFS redirects or Xet
         rt("weights", "org/model", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
         hub.requests            # [(method, path, Range header or None), ...]
 
-`hub.stall_after[("org/model", "model.safetensors")] = 100` makes the next GET of that file send 100 bytes, set
-`hub.stalled` and hold the rest until `hub.release` is set (then end the connection): a download caught in the
-middle, to interrupt."""
+`hub.stall_after[("org/model", "model.safetensors")] = 100` makes every GET of that file send 100 bytes, set
+`hub.stalled` and hold the rest until `hub.release` is set (then end the connection; later GETs are whole): a
+download caught in the middle, to interrupt, that a client's retry cannot finish either."""
 from __future__ import annotations
 
 import hashlib
@@ -110,7 +110,8 @@ class HubServer:
             start = int(rng.group(1))
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         payload = data[start:]
-        stall = self.stall_after.pop((repo, name), None) if body else None
+        # every GET of a held file stalls until `release`: a client retrying after its read timeout is held too
+        stall = self.stall_after.get((repo, name)) if body and not self.release.is_set() else None
         if stall is not None:  # the full length announced, part of it sent, the rest held, the connection ended
             h.send_response(206 if rng else 200)
             for k, v in {**headers, "Content-Length": str(len(payload)), "Connection": "close"}.items():
