@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +27,15 @@ def rt(*args: str, cwd: Path | None = None, columns: int = 200, timeout: float |
                           cwd=cwd or ROOT, env=env(columns, **extra), timeout=timeout, preexec_fn=preexec_fn)
 
 
+def _sigint_as_a_terminal_gives_it() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, columns: int = 200, **extra: str) -> subprocess.Popen:
-    """`rewardtune ARGS` started like `rt`, still running (to signal it), its output piped as text."""
+    """`rewardtune ARGS` started like `rt`, still running (to signal it), its output piped as text. Its SIGINT is
+    the default one, as a terminal's foreground job gets it: a test suite started in the background by a shell
+    without job control (`cmd &` in a script) ignores SIGINT, every child inherits that, and Python then installs
+    no KeyboardInterrupt handler, so a Ctrl-C test would wait forever."""
     return subprocess.Popen([sys.executable, "-m", "rewardtune.cli.main", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(columns, **extra))
+                            stderr=subprocess.PIPE, text=True, env=env(columns, **extra),
+                            preexec_fn=_sigint_as_a_terminal_gives_it)

@@ -100,7 +100,8 @@ def test_a_download_stopped_by_ctrl_c_keeps_its_finished_files_and_the_next_run_
                 for t in sorted(Path(f"/proc/{proc.pid}/task").iterdir()):
                     with contextlib.suppress(OSError):  # a thread may end meanwhile; the stacks matter more
                         threads[t.name] = [ln.strip() for ln in (t / "status").read_text().splitlines()
-                                           if ln.startswith(("Name", "State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt"))]
+                                           if ln.startswith(("Name", "State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn",
+                                                             "SigCgt"))]
                 proc.send_signal(signal.SIGABRT)
                 out, err = proc.communicate(timeout=30)
                 pytest.fail(f"no exit 60 s after SIGINT; threads: {threads}; requests since SIGINT: "
